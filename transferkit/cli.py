@@ -1,0 +1,126 @@
+"""Command line: parse → config → call a library function. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EXIT_USER_ERROR, UserError
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_train(args) -> int:
+    from .api import train
+    from .config import load_config
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path is not None and "=" in config_path and not Path(config_path).exists():
+        config_path, overrides = None, [config_path, *overrides]
+    if args.resume:
+        run_config = Path(args.resume) / "config.yaml"
+        if config_path is None:
+            if not run_config.is_file():
+                raise UserError(f"{args.resume}: not a run directory (no config.yaml) to resume")
+            config_path = run_config
+        overrides.append(f"output_dir={args.resume}")
+    if config_path is None:
+        raise UserError("give a config file, e.g. `transferkit train recipes/quickstart.yaml`")
+    cfg = load_config(config_path, overrides)
+    train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .api import generate
+
+    if (args.model is None) == (args.adapter is None):
+        raise UserError("give exactly one of --model and --adapter")
+    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for prompt, reply in zip(prompts, generate(prompts, model=args.model, adapter=args.adapter,
+                                               max_new_tokens=args.max_new_tokens, precision=args.precision)):
+        print(reply if len(prompts) == 1 else json.dumps({"prompt": prompt, "reply": reply}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import evaluate_run
+    from .config import EvalConfig
+
+    if (args.run_dir is None) == (args.model is None):
+        raise UserError("give exactly one of RUN_DIR and --model")
+    eval_cfg = EvalConfig(exact_match=not args.no_generate, max_new_tokens=args.max_new_tokens,
+                          max_examples=args.max_examples)
+    metrics, predictions = evaluate_run(args.data, run_dir=args.run_dir, model=args.model, eval_cfg=eval_cfg,
+                                        precision=args.precision)
+    if args.predictions:
+        Path(args.predictions).write_text("".join(json.dumps(p) + "\n" for p in predictions), encoding="utf-8")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from .config import describe_keys
+
+    for key, tp, default, help_text in describe_keys():
+        print(f"{key:28} {tp:18} {default:14} {help_text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferkit", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune with one method; writes a run directory")
+    p.add_argument("config", nargs="?", help="YAML config (see recipes/); optional with --resume")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=5")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="greedy replies from a base model or a run's adapter")
+    p.add_argument("--model", help="short name, HF folder or GGUF file")
+    p.add_argument("--adapter", metavar="RUN_DIR", help="a finished run directory")
+    p.add_argument("--prompt", action="append", help="user message (repeatable; default: one per stdin line)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="loss, perplexity and exact match of a run (or --model) on a data file")
+    p.add_argument("run_dir", nargs="?", help="a finished run directory")
+    p.add_argument("--model", help="evaluate a base model instead of a run")
+    p.add_argument("--data", required=True, help="data file to evaluate on")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-examples", type=int)
+    p.add_argument("--no-generate", action="store_true", help="skip exact match (loss and perplexity only)")
+    p.add_argument("--predictions", help="write per-example predictions to this .jsonl file")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("keys", help="every config key with its type, default and help")
+    p.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Data: read any supported file, detect and validate the schema, tokenize.
+
+`load_splits(data_cfg, tokenizer, seed)` is the one entry point the training
+loop uses; `read_examples(path, schema)` serves `eval` and `generate`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..errors import DataError
+from .readers import Row, read_rows
+from .schema import Example, schema_of, to_examples
+from .tokenize import Tokenized, check_has_labels, tokenize_examples
+
+
+@dataclass
+class Split:
+    name: str
+    examples: list[Example]
+    tokenized: list[Tokenized]
+
+    @property
+    def num_truncated(self) -> int:
+        return sum(t.truncated for t in self.tokenized)
+
+
+@dataclass
+class Splits:
+    schema: str
+    train: Split
+    validation: Split | None
+    test: Split | None
+    notes: list[str] = field(default_factory=list)  # human-readable facts worth printing
+
+
+def read_examples(path: str, schema: str = "auto", split: str | None = None) -> tuple[str, list[Example]]:
+    rows = read_rows(path, split)
+    detected = schema_of(rows, schema)
+    return detected, to_examples(rows, detected)
+
+
+def _tokenize_split(name: str, examples: list[Example], tokenizer, schema: str, data_cfg) -> Split:
+    tokenized = tokenize_examples(tokenizer, examples, schema, data_cfg.max_length, data_cfg.overlong)
+    return Split(name, examples, tokenized)
+
+
+def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
+    schema, train_examples = read_examples(data_cfg.train, data_cfg.schema, "train")
+    notes = [f"schema: {schema} ({'detected' if data_cfg.schema == 'auto' else 'configured'})"]
+
+    validation_examples = None
+    if data_cfg.validation:
+        val_schema, validation_examples = read_examples(data_cfg.validation, schema, "validation")
+    elif data_cfg.validation_fraction > 0 and len(train_examples) >= 20:
+        # Split off a fixed, seeded fraction; the rest trains. Nothing is lost.
+        order = list(range(len(train_examples)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, int(len(order) * data_cfg.validation_fraction))
+        held = set(order[:n_val])
+        validation_examples = [ex for i, ex in enumerate(train_examples) if i in held]
+        train_examples = [ex for i, ex in enumerate(train_examples) if i not in held]
+        notes.append(f"validation: {n_val} examples split off train (data.validation_fraction)")
+    test_examples = read_examples(data_cfg.test, schema, "test")[1] if data_cfg.test else None
+
+    train = _tokenize_split("train", train_examples, tokenizer, schema, data_cfg)
+    labelled = check_has_labels(train.tokenized, data_cfg.train)
+    notes.append(f"train: {len(train_examples)} examples, {len(train.tokenized)} sequences, {labelled:,} labelled tokens")
+    validation = _tokenize_split("validation", validation_examples, tokenizer, schema, data_cfg) if validation_examples else None
+    test = _tokenize_split("test", test_examples, tokenizer, schema, data_cfg) if test_examples else None
+    for split in (train, validation, test):
+        if split is not None and split.num_truncated:
+            notes.append(f"{split.name}: {split.num_truncated} examples truncated to data.max_length={data_cfg.max_length}")
+    return Splits(schema, train, validation, test, notes)
+
+
+__all__ = ["Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]

@@ -1,0 +1,138 @@
+"""Read rows from jsonl / json / csv / parquet / txt files and saved HF datasets.
+
+Every row keeps where it came from (`Row.source`, `Row.line`) so later
+validation errors can name the file and line. Nothing is dropped silently:
+unreadable input raises `DataError`; the only rows skipped are blank lines of
+a .jsonl or .txt file, which hold no data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str   # file path (or dataset folder)
+    line: int     # 1-based line (jsonl, txt, csv incl. header) or row number (json, parquet, datasets)
+    fields: dict[str, Any]
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is harmless; strip it
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(str(path), f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", line) from None
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    for number, text in enumerate(_read_text(path).splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(str(path), f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+        if not isinstance(obj, dict):
+            raise DataError(str(path), f"each line must be a JSON object, got {type(obj).__name__}", number)
+        rows.append(Row(str(path), number, obj))
+    return rows
+
+
+def _read_json(path: Path) -> list[Row]:
+    try:
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(str(path), f"malformed JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
+        obj = next(iter(obj.values()))  # {"data": [...]} style
+    if not isinstance(obj, list):
+        raise DataError(str(path), "a .json data file must hold a list of objects")
+    rows = []
+    for index, item in enumerate(obj, start=1):
+        if not isinstance(item, dict):
+            raise DataError(str(path), f"row {index} must be a JSON object, got {type(item).__name__}", index)
+        rows.append(Row(str(path), index, item))
+    return rows
+
+
+def _read_csv(path: Path) -> list[Row]:
+    text = _read_text(path)
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    if not reader.fieldnames:
+        raise DataError(str(path), "empty CSV file (no header)")
+    rows = []
+    for record in reader:
+        line = reader.line_num
+        if None in record:
+            raise DataError(str(path), f"more values than header columns ({len(reader.fieldnames)})", line)
+        missing = [k for k, v in record.items() if v is None]
+        if missing:
+            raise DataError(str(path), "fewer values than header columns", line, missing[0])
+        rows.append(Row(str(path), line, dict(record)))
+    return rows
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise DataError(str(path), f"unreadable parquet file ({exc})") from None
+    return [Row(str(path), i, rec) for i, rec in enumerate(table.to_pylist(), start=1)]
+
+
+def _read_txt(path: Path) -> list[Row]:
+    return [Row(str(path), n, {"text": t}) for n, t in enumerate(_read_text(path).splitlines(), start=1) if t.strip()]
+
+
+def _read_hf_dataset(path: Path, split: str | None) -> list[Row]:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as exc:
+        raise DataError(str(path), f"not a saved Hugging Face dataset ({exc})") from None
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise DataError(str(path), f"dataset has splits {list(ds)}; no split named '{split}'")
+        ds = ds[split]
+    return [Row(str(path), i, rec) for i, rec in enumerate(ds, start=1)]
+
+
+def read_rows(path: str | Path, split: str | None = None) -> list[Row]:
+    """All rows of one data source. `split` picks a split of a saved DatasetDict."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "no such file or folder")
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            rows = _read_hf_dataset(path, split)
+        else:
+            raise DataError(str(path), "is a folder, but not a saved Hugging Face dataset; give a data file")
+    else:
+        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet, ".txt": _read_txt}
+        reader = readers.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(str(path), f"unsupported file type '{path.suffix}'; use one of {', '.join(SUFFIXES)}")
+        try:
+            rows = reader(path)
+        except PermissionError:
+            raise DataError(str(path), "permission denied") from None
+    if not rows:
+        raise DataError(str(path), "no data rows")
+    return rows

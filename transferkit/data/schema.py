@@ -1,0 +1,139 @@
+"""Task schemas: detect them from the columns, validate every row, normalise.
+
+| schema         | columns                                                        |
+|----------------|----------------------------------------------------------------|
+| instruction    | `prompt, completion` or `messages` or `instruction[, input], output` |
+| lm             | `text` (or a .txt file)                                        |
+| classification | `text[, text_pair], label`                                     |
+| preference     | `prompt, chosen, rejected`                                     |
+
+Instruction rows become a list of chat messages; the assistant turns are what
+the model learns. A bad row raises `DataError` with file, line and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DataError
+from .readers import Row
+
+SCHEMAS = ("instruction", "lm", "classification", "preference")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str
+    line: int
+    messages: tuple[dict[str, str], ...] = ()  # instruction: chat turns
+    text: str = ""                             # lm: raw text
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def detect_schema(columns: set[str]) -> str | None:
+    if "messages" in columns:
+        return "instruction"
+    if {"prompt", "chosen", "rejected"} <= columns:
+        return "preference"
+    if {"prompt", "completion"} <= columns or {"instruction", "output"} <= columns:
+        return "instruction"
+    if "text" in columns and "label" in columns:
+        return "classification"
+    if "text" in columns:
+        return "lm"
+    return None
+
+
+def schema_of(rows: list[Row], configured: str = "auto") -> str:
+    """The schema named in the config, or the one the first row's columns imply."""
+    if configured != "auto":
+        return configured
+    first = rows[0]
+    schema = detect_schema(set(first.fields))
+    if schema is None:
+        raise DataError(
+            first.source,
+            f"cannot detect the task schema from columns {sorted(first.fields)}; expected prompt/completion, "
+            f"messages, instruction/input/output, text, text/label or prompt/chosen/rejected "
+            f"(or set data.schema)", first.line)
+    return schema
+
+
+def _string_field(row: Row, name: str, *, allow_empty: bool = False) -> str:
+    if name not in row.fields:
+        raise DataError(row.source, f"missing required field (row has {sorted(row.fields)})", row.line, name)
+    value = row.fields[name]
+    if value is None:
+        raise DataError(row.source, "is null", row.line, name)
+    if not isinstance(value, str):
+        raise DataError(row.source, f"must be a string, got {type(value).__name__}", row.line, name)
+    if not allow_empty and not value.strip():
+        raise DataError(row.source, "is empty", row.line, name)
+    return value
+
+
+def _messages(row: Row) -> tuple[dict[str, str], ...]:
+    raw = row.fields.get("messages")
+    if raw is None:
+        raise DataError(row.source, "missing or null", row.line, "messages")
+    if not isinstance(raw, list) or not raw:
+        raise DataError(row.source, "must be a non-empty list of {role, content} objects", row.line, "messages")
+    messages = []
+    for i, message in enumerate(raw):
+        field = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(row.source, "must be an object with role and content", row.line, field)
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise DataError(row.source, f"unknown role {role!r}; expected one of {list(ROLES)}", row.line, field + ".role")
+        if not isinstance(content, str):
+            raise DataError(row.source, f"content must be a string, got {type(content).__name__}", row.line, field + ".content")
+        if role == "system" and i != 0:
+            raise DataError(row.source, "a system message may only come first", row.line, field + ".role")
+        previous = messages[-1]["role"] if messages else None
+        if role in ("user", "assistant") and previous == role:
+            raise DataError(row.source, f"two '{role}' messages in a row; turns must alternate", row.line, field + ".role")
+        if role == "assistant" and previous not in ("user",):
+            raise DataError(row.source, "an assistant message must follow a user message", row.line, field + ".role")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "assistant":
+        raise DataError(row.source, "the last message must be from the assistant (the target to learn)", row.line, "messages")
+    return tuple(messages)
+
+
+def to_example(row: Row, schema: str) -> Example:
+    if schema == "instruction":
+        if "messages" in row.fields:
+            return Example(row.source, row.line, messages=_messages(row))
+        if "instruction" in row.fields:
+            instruction = _string_field(row, "instruction")
+            extra = _string_field(row, "input", allow_empty=True) if "input" in row.fields and row.fields["input"] is not None else ""
+            prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+            completion = _string_field(row, "output")
+        else:
+            prompt, completion = _string_field(row, "prompt"), _string_field(row, "completion")
+        return Example(row.source, row.line, messages=({"role": "user", "content": prompt},
+                                                       {"role": "assistant", "content": completion}))
+    if schema == "lm":
+        return Example(row.source, row.line, text=_string_field(row, "text"))
+    raise DataError(row.source, f"schema '{schema}' is not trainable with causal-LM methods yet; "
+                                f"supported: instruction, lm", row.line)
+
+
+def to_examples(rows: list[Row], schema: str) -> list[Example]:
+    return [to_example(row, schema) for row in rows]
+
+
+def prompt_and_reference(example: Example) -> tuple[list[dict[str, str]], str]:
+    """Split an instruction example into (messages before the last assistant turn, its content)."""
+    messages = list(example.messages)
+    return messages[:-1], messages[-1]["content"]
+
+
+def field_value(row: Row, name: str) -> Any:
+    return row.fields.get(name)

@@ -1,0 +1,99 @@
+"""Tokenize examples for causal-LM training with completion-only labels.
+
+Instruction examples are rendered with the model's chat template; only the
+assistant turns (their content and the end-of-turn token the template puts
+after it) carry labels, every other position is IGNORE (-100). Plain text is
+tokenized whole and split into `max_length` chunks, every token labelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import DataError
+from .schema import Example
+
+IGNORE = -100
+
+# Used only when a tokenizer ships no chat template (base models, tiny test
+# models): a minimal ChatML so prompts and completions stay delimited.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]          # same length; IGNORE where no loss is taken
+    where: str                 # "file:line" of the source row
+    truncated: bool = False
+
+    @property
+    def num_labels(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def encode_chat(tokenizer, messages, *, add_generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_instruction(tokenizer, example: Example) -> tuple[list[int], list[int]]:
+    """Token ids of the whole conversation and labels on assistant turns only."""
+    messages = list(example.messages)
+    input_ids = encode_chat(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE] * len(input_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        # The turn's tokens are the difference between the conversation up to
+        # it (ending in the generation prompt) and the conversation including it.
+        start = len(encode_chat(tokenizer, messages[:i], add_generation_prompt=True))
+        upto = encode_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if input_ids[: len(upto)] != upto or start > len(upto):
+            raise DataError(example.source, "the chat template does not render this conversation as a prefix of "
+                            "its continuation, so turns cannot be masked exactly", example.line, "messages")
+        labels[start: len(upto)] = input_ids[start: len(upto)]
+    return input_ids, labels
+
+
+def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_length: int,
+                      overlong: str = "truncate") -> list[Tokenized]:
+    out: list[Tokenized] = []
+    if schema == "instruction":
+        ensure_chat_template(tokenizer)
+        for ex in examples:
+            ids, labels = tokenize_instruction(tokenizer, ex)
+            truncated = len(ids) > max_length
+            if truncated and overlong == "error":
+                raise DataError(ex.source, f"example is {len(ids)} tokens, longer than data.max_length={max_length} "
+                                "(set data.overlong=truncate to cut it)", ex.line)
+            out.append(Tokenized(ids[:max_length], labels[:max_length], ex.where, truncated))
+    elif schema == "lm":
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for ex in examples:
+            ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"] + eos
+            # Long texts are split, not cut: every token is trained on.
+            for start in range(0, len(ids), max_length):
+                chunk = ids[start: start + max_length]
+                if len(chunk) > 1:
+                    out.append(Tokenized(chunk, list(chunk), ex.where))
+    else:
+        raise ValueError(f"cannot tokenize schema {schema!r}")
+    return out
+
+
+def check_has_labels(tokenized: list[Tokenized], source: str) -> int:
+    """Preflight: refuse data in which masking left nothing to learn."""
+    total = sum(t.num_labels for t in tokenized)
+    if total == 0:
+        raise DataError(source, "after masking, no token carries a label (all completions empty or truncated away); "
+                        "nothing to train on")
+    return total

@@ -1,0 +1,69 @@
+"""Resolve a model reference and load it with its tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from .gguf import converted_folder
+from .packaged import PACKAGED, packaged_names, packaged_path
+
+# Families that are bidirectional encoders: they have no causal-LM head worth training.
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "mpnet", "albert"}
+
+
+def resolve_model(ref: str) -> Path:
+    """Short name, HF folder or .gguf file → a local HF folder with float weights."""
+    if ref in PACKAGED:
+        path = packaged_path(ref)
+    else:
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelError(
+                f"unknown model '{ref}': not a packaged short name ({', '.join(packaged_names())}) "
+                f"and no such file or folder")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(f"{path}: a model file must be .gguf; for other formats give the HF folder")
+        return converted_folder(path)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def model_type(folder: Path) -> str:
+    try:
+        return json.loads((folder / "config.json").read_text())["model_type"]
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{folder / 'config.json'}: unreadable model config ({exc})") from None
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked out of attention and loss, so any id works;
+        # EOS is the usual choice and keeps the vocabulary unchanged.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load a causal LM and its tokenizer from a reference; returns (model, tokenizer, folder)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_model(ref)
+    kind = model_type(folder)
+    if kind in ENCODER_TYPES:
+        raise ModelError(
+            f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
+            f"such as smollm2-135m")
+    tokenizer = load_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=False,
+                                                 use_safetensors=True)
+    model.to(device)
+    return model, tokenizer, folder

@@ -1,0 +1,145 @@
+"""Resumable checkpoints, written atomically, without pickle.
+
+    checkpoints/step-000050/
+        trainable.safetensors   the trainable parameters (the model's delta from its base)
+        optimizer.safetensors   optimizer state tensors, keyed "<param index>.<name>"
+        rng.safetensors         torch CPU (and CUDA) generator states
+        state.json              step, data position, scheduler, optimizer hyper-parameters,
+                                Python RNG state
+
+Each checkpoint is written into a hidden temporary folder and renamed into
+place, so a crash leaves either the previous complete checkpoint or the new
+complete one; `latest()` only ever sees complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int          # optimizer steps completed
+    epoch: int         # data position: epoch ...
+    batch_index: int   # ... and index of the next batch within it
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic_dir(target: Path, write) -> None:
+    """Call write(tmp_dir), fsync its files, then rename tmp_dir to target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, target)
+    fsync_dir(target.parent)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            tensors[f"{index}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).contiguous().cpu()
+    return tensors, state["param_groups"]
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState) -> None:
+    def write(tmp: Path) -> None:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        tensors, groups = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
+        py_version, py_state, py_gauss = random.getstate()
+        meta = {
+            "step": state.step, "epoch": state.epoch, "batch_index": state.batch_index,
+            "scheduler": scheduler.state_dict(),
+            "optimizer_param_groups": groups,
+            "python_rng": [py_version, list(py_state), py_gauss],
+        }
+        (tmp / "state.json").write_text(json.dumps(meta))
+
+    write_atomic_dir(folder, write)
+
+
+def checkpoint_dirs(checkpoints: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    if not checkpoints.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoints.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest(checkpoints: Path) -> Path | None:
+    dirs = checkpoint_dirs(checkpoints)
+    return dirs[-1] if dirs else None
+
+
+def prune(checkpoints: Path, keep: int) -> None:
+    for old in checkpoint_dirs(checkpoints)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stray in checkpoints.glob(".tmp-*"):  # left by a crash mid-write
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
+    params = dict(model.named_parameters())
+    saved = load_file(str(folder / "trainable.safetensors"))
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(saved) != expected:
+        raise RuntimeError(f"{folder}: checkpoint parameters do not match the model's trainable parameters")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer_param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    version, py_state, gauss = meta["python_rng"]
+    random.setstate((version, tuple(py_state), gauss))
+    return TrainState(meta["step"], meta["epoch"], meta["batch_index"])

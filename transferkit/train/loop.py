@@ -1,0 +1,291 @@
+"""The training loop, readable top to bottom.
+
+`train(cfg)` sets up a run (model, data, method, optimizer) and calls `fit()`,
+which does the optimisation; `finish()` saves the adapter, evaluates and writes
+the summary. One optimizer step:
+
+    for each micro-batch of the step's batch:         (gradient accumulation)
+        loss = Σ token cross-entropy / N_step          (N_step = labelled tokens in the whole step,
+        backward                                        so 4 × 2 examples == 1 × 8 exactly)
+    clip gradients, AdamW step, schedule step
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, dump_config
+from ..data import Split, Splits, load_splits
+from ..data.batching import collate, length_grouped_batches
+from ..data.tokenize import Tokenized
+from ..errors import UserError
+from ..evaluate import evaluate_split, lm_loss
+from ..methods import count_parameters, format_trainable, get_method
+from ..models import load_model
+from . import checkpoint as ckpt
+from .hardware import peak_memory_bytes, pick_device, resolve_precision
+from .loss import token_loss_sum
+from .rundir import RunDir
+from .schedule import lr_multiplier, warmup_steps
+
+
+@dataclass
+class Parts:
+    """What the loop moves: the model and the objects that update it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    accelerator: object  # accelerate.Accelerator
+    pad_id: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def steps_per_epoch(num_sequences: int, batch_size: int) -> int:
+    return math.ceil(num_sequences / batch_size)  # the last, smaller batch is kept: no data dropped
+
+
+def total_steps(cfg: RunConfig, num_sequences: int) -> int:
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch(num_sequences, cfg.train.batch_size)))
+
+
+def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float):
+    """One optimizer step over `items`. Returns (loss sum tensor, labelled tokens, grad norm tensor)."""
+    model, device = parts.model, parts.accelerator.device
+    n_labels = sum(t.num_labels for t in items)  # known on the host: no device sync
+    loss_total = torch.zeros((), device=device)
+    for start in range(0, len(items), micro_batch_size):
+        batch = collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [b, T] tensors
+        with parts.accelerator.autocast():
+            loss_sum, _ = token_loss_sum(model, batch)
+        # Normalising by the step's token count (not the micro-batch's) makes
+        # accumulation exact whatever the split.
+        parts.accelerator.backward(loss_sum / max(n_labels, 1))
+        loss_total += loss_sum.detach()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = parts.accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss_total, n_labels, grad_norm
+
+
+def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.TrainState, steps: int) -> dict:
+    """Optimise until `steps` optimizer steps are done. Returns loop statistics."""
+    train_cfg = cfg.train
+    micro = train_cfg.micro_batch_size or train_cfg.batch_size
+    data = splits.train.tokenized
+    lengths = [len(t.input_ids) for t in data]
+    epoch_batches: dict[int, list[list[int]]] = {}
+
+    def batches_for(epoch: int) -> list[list[int]]:
+        if epoch not in epoch_batches:
+            epoch_batches.clear()
+            epoch_batches[epoch] = length_grouped_batches(lengths, train_cfg.batch_size, cfg.seed, epoch)
+        return epoch_batches[epoch]
+
+    parts.model.train()
+    window_loss = torch.zeros((), device=parts.accelerator.device)
+    window_labels = window_tokens = 0
+    total_tokens, last_loss, first_loss = 0, None, None
+    window_start = started = time.perf_counter()
+    bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    while state.step < steps:
+        batches = batches_for(state.epoch)
+        if state.batch_index >= len(batches):
+            state.epoch, state.batch_index = state.epoch + 1, 0
+            continue
+        items = [data[i] for i in batches[state.batch_index]]
+        state.batch_index += 1
+        lr = parts.optimizer.param_groups[0]["lr"]
+        loss_sum, n_labels, grad_norm = optimizer_step(parts, items, micro, train_cfg.max_grad_norm)
+        state.step += 1
+        real_tokens = sum(len(t.input_ids) for t in items)
+        window_loss += loss_sum
+        window_labels += n_labels
+        window_tokens += real_tokens
+        total_tokens += real_tokens
+        bar.update(1)
+
+        if state.step % train_cfg.log_every == 0 or state.step == steps:
+            # The only host sync of a step, once per log interval.
+            now = time.perf_counter()
+            last_loss = window_loss.item() / max(window_labels, 1)
+            first_loss = last_loss if first_loss is None else first_loss
+            tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+            event = {"event": "train", "step": state.step, "epoch": state.epoch, "loss": last_loss, "lr": lr,
+                     "tokens_per_s": tokens_per_s, "labelled_tokens": window_labels}
+            if grad_norm is not None:
+                event["grad_norm"] = float(grad_norm)
+            run.log(event)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+            window_loss.zero_()
+            window_labels = window_tokens = 0
+            window_start = now
+
+        if splits.validation is not None and train_cfg.eval_every and state.step % train_cfg.eval_every == 0 and state.step < steps:
+            result = validation_loss(parts, splits.validation, cfg)
+            run.log({"event": "eval", "split": "validation", "step": state.step, **result})
+            bar.write(f"step {state.step}: validation loss {result['loss']:.4f} (ppl {result['perplexity']:.2f})")
+            window_start = time.perf_counter()  # evaluation time is not training time
+
+        if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < steps:
+            save(parts, run, state, train_cfg.keep_checkpoints)
+            window_start = time.perf_counter()
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {"train_tokens": total_tokens, "train_seconds": seconds, "first_logged_loss": first_loss,
+            "final_train_loss": last_loss}
+
+
+def validation_loss(parts: Parts, split: Split, cfg: RunConfig) -> dict:
+    return lm_loss(parts.model, split.tokenized, parts.pad_id, cfg.eval.batch_size, parts.accelerator.device,
+                   parts.accelerator.autocast)
+
+
+def save(parts: Parts, run: RunDir, state: ckpt.TrainState, keep: int) -> None:
+    folder = run.checkpoints / f"step-{state.step:06d}"
+    ckpt.save_checkpoint(folder, parts.accelerator.unwrap_model(parts.model), parts.optimizer, parts.scheduler, state)
+    ckpt.prune(run.checkpoints, keep)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError(f"method '{cfg.method.name}' left no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.999))
+    warmup = warmup_steps(steps, cfg.train.warmup_ratio)
+    min_ratio = cfg.train.min_lr_ratio
+
+    def schedule(step: int) -> float:
+        return lr_multiplier(step, steps, warmup, min_ratio)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def evaluate_test(model, tokenizer, splits: Splits, cfg: RunConfig, device, autocast, run: RunDir, label: str) -> dict:
+    metrics, predictions = evaluate_split(model, tokenizer, splits.test, splits.schema, cfg.eval, device,
+                                          autocast=autocast, label=label)
+    if predictions:
+        run.write_text_atomic(run.path / f"{label}_predictions.jsonl",
+                              "".join(json.dumps(p) + "\n" for p in predictions))
+    return metrics
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run a whole training job described by `cfg`; returns the summary."""
+    from accelerate import Accelerator
+
+    run = RunDir(cfg.output_dir)
+    resume_from = None
+    if resume:
+        resume_from = ckpt.latest(run.checkpoints)
+        if resume_from is None:
+            raise UserError(f"{run.path}: nothing to resume (no complete checkpoint in {run.checkpoints})")
+    else:
+        run.create(overwrite)
+    run.write_text_atomic(run.config, dump_config(cfg))
+    seed_everything(cfg.seed)
+    wall_start = time.perf_counter()
+
+    device = pick_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+    model, tokenizer, folder = load_model(cfg.model, device=accelerator.device)
+    splits = load_splits(cfg.data, tokenizer, cfg.seed)
+    for note in splits.notes:
+        print(note)
+
+    # On resume the baseline was measured already; it is in metrics.jsonl.
+    baseline = next((e["metrics"] for e in run.read_events() if e.get("event") == "baseline"), None)
+    if baseline is None and cfg.eval.baseline and splits.test is not None:
+        baseline = evaluate_test(model, tokenizer, splits, cfg, accelerator.device, accelerator.autocast, run, "baseline")
+        run.log({"event": "baseline", "step": 0, "split": "test", "metrics": baseline})
+        print(f"baseline (untrained {cfg.model}) on test: {format_metrics(baseline)}")
+
+    method = get_method(cfg.method.name)
+    seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
+    model = method.apply(model, cfg.method)
+    trainable, total = count_parameters(model)
+    print(format_trainable(trainable, total))
+
+    steps = total_steps(cfg, len(splits.train.tokenized))
+    optimizer, scheduler = build_optimizer(model, cfg, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer.pad_token_id)
+    state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        run.truncate_events_after(state.step)
+        print(f"resumed from {resume_from} (step {state.step})")
+    print(f"training {steps} steps on {device.type} in {precision}; run directory {run.path}")
+
+    loop_stats = fit(cfg, parts, splits, run, state, steps)
+    save(parts, run, state, cfg.train.keep_checkpoints)
+    unwrapped = accelerator.unwrap_model(model)
+    ckpt.write_atomic_dir(run.adapter, lambda tmp: method.save(unwrapped, tmp))
+
+    summary: dict = {
+        "model": cfg.model, "model_path": str(folder), "method": cfg.method.name, "schema": splits.schema,
+        "device": device.type, "precision": precision,
+        "params": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
+        "steps": state.step, "epochs": state.epoch + state.batch_index / max(1, steps_per_epoch(len(splits.train.tokenized), cfg.train.batch_size)),
+        "train_tokens": loop_stats["train_tokens"],
+        "tokens_per_s": loop_stats["train_tokens"] / max(loop_stats["train_seconds"], 1e-9),
+        "train_loss": {"first_logged": loop_stats["first_logged_loss"], "final": loop_stats["final_train_loss"]},
+        "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1]),
+        "truncated_examples": {s.name: s.num_truncated for s in (splits.train, splits.validation, splits.test) if s},
+    }
+    if splits.validation is not None:
+        summary["validation"] = validation_loss(parts, splits.validation, cfg)
+        run.log({"event": "eval", "split": "validation", "step": state.step, **summary["validation"]})
+    if splits.test is not None:
+        tuned = evaluate_test(unwrapped, tokenizer, splits, cfg, accelerator.device, accelerator.autocast, run, "test")
+        run.log({"event": "test", "step": state.step, "split": "test", "metrics": tuned})
+        summary["test"] = tuned
+        print(f"tuned model on test: {format_metrics(tuned)}")
+        if baseline is not None:
+            summary["baseline"] = {"test": baseline}
+            summary["gain"] = {k: tuned[k] - baseline[k] for k in ("exact_match", "loss") if k in tuned and k in baseline}
+    summary["wall_time_s"] = time.perf_counter() - wall_start
+    summary["peak_memory_bytes"] = peak_memory_bytes(device)
+    run.write_json(run.summary, summary)
+    print(f"done: {run.path} (adapter in {run.adapter}, summary in {run.summary})")
+    return summary
+
+
+def format_metrics(metrics: dict) -> str:
+    parts = [f"loss {metrics['loss']:.4f}", f"ppl {metrics['perplexity']:.2f}"]
+    if "exact_match" in metrics:
+        parts.append(f"exact match {100 * metrics['exact_match']:.1f}%")
+    return ", ".join(parts) + f" ({metrics['examples']} examples)"
+
+
+def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
+    """(model with adapter, tokenizer) from a finished run directory."""
+    from ..config import load_config
+
+    run = RunDir(run_path)
+    if not run.config.is_file() or not run.adapter.is_dir():
+        raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
+    cfg = load_config(run.config)
+    model, tokenizer, _ = load_model(cfg.model, device=device)
+    model = get_method(cfg.method.name).load(model, run.adapter)
+    model.eval()
+    return model, tokenizer, cfg

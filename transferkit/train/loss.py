@@ -1,0 +1,48 @@
+"""Token-level causal-LM loss that only computes logits where labels exist.
+
+The output head of a small model is a large share of its FLOPs (SmolLM2-135M:
+576 × 49,152 = 28M of 135M parameters), and with completion-only loss most
+positions carry no label. So we run the decoder body, gather the hidden
+states of labelled positions and apply the head to those alone: no
+[B, T, vocab] logits tensor is ever built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.tokenize import IGNORE
+
+
+def _body_and_head(model: torch.nn.Module):
+    """(decoder body returning last_hidden_state, output head) or None."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder = getattr(inner, "get_decoder", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if get_decoder is None or head is None:
+        return None
+    body = get_decoder()
+    if body is None or body is inner:
+        return None
+    return body, head
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token cross-entropy over labelled positions, number of them).
+
+    batch: input_ids, attention_mask, labels, each [B, T]. Labels are aligned
+    with inputs; position t predicts labels[t + 1].
+    """
+    targets = batch["labels"][:, 1:]                      # [B, T-1]
+    keep = targets != IGNORE                              # [B, T-1]
+    parts = _body_and_head(model)
+    if parts is None:  # models without a separable head: full logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        selected = logits[keep]
+    else:
+        body, head = parts
+        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        selected = head(hidden[:, :-1][keep])            # [N, vocab], N = labelled positions
+    loss_sum = F.cross_entropy(selected.float(), targets[keep], reduction="sum")
+    return loss_sum, keep.sum()

@@ -1,0 +1,74 @@
+"""The run directory (DESIGN.md "Run directory").
+
+    runs/<name>/config.yaml    resolved config, re-runnable as is
+                metrics.jsonl  one JSON object per event ("train", "eval", "baseline", "test")
+                summary.json   final metrics, params, wall time, tokens/s, peak memory
+                adapter/       what the method's `load` needs (PEFT format for PEFT methods)
+                checkpoints/   resumable state, written atomically
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    adapter = property(lambda self: self.path / "adapter")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    def create(self, overwrite: bool) -> None:
+        """Refuse to write into a non-empty folder unless asked to overwrite."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: output_dir exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not overwrite:
+                raise UserError(f"{self.path}: output_dir is not empty; use --resume {self.path} to continue it, "
+                                f"--overwrite to replace it, or choose another output_dir")
+            import shutil
+
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_text_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def write_json(self, path: Path, obj) -> None:
+        self.write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+    def log(self, event: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event) + "\n")
+            fh.flush()
+
+    def read_events(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        lines = [line for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        events = []
+        for number, line in enumerate(lines):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number != len(lines) - 1:
+                    raise
+                # A kill mid-write can leave the last line partial; it was never a complete event.
+        return events
+
+    def truncate_events_after(self, step: int) -> None:
+        """On resume: drop events logged after the checkpoint so none repeat."""
+        kept = [e for e in self.read_events() if e.get("step", 0) <= step and e.get("event") != "test"]
+        self.write_text_atomic(self.metrics, "".join(json.dumps(e) + "\n" for e in kept))
