@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tiny import save_tiny_model_folder, tiny_tokenizer, write_jsonl  # noqa: E402
+
+from transferkit.data.synthetic import person_records  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture()
+def quick_data(tmp_path) -> dict[str, Path]:
+    """Small instruction splits of the quickstart task."""
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", person_records(40, seed=1)),
+        "validation": write_jsonl(tmp_path / "val.jsonl", person_records(6, seed=2)),
+        "test": write_jsonl(tmp_path / "test.jsonl", person_records(4, seed=3)),
+    }
+
+
+@pytest.fixture()
+def tiny_config(tiny_model_dir, quick_data, tmp_path):
+    """A RunConfig on the tiny model that trains in about a second."""
+    from transferkit.config import load_config
+
+    def make(*overrides: str):
+        base = {
+            "model": str(tiny_model_dir),
+            "data": {k: str(v) for k, v in quick_data.items()},
+            "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+            "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-2, "log_every": 1, "eval_every": 3,
+                      "save_every": 3, "precision": "fp32"},
+            "eval": {"max_new_tokens": 8, "batch_size": 4},
+            "output_dir": str(tmp_path / "run"),
+        }
+        return load_config(None, list(overrides), base=base)
+
+    return make

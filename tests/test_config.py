@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from transferkit.config import describe_keys, dump_config, load_config
+from transferkit.errors import ConfigError
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "data:\n  train: t.jsonl\ntrain:\n  max_steps: 3\n"
+
+
+def test_overrides_and_types(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.max_steps=5", "train.lr=2e-4", "output_dir=/tmp/x",
+                                              "method.target_modules=q_proj,v_proj"])
+    assert cfg.train.max_steps == 5
+    assert cfg.train.lr == pytest.approx(2e-4)  # YAML reads 2e-4 as a string; coerced to float
+    assert cfg.output_dir == "/tmp/x"
+    assert cfg.method.target_modules == ["q_proj", "v_proj"]
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.max_step'; did you mean 'train.max_steps'"):
+        load_config(write(tmp_path, BASE + "  max_step: 4\n"))
+    with pytest.raises(ConfigError, match=r"'method.rank'; did you mean 'method.r'|'method.rank'"):
+        load_config(write(tmp_path, BASE), ["method.rank=4"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'; did you mean 'train'"):
+        load_config(write(tmp_path, BASE), ["trian.lr=1"])
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.batch_size' must be int, got str 'eight'"):
+        load_config(write(tmp_path, BASE), ["train.batch_size=eight"])
+    with pytest.raises(ConfigError, match=r"'train.precision' must be one of .*did you mean 'bf16'"):
+        load_config(write(tmp_path, BASE), ["train.precision=bf61"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.r=0", r"'method.r' must be > 0"),
+    ("train.lr=-1", r"'train.lr' must be > 0"),
+    ("train.max_steps=-3", r"'train.max_steps' must be > 0"),
+])
+def test_out_of_range_values(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, BASE), [override])
+
+
+def test_unknown_method_lists_known(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown method 'lorra'.*did you mean 'lora'.*Known methods: lora"):
+        load_config(write(tmp_path, BASE), ["method.name=lorra"])
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of 'train.max_steps' and 'train.epochs'"):
+        load_config(write(tmp_path, BASE), ["train.epochs=1"])
+    with pytest.raises(ConfigError, match="multiple of 'train.micro_batch_size'"):
+        load_config(write(tmp_path, BASE), ["train.batch_size=8", "train.micro_batch_size=3"])
+    with pytest.raises(ConfigError, match="'data.train' is required"):
+        load_config(write(tmp_path, "train:\n  max_steps: 3\n"))
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:3: invalid YAML"):
+        load_config(write(tmp_path, "data:\n  train: x\n\tbad: 1\n"))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["method.r=4"])
+    again = load_config(write(tmp_path, dump_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_shipped_recipe_is_valid(recipe):
+    cfg = load_config(recipe)
+    root = recipe.parents[1]
+    for split in ("train", "validation", "test"):
+        path = getattr(cfg.data, split)
+        if path:
+            assert (root / path).exists(), f"{recipe.name}: data.{split} {path} does not exist"
+
+
+def test_every_key_has_help():
+    rows = describe_keys()
+    assert {"train.max_steps", "data.train", "eval.baseline", "output_dir", "method.name"} <= {r[0] for r in rows}
+    assert all(r[3] for r in rows)

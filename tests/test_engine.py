@@ -1,0 +1,153 @@
+"""The training engine on a tiny Llama: loss, accumulation, resume, run directory."""
+
+import json
+
+import pytest
+import torch
+from tiny import tiny_llama, tiny_tokenizer
+
+from transferkit.data import read_examples
+from transferkit.data.batching import collate
+from transferkit.data.tokenize import tokenize_examples
+from transferkit.errors import UserError
+from transferkit.train.loss import token_loss_sum
+
+
+def _batch(tmp_path, n=8):
+    from tiny import write_jsonl
+
+    from transferkit.data.synthetic import person_records
+
+    tok = tiny_tokenizer()
+    write_jsonl(tmp_path / "d.jsonl", person_records(n, seed=5))
+    schema, examples = read_examples(str(tmp_path / "d.jsonl"))
+    return tok, tokenize_examples(tok, examples, schema, 256)
+
+
+def test_token_loss_matches_transformers_loss(tmp_path):
+    tok, items = _batch(tmp_path)
+    model = tiny_llama(len(tok))
+    batch = collate(items, tok.pad_token_id)
+    loss_sum, n = token_loss_sum(model, batch)
+    reference = model(**batch).loss  # transformers shifts labels and averages over labelled tokens
+    assert int(n) == sum(t.num_labels for t in items)
+    torch.testing.assert_close(loss_sum / n, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    tok, items = _batch(tmp_path)
+    n_labels = sum(t.num_labels for t in items)
+
+    def grads(micro: int):
+        model = tiny_llama(len(tok), seed=3)
+        for start in range(0, len(items), micro):
+            loss_sum, _ = token_loss_sum(model, collate(items[start: start + micro], tok.pad_token_id))
+            (loss_sum / n_labels).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    one, four = grads(8), grads(2)  # 1 × 8 vs 4 micro-batches × 2
+    for name in one:
+        torch.testing.assert_close(four[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _train_events(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_the_run_directory(tiny_config):
+    from transferkit import train
+
+    cfg = tiny_config("train.max_steps=12", "train.save_every=6")
+    summary = train(cfg)
+    from pathlib import Path
+
+    run = Path(cfg.output_dir)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "adapter", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000006", "step-000012"]
+    events = _train_events(run)
+    train_events = [e for e in events if e["event"] == "train"]
+    assert [e["step"] for e in train_events] == list(range(1, 13))
+    assert all({"step", "loss", "lr", "tokens_per_s"} <= set(e) for e in train_events)
+    assert {e["event"] for e in events} >= {"baseline", "train", "eval", "test"}
+    assert train_events[-1]["loss"] < train_events[0]["loss"]
+    for key in ("params", "wall_time_s", "tokens_per_s", "peak_memory_bytes", "test", "baseline", "gain", "validation"):
+        assert key in summary, key
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert 0 < summary["params"]["trainable"] < summary["params"]["total"]
+
+
+def test_refuses_to_overwrite_a_run(tiny_config):
+    from transferkit import train
+
+    cfg = tiny_config("train.max_steps=1", "eval.baseline=false")
+    train(cfg)
+    with pytest.raises(UserError, match="output_dir is not empty; use --resume"):
+        train(cfg)
+    train(cfg, overwrite=True)
+
+
+def test_resume_equals_straight_run(tiny_config, tmp_path, monkeypatch):
+    """10 steps straight == a crash after step 7, resume from the step-5 checkpoint, run to 10:
+    same parameters and the same loss curve, with no gaps or duplicate events."""
+    from safetensors.torch import load_file
+
+    from transferkit import train
+    from transferkit.train import loop
+
+    common = ["train.max_steps=10", "train.save_every=5", "eval.baseline=false", "method.dropout=0.1"]
+    train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
+
+    real_step, calls = loop.optimizer_step, []
+
+    def crashing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            raise RuntimeError("simulated crash during step 8")
+        return real_step(*args, **kwargs)
+
+    cfg = tiny_config(*common, f"output_dir={tmp_path / 'resumed'}")
+    monkeypatch.setattr(loop, "optimizer_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    monkeypatch.setattr(loop, "optimizer_step", real_step)
+    train(cfg, resume=True)
+
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-000010" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step-000010" / "trainable.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    loss_a = [e["loss"] for e in _train_events(tmp_path / "straight") if e["event"] == "train"]
+    events_b = [e for e in _train_events(tmp_path / "resumed") if e["event"] == "train"]
+    assert [e["step"] for e in events_b] == list(range(1, 11))  # no gaps, no duplicates
+    assert [e["loss"] for e in events_b] == pytest.approx(loss_a, rel=1e-5)
+
+
+def test_incomplete_checkpoint_is_never_picked(tmp_path):
+    from transferkit.train.checkpoint import latest
+
+    (tmp_path / "step-000005").mkdir()
+    (tmp_path / "step-000005" / "state.json").write_text("{}")
+    (tmp_path / ".tmp-step-000010-123").mkdir()        # a crash mid-write
+    (tmp_path / "step-000015").mkdir()                 # no state.json: not complete
+    assert latest(tmp_path).name == "step-000005"
+
+
+def test_adapter_loads_in_stock_peft_with_identical_logits(tiny_config, tiny_model_dir):
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from transferkit import load_trained, train
+
+    cfg = tiny_config("train.max_steps=4", "eval.baseline=false")
+    train(cfg)
+    ids = torch.tensor([[1, 5, 9, 42, 7, 100]])
+    ours, _, _ = load_trained(cfg.output_dir)
+    stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                      str(Path(cfg.output_dir) / "adapter")).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, ours(ids).logits, rtol=0, atol=0)
+        assert not torch.allclose(stock(ids).logits, base(ids).logits)  # the adapter does something

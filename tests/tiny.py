@@ -1,0 +1,60 @@
+"""Tiny models and tokenizers built in code: no downloads, milliseconds per step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "Convert to a JSON record with keys name, age, city, job:",
+    "Ana Silva is a 34-year-old nurse from Lisbon. {\"name\": \"Ana Silva\", \"age\": 34}",
+    "the quick brown fox jumps over the lazy dog 0123456789 ,.;:!?()[]{}'\"-_/",
+    "hello world, what is two plus two? It is four. user assistant system",
+]
+
+
+def tiny_tokenizer(chat_template: str | None = CHATML):
+    """A byte-level BPE tokenizer (~400 tokens) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(CORPUS * 4, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token=None)
+    tok.chat_template = chat_template
+    return tok
+
+
+def tiny_llama(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+def save_tiny_model_folder(folder: Path) -> Path:
+    """An HF folder with a tiny Llama and the tiny tokenizer, usable as `model:`."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
