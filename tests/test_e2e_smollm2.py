@@ -1,0 +1,99 @@
+"""End to end: the real CLI on the packaged SmolLM2-135M for a few steps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "transferkit", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"transferkit {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    cli("train", "recipes/quickstart.yaml", "train.max_steps=6", "train.batch_size=4", "train.log_every=1",
+        "train.eval_every=3", "train.save_every=3", "eval.max_examples=4", "eval.max_new_tokens=40",
+        "eval.batch_size=4", f"output_dir={out}")
+    return out
+
+
+def test_run_directory_is_complete(run_dir):
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-000003", "step-000006"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model"] == "smollm2-135m" and summary["steps"] == 6
+    assert summary["params"]["total"] > 134_000_000 and 0 < summary["params"]["trainable"] < 5_000_000
+    assert summary["tokens_per_s"] > 0 and summary["peak_memory_bytes"] > 0
+    assert 0.0 <= summary["baseline"]["test"]["exact_match"] <= 1.0 and "exact_match" in summary["test"]
+
+
+def test_loss_fell(run_dir):
+    events = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert len(losses) == 6
+    assert losses[-1] < 0.7 * losses[0], losses
+    evals = [e for e in events if e["event"] == "eval"]
+    assert evals and all(e["split"] == "validation" for e in evals)
+
+
+def test_adapter_reloads_in_stock_peft_with_identical_logits(run_dir):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base_path = json.loads((run_dir / "summary.json").read_text())["model_path"]
+    ids = torch.tensor([[1, 504, 3458, 28, 253, 2947, 2]])
+    stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(run_dir / "adapter")).eval()
+
+    # The same weights by another road: the final checkpoint's trainable tensors
+    # loaded into a freshly wrapped base.
+    config = LoraConfig.from_pretrained(str(run_dir / "adapter"))
+    rebuilt = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path), config)
+    saved = load_file(str(run_dir / "checkpoints" / "step-000006" / "trainable.safetensors"))
+    missing = rebuilt.load_state_dict(saved, strict=False)
+    assert not missing.unexpected_keys
+    rebuilt.eval()
+    with torch.no_grad():
+        a, b = stock(ids).logits, rebuilt(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(base_path).eval()(ids).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert (a - base).abs().max() > 1e-3
+
+
+def test_generate_and_eval_commands(run_dir):
+    prompt = "Convert to a JSON record with keys name, age, city, job:\nAna Silva is a 34-year-old nurse from Lisbon."
+    reply = cli("generate", "--adapter", str(run_dir), "--prompt", prompt, "--max-new-tokens", "40").stdout.strip()
+    assert reply.startswith("{") and "Ana Silva" in reply
+    metrics = json.loads(cli("eval", str(run_dir), "--data", "data/quickstart/test.jsonl", "--max-examples", "4",
+                             "--max-new-tokens", "40").stdout)
+    assert {"loss", "perplexity", "exact_match", "examples"} <= set(metrics) and metrics["examples"] == 4
+
+
+def test_python_dash_m_is_the_transferkit_command():
+    script = Path(sys.executable).parent / "transferkit"
+    direct = subprocess.run([str(script), "keys"], capture_output=True, text=True, check=True).stdout
+    assert direct == cli("keys").stdout and "train.max_steps" in direct
+
+
+def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "never"
+    result = cli("train", "recipes/quickstart.yaml", "model=no-such-model", f"output_dir={out}", check=False)
+    assert result.returncode == 2
+    assert "unknown model 'no-such-model'" in result.stderr and "smollm2-135m" in result.stderr
+    assert not out.exists()
+    result = cli("train", "recipes/quickstart.yaml", "train.max_step=5", check=False)
+    assert result.returncode == 2 and "did you mean 'train.max_steps'" in result.stderr
