@@ -46,10 +46,34 @@ def tiny_llama(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model_folder(folder: Path) -> Path:
-    """An HF folder with a tiny Llama and the tiny tokenizer, usable as `model:`."""
+def tiny_qwen2(vocab_size: int, seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=0)
+    return Qwen2ForCausalLM(config)
+
+
+def tiny_llama64(vocab_size: int, seed: int = 0):
+    """Hidden size 64: bitsandbytes' CPU NF4 kernels need rows of at least one 64-value block."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+DECODERS = {"llama": tiny_llama64, "qwen2": tiny_qwen2}
+
+
+def save_tiny_model_folder(folder: Path, family: str = "llama32") -> Path:
+    """An HF folder with a tiny decoder and the tiny tokenizer, usable as `model:`."""
     tok = tiny_tokenizer()
-    model = tiny_llama(len(tok))
+    model = tiny_llama(len(tok)) if family == "llama32" else DECODERS[family](len(tok))
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))
     return folder

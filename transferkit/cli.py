@@ -11,7 +11,12 @@ from .errors import EXIT_USER_ERROR, UserError
 
 
 def _quiet_libraries() -> None:
+    import warnings
+
     import transformers
+
+    # Deprecation notices raised inside transformers/peft on every model build: not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -74,6 +79,15 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from .methods.accounting import format_table, parameter_table
+
+    rows = parameter_table(args.model)
+    print(f"Methods on {args.model} (total = parameters of the float base model)\n")
+    print(format_table(rows))
+    return 0 if all(r.agrees is not False for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferkit", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="write per-example predictions to this .jsonl file")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("methods", help="trainable parameters of every method on a model")
+    p.add_argument("--model", default="smollm2-135m", help="short name, HF folder or GGUF file")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("keys", help="every config key with its type, default and help")
     p.set_defaults(func=cmd_keys)

@@ -15,6 +15,11 @@ from .schema import Example, schema_of, to_examples
 from .tokenize import Tokenized, check_has_labels, tokenize_examples
 
 
+# The model task each data schema trains.
+TASK_OF_SCHEMA = {"instruction": "causal-lm", "lm": "causal-lm", "classification": "classification",
+                  "preference": "preference"}
+
+
 @dataclass
 class Split:
     name: str
@@ -75,4 +80,4 @@ def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
     return Splits(schema, train, validation, test, notes)
 
 
-__all__ = ["Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]
+__all__ = ["TASK_OF_SCHEMA", "Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]

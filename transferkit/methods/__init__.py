@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
@@ -33,6 +33,13 @@ class Method:
     save: Callable[[torch.nn.Module, Path], None]
     load: Callable[[torch.nn.Module, Path], torch.nn.Module]
     summary: str
+    tasks: tuple[str, ...] = ("causal-lm", "classification")   # what it can train; checked at config time
+    quantize_base: bool = False                                # load the base in 4-bit NF4 (QLoRA)
+    # Optional capabilities; None where the method has none.
+    param_groups: Callable[[torch.nn.Module, MethodConfig, float], list[dict]] | None = None
+    disabled: Callable[[torch.nn.Module], ContextManager] | None = None   # base-model behaviour inside
+    merge: Callable[[torch.nn.Module], torch.nn.Module] | None = None     # fold into the base weights
+    closed_form: Callable[[torch.nn.Module, MethodConfig], int | None] | None = None  # trainable count by formula
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -76,4 +83,11 @@ def format_trainable(trainable: int, total: int) -> str:
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
 
 
-from . import lora  # noqa: E402,F401  (registers itself)
+def check_task(method: Method, task: str) -> None:
+    if task not in method.tasks:
+        raise ConfigError(f"method '{method.name}' cannot train a {task} task (it serves: {', '.join(method.tasks)}); "
+                          f"choose another method.name")
+
+
+# Each module registers itself on import.
+from . import adapter, freeze, full, ia3, lora, prefix, prompt, qlora  # noqa: E402,F401

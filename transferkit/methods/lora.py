@@ -1,35 +1,23 @@
-"""LoRA (Hu et al. 2021, arXiv:2106.09685) through `peft`.
+"""LoRA (Hu et al. 2021, arXiv:2106.09685) and its variants, through `peft`.
 
 W' = W + (alpha / r) · B A with A: [r, k] (Kaiming init), B: [d, r] (zeros),
 so the adapted model starts equal to the base. Trainable parameters per
 adapted d×k matrix: r · (d + k).
+- `rslora` (Kalajdzievski 2023, arXiv:2312.03732): scale alpha / sqrt(r), stable at high rank.
+- `dora` (Liu et al. 2024, arXiv:2402.09353): W' = m · (W + BA) / ||W + BA||_col, adding a
+  magnitude vector of d parameters per matrix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..config import MethodConfig, opt
 from . import Method, register
-
-# Attention projections by architecture (`config.model_type`). Where a family
-# is not listed, every linear layer except the output head is adapted
-# (`peft`'s "all-linear").
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "phi3": ["qkv_proj", "o_proj"],
-    "gpt2": ["c_attn", "c_proj"],
-    "bert": ["query", "key", "value"],
-}
+from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
+from .targets import adapted_linears, default_lora_targets
 
 
 @dataclass
@@ -41,36 +29,37 @@ class LoraMethodConfig(MethodConfig):
         [], "module names to adapt, e.g. [q_proj, v_proj]; empty: a default per architecture")
 
 
-def default_targets(model: torch.nn.Module) -> list[str] | str:
-    return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
-
-
-def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig):
-    from peft import LoraConfig, TaskType
+def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig, *, use_dora: bool = False, use_rslora: bool = False):
+    from peft import LoraConfig
 
     return LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules or default_targets(model),
-        task_type=TaskType.CAUSAL_LM,
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules or default_lora_targets(model),
+        task_type=peft_task_type(model), modules_to_save=classifier_modules(model),
+        use_dora=use_dora, use_rslora=use_rslora,
     )
 
 
-def apply(model: torch.nn.Module, cfg: LoraMethodConfig) -> torch.nn.Module:
-    from peft import get_peft_model
-
-    return get_peft_model(model, peft_lora_config(model, cfg))
-
-
-def save(model: torch.nn.Module, adapter_dir: Path) -> None:
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
-
-
-def load(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+def lora_closed_form(model: torch.nn.Module, cfg: LoraMethodConfig, *, dora: bool = False) -> int:
+    """Σ over adapted d×k matrices of r(d + k) (+ d magnitudes for DoRA)."""
+    total = 0
+    for linear in adapted_linears(model, cfg.target_modules or default_lora_targets(model)):
+        d, k = linear.out_features, linear.in_features
+        total += cfg.r * (d + k) + (d if dora else 0)
+    return total
 
 
-register(Method("lora", LoraMethodConfig, apply, save, load, summary="low-rank updates on chosen linear layers (peft)"))
+def _variant(name: str, summary: str, **flags) -> Method:
+    dora = flags.get("use_dora", False)
+    return Method(
+        name, LoraMethodConfig,
+        apply=lambda model, cfg: wrap(model, peft_lora_config(model, cfg, **flags)),
+        summary=summary, merge=merge,
+        closed_form=lambda model, cfg: lora_closed_form(model, cfg, dora=dora),
+        **PEFT_FUNCTIONS,
+    )
+
+
+register(_variant("lora", "low-rank updates BA on chosen linear layers (peft)"))
+register(_variant("rslora", "LoRA scaled by alpha/sqrt(r), stable at high rank (peft)", use_rslora=True))
+register(_variant("dora", "LoRA on the direction plus a learned magnitude per column (peft)", use_dora=True))

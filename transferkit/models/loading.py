@@ -52,8 +52,21 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_model(ref: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load a causal LM and its tokenizer from a reference; returns (model, tokenizer, folder)."""
+def nf4_config(compute_dtype: torch.dtype):
+    """4-bit NormalFloat with double-quantized block scales (QLoRA's recipe)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(ref: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32):
+    """Load a causal LM and its tokenizer from a reference; returns (model, tokenizer, folder).
+
+    quantize_4bit: store the linear layers' weights in NF4 (for QLoRA); `compute_dtype`
+    is what they are dequantized to for each matmul.
+    """
     from transformers import AutoModelForCausalLM
 
     folder = resolve_model(ref)
@@ -63,7 +76,12 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, device: str | to
             f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
             f"such as smollm2-135m")
     tokenizer = load_tokenizer(folder)
+    extra = {}
+    if quantize_4bit:
+        extra = {"quantization_config": nf4_config(compute_dtype), "device_map": str(torch.device(device))}
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=False,
-                                                 use_safetensors=True)
-    model.to(device)
+                                                 use_safetensors=True, **extra)
+    if not quantize_4bit:
+        model.to(device)
+    model.transferkit_task = "causal-lm"
     return model, tokenizer, folder

@@ -24,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, dump_config
-from ..data import Split, Splits, load_splits
+from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits
 from ..data.batching import collate, length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import UserError
 from ..evaluate import evaluate_split, lm_loss
-from ..methods import count_parameters, format_trainable, get_method
+from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model
 from . import checkpoint as ckpt
 from .hardware import peak_memory_bytes, pick_device, resolve_precision
@@ -165,11 +165,12 @@ def save(parts: Parts, run: RunDir, state: ckpt.TrainState, keep: int) -> None:
     ckpt.prune(run.checkpoints, keep)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig, steps: int):
+def build_optimizer(model: torch.nn.Module, method: Method, cfg: RunConfig, steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError(f"method '{cfg.method.name}' left no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.999))
+    groups = method.param_groups(model, cfg.method, cfg.train.lr) if method.param_groups else [{"params": params}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.999))
     warmup = warmup_steps(steps, cfg.train.warmup_ratio)
     min_ratio = cfg.train.min_lr_ratio
 
@@ -207,8 +208,11 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     device = pick_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
-    model, tokenizer, folder = load_model(cfg.model, device=accelerator.device)
+    method = get_method(cfg.method.name)
+    model, tokenizer, folder = load_model(cfg.model, device=accelerator.device, quantize_4bit=method.quantize_base,
+                                          compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     splits = load_splits(cfg.data, tokenizer, cfg.seed)
+    check_task(method, TASK_OF_SCHEMA[splits.schema])
     for note in splits.notes:
         print(note)
     if not resume:
@@ -223,14 +227,13 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         run.log({"event": "baseline", "step": 0, "split": "test", "metrics": baseline})
         print(f"baseline (untrained {cfg.model}) on test: {format_metrics(baseline)}")
 
-    method = get_method(cfg.method.name)
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
     model = method.apply(model, cfg.method)
     trainable, total = count_parameters(model)
     print(format_trainable(trainable, total))
 
     steps = total_steps(cfg, len(splits.train.tokenized))
-    optimizer, scheduler = build_optimizer(model, cfg, steps)
+    optimizer, scheduler = build_optimizer(model, method, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     parts = Parts(model, optimizer, scheduler, accelerator, tokenizer.pad_token_id)
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
@@ -289,7 +292,8 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
     if not run.config.is_file() or not run.adapter.is_dir():
         raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
     cfg = load_config(run.config)
-    model, tokenizer, _ = load_model(cfg.model, device=device)
-    model = get_method(cfg.method.name).load(model, run.adapter)
+    method = get_method(cfg.method.name)
+    model, tokenizer, _ = load_model(cfg.model, device=device, quantize_4bit=method.quantize_base)
+    model = method.load(model, run.adapter)
     model.eval()
     return model, tokenizer, cfg

@@ -15,8 +15,16 @@ import torch.nn.functional as F
 from ..data.tokenize import IGNORE
 
 
+def _uses_virtual_tokens(model: torch.nn.Module) -> bool:
+    """Prompt / prefix tuning inject their tokens in the PeftModel's own forward."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def _body_and_head(model: torch.nn.Module):
     """(decoder body returning last_hidden_state, output head) or None."""
+    if _uses_virtual_tokens(model):
+        return None
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     get_decoder = getattr(inner, "get_decoder", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
@@ -38,7 +46,9 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     keep = targets != IGNORE                              # [B, T-1]
     parts = _body_and_head(model)
     if parts is None:  # models without a separable head: full logits
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Prompt tuning returns logits for its virtual tokens first: drop them. [B, T-1, vocab]
+        logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:][:, :-1]
         selected = logits[keep]
     else:
         body, head = parts

@@ -1,0 +1,90 @@
+"""QLoRA on CPU: NF4 round-trip error within its bound, training lowers the loss,
+and the adapter applies on the float base afterwards."""
+
+import pytest
+import torch
+from tiny import save_tiny_model_folder
+
+from transferkit.config import method_config_from_dict
+from transferkit.data.batching import collate
+from transferkit.data.tokenize import Tokenized
+from transferkit.methods import get_method
+from transferkit.models import load_model
+from transferkit.train.loss import token_loss_sum
+
+# NF4 code book (Dettmers et al. 2023, appendix E): the widest gap is between
+# -1.0 and -0.6962, so rounding to the nearest level errs by at most 0.1519 × absmax.
+NF4_HALF_GAP = (1.0 - 0.6961928009986877) / 2
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny_model_folder(tmp_path_factory.mktemp("llama64"), family="llama")
+
+
+def test_nf4_round_trip_error_within_bound():
+    import bitsandbytes.functional as F
+
+    torch.manual_seed(0)
+    w = torch.randn(128, 256) * 0.05
+    packed, state = F.quantize_4bit(w, quant_type="nf4", compress_statistics=True, blocksize=64)
+    restored = F.dequantize_4bit(packed, state)
+    blocks = w.reshape(-1, 64)
+    error = (restored.reshape(-1, 64) - blocks).abs()
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    # 3 % slack for the 8-bit double quantization of the block scales.
+    assert (error <= absmax * NF4_HALF_GAP * 1.03 + 1e-7).all()
+    assert error.mean() < 0.1 * w.abs().mean() * 2  # and typically far below the bound
+
+
+def _batch(tokenizer):
+    texts = ["Ana Silva is a 34-year-old nurse from Lisbon.", "the quick brown fox jumps over the lazy dog"]
+    items = [Tokenized(ids, ids, "t:1") for ids in (tokenizer(t)["input_ids"] for t in texts)]
+    return collate(items, tokenizer.pad_token_id)
+
+
+def test_qlora_trains_on_a_4bit_base_and_applies_on_the_float_base(folder, tmp_path):
+    method = get_method("qlora")
+    model, tokenizer, _ = load_model(str(folder), quantize_4bit=True)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert model.is_loaded_in_4bit and q_proj.weight.dtype == torch.uint8  # packed NF4
+    model = method.apply(model, method_config_from_dict({"name": "qlora", "r": 4}))
+    batch = _batch(tokenizer)
+
+    def loss():
+        with torch.no_grad():
+            s, n = token_loss_sum(model, batch)
+        return (s / n).item()
+
+    start = loss()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(5):
+        s, n = token_loss_sum(model, batch)
+        (s / n).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss() < start - 0.05
+
+    method.save(model, tmp_path)
+    float_base, _, _ = load_model(str(folder))
+    on_float = get_method("lora").load(float_base, tmp_path).eval()
+    model.eval()
+    with torch.no_grad():
+        quantized_logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+        float_logits = on_float(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+    lora_q = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    lora_f = dict(on_float.named_parameters())
+    assert all(torch.equal(p, lora_f[n]) for n, p in lora_q.items())
+    # Same adapter on the float base: outputs differ only by the base's quantization error.
+    assert (quantized_logits - float_logits).abs().mean() < 0.1 * float_logits.abs().mean()
+
+
+def test_qlora_through_train(tiny_config, folder):
+    from transferkit import load_trained, train
+
+    cfg = tiny_config(f"model={folder}", "method.name=qlora", "method.r=4", "train.max_steps=3",
+                      "eval.baseline=false")
+    summary = train(cfg)
+    assert summary["method"] == "qlora" and summary["steps"] == 3
+    model, _, _ = load_trained(cfg.output_dir)
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.uint8

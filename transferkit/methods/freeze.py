@@ -1,0 +1,58 @@
+"""Partial fine-tuning: embeddings and the lowest blocks frozen, the rest trains.
+
+Give `freeze_bottom: N` (the lowest N blocks frozen) or `train_top: K` (only the
+top K blocks, the final norm and the head train). Embeddings are always frozen
+here; a head tied to them (SmolLM2) stays frozen with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import MethodConfig, opt
+from ..errors import ConfigError
+from . import Method, register
+from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
+
+
+@dataclass
+class FreezeMethodConfig(MethodConfig):
+    freeze_bottom: Optional[int] = opt(None, "freeze the embeddings and the lowest N blocks", ge=0)
+    train_top: Optional[int] = opt(2, "train only the top K blocks, final norm and head (used when freeze_bottom is not set)", gt=0)
+
+
+def first_trained_block(model, cfg: FreezeMethodConfig) -> int:
+    blocks = num_blocks(model)
+    first = cfg.freeze_bottom if cfg.freeze_bottom is not None else blocks - cfg.train_top
+    if not 0 <= first <= blocks:
+        raise ConfigError(f"method.freeze_bottom/train_top leave {blocks - first} of the model's {blocks} blocks "
+                          f"trainable; choose a value within 0..{blocks}")
+    return first
+
+
+def trains(name: str, first: int) -> bool:
+    index = block_index(name)
+    if index is not None:
+        return index >= first
+    return not is_embedding(name)  # final norm, head, pooler
+
+
+def apply(model, cfg: FreezeMethodConfig):
+    first = first_trained_block(model, cfg)
+    return set_trainable(model, lambda name: trains(name, first))
+
+
+def closed_form(model, cfg: FreezeMethodConfig) -> int:
+    first = first_trained_block(model, cfg)
+    seen, total = set(), 0
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() if trains(name, first) else 0
+    return total
+
+
+register(Method("freeze", FreezeMethodConfig, apply=apply, save=lambda model, d: save_trainable(model, d, "freeze"),
+                load=load_trainable, summary="embeddings and lower blocks frozen, top blocks train",
+                closed_form=closed_form))

@@ -1,0 +1,54 @@
+"""What every `peft`-backed method shares: task type, save, load, off switch, merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def peft_task_type(model: torch.nn.Module):
+    from peft import TaskType
+
+    return TaskType.SEQ_CLS if getattr(model, "transferkit_task", "causal-lm") == "classification" else TaskType.CAUSAL_LM
+
+
+def classifier_modules(model: torch.nn.Module) -> list[str] | None:
+    """Names of a fresh classification head, which must train and be saved with the adapter."""
+    if getattr(model, "transferkit_task", "causal-lm") != "classification":
+        return None
+    names = [n for n in ("score", "classifier") if hasattr(model, n)]
+    return names or None
+
+
+def wrap(model: torch.nn.Module, peft_config) -> torch.nn.Module:
+    from peft import get_peft_model
+
+    task = getattr(model, "transferkit_task", "causal-lm")
+    wrapped = get_peft_model(model, peft_config)
+    wrapped.transferkit_task = task
+    return wrapped
+
+
+def save(model: torch.nn.Module, adapter_dir: Path) -> None:
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+
+
+def load(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    from peft import PeftModel
+
+    task = getattr(base, "transferkit_task", "causal-lm")
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.transferkit_task = task
+    return model
+
+
+def disabled(model: torch.nn.Module):
+    return model.disable_adapter()
+
+
+def merge(model: torch.nn.Module) -> torch.nn.Module:
+    return model.merge_and_unload()
+
+
+PEFT_FUNCTIONS = {"save": save, "load": load, "disabled": disabled}

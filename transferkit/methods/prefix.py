@@ -1,0 +1,36 @@
+"""Prefix tuning (Li & Liang 2021, arXiv:2101.00190) through `peft`: learned
+key/value vectors prepended at every layer. Without the reparameterisation MLP
+the trainable parameters are num_virtual_tokens × layers × 2 × (kv heads × head dim)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import MethodConfig, opt
+from . import Method, register
+from .peft_common import PEFT_FUNCTIONS, classifier_modules, peft_task_type, wrap
+
+
+@dataclass
+class PrefixMethodConfig(MethodConfig):
+    num_virtual_tokens: int = opt(20, "prefix length per layer", gt=0)
+
+
+def apply(model, cfg: PrefixMethodConfig):
+    from peft import PrefixTuningConfig
+
+    config = PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=peft_task_type(model))
+    if classifier_modules(model):
+        config.modules_to_save = classifier_modules(model)
+    return wrap(model, config)
+
+
+def closed_form(model, cfg: PrefixMethodConfig) -> int:
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return cfg.num_virtual_tokens * c.num_hidden_layers * 2 * heads * head_dim
+
+
+register(Method("prefix", PrefixMethodConfig, apply=apply, summary="learned key/value prefixes at every layer (peft)",
+                closed_form=closed_form, **PEFT_FUNCTIONS))

@@ -1,0 +1,33 @@
+"""Prompt tuning (Lester et al. 2021, arXiv:2104.08691) through `peft`:
+`num_virtual_tokens` trainable embeddings prepended to the input; the model is
+untouched. Trainable parameters: num_virtual_tokens × hidden size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import MethodConfig, opt
+from . import Method, register
+from .peft_common import PEFT_FUNCTIONS, classifier_modules, peft_task_type, wrap
+
+
+@dataclass
+class PromptMethodConfig(MethodConfig):
+    num_virtual_tokens: int = opt(20, "length of the learned soft prompt", gt=0)
+
+
+def apply(model, cfg: PromptMethodConfig):
+    from peft import PromptTuningConfig
+
+    config = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=peft_task_type(model))
+    if classifier_modules(model):
+        config.modules_to_save = classifier_modules(model)
+    return wrap(model, config)
+
+
+def closed_form(model, cfg: PromptMethodConfig) -> int:
+    return cfg.num_virtual_tokens * model.config.hidden_size
+
+
+register(Method("prompt", PromptMethodConfig, apply=apply, summary="a learned soft prompt of virtual tokens (peft)",
+                closed_form=closed_form, **PEFT_FUNCTIONS))

@@ -1,0 +1,30 @@
+"""QLoRA (Dettmers et al. 2023, arXiv:2305.14314): LoRA over a frozen base
+quantized to 4-bit NormalFloat (NF4) with double quantization of the block
+scales; the LoRA matrices and the compute stay in bf16/fp32.
+
+The base is quantized at load time by `bitsandbytes` (its NF4 kernels run on
+CPU and CUDA), then `peft.prepare_model_for_kbit_training` upcasts the
+remaining float parameters (norms, embeddings) and enables input gradients.
+The adapter is plain LoRA in PEFT format, so it also applies on the float base.
+"""
+
+from __future__ import annotations
+
+from . import Method, register
+from .lora import LoraMethodConfig, lora_closed_form, peft_lora_config
+from .peft_common import PEFT_FUNCTIONS, wrap
+
+
+def apply(model, cfg: LoraMethodConfig):
+    from peft import prepare_model_for_kbit_training
+
+    if not getattr(model, "is_loaded_in_4bit", False):
+        raise ValueError("qlora needs a base loaded in 4-bit (the loader does this when method.name is qlora)")
+    task = getattr(model, "transferkit_task", "causal-lm")
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.transferkit_task = task
+    return wrap(model, peft_lora_config(model, cfg))
+
+
+register(Method("qlora", LoraMethodConfig, apply=apply, summary="LoRA over a 4-bit NF4 base (bitsandbytes + peft)",
+                quantize_base=True, closed_form=lora_closed_form, **PEFT_FUNCTIONS))

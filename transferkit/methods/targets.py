@@ -1,0 +1,72 @@
+"""Which modules a method adapts, by architecture (`config.model_type`).
+
+One table per concern instead of one flag per module. Families not listed
+fall back to every linear layer except the output head (`peft`'s "all-linear").
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite")
+
+# LoRA: the attention projections.
+LORA_TARGETS = {**{t: ["q_proj", "k_proj", "v_proj", "o_proj"] for t in LLAMA_LIKE},
+                "phi3": ["qkv_proj", "o_proj"], "gpt2": ["c_attn", "c_proj"], "bert": ["query", "key", "value"]}
+
+# IA3 (Liu et al. 2022): rescale keys, values and the feed-forward input of the
+# down projection; (targets, feed-forward subset).
+IA3_TARGETS = {**{t: (["k_proj", "v_proj", "down_proj"], ["down_proj"]) for t in LLAMA_LIKE},
+               "bert": (["key", "value", "output.dense"], ["output.dense"])}
+
+# Bottleneck adapters sit after the output projection of each sub-layer, before
+# the residual addition: (after attention, after MLP) as regexes on module names.
+ADAPTER_SITES = {**{t: (r"\.self_attn\.o_proj$", r"\.mlp\.down_proj$") for t in LLAMA_LIKE},
+                 "bert": (r"\.attention\.output\.dense$", r"\.layer\.\d+\.output\.dense$"),
+                 "gpt2": (r"\.attn\.c_proj$", r"\.mlp\.c_proj$")}
+
+HEAD_NAMES = ("lm_head", "score", "classifier")
+
+
+def model_type(model: torch.nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", "")
+
+
+def default_lora_targets(model: torch.nn.Module) -> list[str] | str:
+    return LORA_TARGETS.get(model_type(model), "all-linear")
+
+
+def default_ia3_targets(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    kind = model_type(model)
+    if kind not in IA3_TARGETS:
+        raise ValueError(f"no default IA3 targets for model type '{kind}'; set method.target_modules")
+    return IA3_TARGETS[kind]
+
+
+def adapter_sites(model: torch.nn.Module) -> tuple[str, str]:
+    kind = model_type(model)
+    if kind not in ADAPTER_SITES:
+        raise ValueError(f"no bottleneck-adapter sites known for model type '{kind}'")
+    return ADAPTER_SITES[kind]
+
+
+def _is_head(name: str) -> bool:
+    return name.split(".")[-1] in HEAD_NAMES
+
+
+def adapted_linears(model: torch.nn.Module, targets: list[str] | str) -> list[torch.nn.Linear]:
+    """The linear layers `peft` will adapt for `targets` (suffix match on module names)."""
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or _is_head(name):
+            continue
+        if targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets):
+            found.append(module)
+    return found
+
+
+def matching_modules(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
+    regex = re.compile(pattern)
+    return [(n, m) for n, m in model.named_modules() if regex.search(n)]
