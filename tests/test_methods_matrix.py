@@ -1,4 +1,5 @@
-"""Every registered method × tiny decoders of two families, built in code.
+"""Every registered method × tiny models built in code: Llama and Qwen2 decoders
+(causal LM) and a BERT encoder (classification).
 
 For each: exactly the intended parameters train (and their count matches the
 closed form), one optimizer step changes nothing else, save → load into a
@@ -11,24 +12,29 @@ import re
 
 import pytest
 import torch
-from tiny import DECODERS, tiny_tokenizer
+from tiny import DECODERS, tiny_bert_classifier, tiny_tokenizer
 
 from transferkit.config import method_config_from_dict
 from transferkit.data.batching import collate
 from transferkit.data.tokenize import Tokenized
 from transferkit.methods import count_parameters, get_method, method_names
-from transferkit.train.loss import token_loss_sum
+from transferkit.train.objectives import OBJECTIVES
 
 SMALL = {"lora": {"r": 4}, "dora": {"r": 4}, "rslora": {"r": 4}, "adapter": {"r": 4}, "prompt": {"num_virtual_tokens": 3},
          "prefix": {"num_virtual_tokens": 3}, "freeze": {"train_top": 1}}
-FLOAT_METHODS = [m for m in method_names() if not get_method(m).quantize_base]
+FAMILIES = ["llama", "qwen2", "bert"]  # bert: a sequence classifier over 3 classes
+TASK = {"llama": "causal-lm", "qwen2": "causal-lm", "bert": "classification"}
+CASES = [(m, f) for m in method_names() for f in FAMILIES
+         if not get_method(m).quantize_base and TASK[f] in get_method(m).tasks]
 
 # What may train, by parameter name.
 INTENDED = {
     "lora": r"lora_[AB]", "rslora": r"lora_[AB]", "dora": r"lora_[AB]|lora_magnitude_vector", "ia3": r"ia3_l",
     "prompt": r"prompt_encoder", "prefix": r"prompt_encoder", "adapter": r"\.adapter\.", "full": r".",
-    "freeze": r"layers\.2\.|layers\.1\.|\.norm\.weight$|lm_head",
+    "freeze": r"layers\.2\.|layers\.1\.|\.norm\.weight$|lm_head|layer\.1\.|pooler|classifier",
+    "probe": r"classifier",
 }
+HEAD = r"|classifier"  # on the classifier, a new task head always trains
 
 
 def method_cfg(name: str):
@@ -36,81 +42,102 @@ def method_cfg(name: str):
 
 
 def make_base(family: str, seed: int = 0):
-    model = DECODERS[family](len(tiny_tokenizer()), seed=seed)
-    model.transferkit_task = "causal-lm"
+    builder = tiny_bert_classifier if family == "bert" else DECODERS[family]
+    model = builder(len(tiny_tokenizer()), seed=seed)
+    model.transferkit_task = TASK[family]
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def batch():
+TEXTS = ["Ana Silva is a 34-year-old nurse from Lisbon.", "hello world, what is two plus two? It is four."]
+
+
+def batch_for(family: str):
     tok = tiny_tokenizer()
-    texts = ["Ana Silva is a 34-year-old nurse from Lisbon.", "hello world, what is two plus two? It is four."]
-    items = [Tokenized(ids, ids, "t:1") for ids in (tok(t)["input_ids"] for t in texts)]
-    return collate(items, tok.pad_token_id)
+    ids = [tok(t)["input_ids"] for t in TEXTS]
+    if TASK[family] == "classification":
+        items = [Tokenized(i, [c], "t:1") for i, c in zip(ids, (0, 2))]
+    else:
+        items = [Tokenized(i, i, "t:1") for i in ids]
+    return OBJECTIVES[TASK[family]].collate(items, tok.pad_token_id, "cpu")
 
 
 def logits(model, batch):
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return out[:, out.shape[1] - batch["input_ids"].shape[1]:]  # drop prompt-tuning virtual positions
+    if out.dim() == 3:  # causal LM: drop prompt-tuning virtual positions
+        out = out[:, out.shape[1] - batch["input_ids"].shape[1]:]
+    return out
 
 
-def one_step(model, batch, lr=5e-2):
+def one_step(model, family, lr=5e-2):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
-    loss_sum, n = token_loss_sum(model, batch)
+    loss_sum, n = OBJECTIVES[TASK[family]].loss_sum(model, batch_for(family))
     (loss_sum / n).backward()
     optimizer.step()
     model.eval()
 
 
-def trained(name, family, batch):
+def trained(name, family):
     method = get_method(name)
     model = method.apply(make_base(family), method_cfg(name))
-    one_step(model, batch)
+    one_step(model, family)
     return method, model
 
 
-@pytest.mark.parametrize("family", sorted(DECODERS))
-@pytest.mark.parametrize("name", FLOAT_METHODS)
-def test_only_intended_parameters_train_and_change(name, family, batch):
+@pytest.mark.parametrize("name, family", CASES)
+def test_only_intended_parameters_train_and_change(name, family):
     method = get_method(name)
     cfg = method_cfg(name)
     model = method.apply(make_base(family), cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(re.search(INTENDED[name], n) for n in trainable), sorted(trainable)[:5]
+    intended = INTENDED[name] + (HEAD if TASK[family] == "classification" else "")
+    assert trainable and all(re.search(intended, n) for n in trainable), sorted(trainable)[:5]
     count, total = count_parameters(model)
     if method.closed_form is not None:
-        assert count == method.closed_form(make_base(family), cfg)
+        head = sum(p.numel() for p in make_base(family).classifier.parameters()) if family == "bert" else 0
+        extra = head if name not in ("probe", "full", "freeze") else 0  # peft/adapter: + the new head
+        assert count == method.closed_form(make_base(family), cfg) + extra
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    one_step(model, batch)
+    one_step(model, family)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable, sorted(changed - trainable)[:5]
 
 
-@pytest.mark.parametrize("family", sorted(DECODERS))
-@pytest.mark.parametrize("name", FLOAT_METHODS)
-def test_save_load_reproduces_logits(name, family, batch, tmp_path):
-    method, model = trained(name, family, batch)
+@pytest.mark.parametrize("name, family", CASES)
+def test_save_load_reproduces_logits(name, family, tmp_path):
+    batch = batch_for(family)
+    method, model = trained(name, family)
     method.save(model, tmp_path)
     reloaded = method.load(make_base(family), tmp_path)
     torch.testing.assert_close(logits(reloaded.eval(), batch), logits(model, batch), rtol=0, atol=1e-6)
     assert not torch.allclose(logits(model, batch), logits(make_base(family), batch))
 
 
-@pytest.mark.parametrize("family", sorted(DECODERS))
-@pytest.mark.parametrize("name", [m for m in FLOAT_METHODS if get_method(m).disabled])
-def test_disabled_adapter_equals_base(name, family, batch):
-    method, model = trained(name, family, batch)
-    with method.disabled(model):
-        torch.testing.assert_close(logits(model, batch), logits(make_base(family), batch), rtol=0, atol=1e-6)
+@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).disabled])
+def test_disabled_adapter_equals_base(name, family):
+    batch = batch_for(family)
+    method, model = trained(name, family)
+    with method.disabled(model) as as_base:
+        if TASK[family] == "classification":
+            # The new head trained and has no base to return to: compare what the backbone computes.
+            torch.testing.assert_close(last_hidden(as_base, batch), last_hidden(make_base(family), batch), rtol=0, atol=1e-6)
+        else:
+            torch.testing.assert_close(logits(as_base, batch), logits(make_base(family), batch), rtol=0, atol=1e-6)
+    assert not torch.allclose(logits(model, batch), logits(make_base(family), batch))
 
 
-@pytest.mark.parametrize("family", sorted(DECODERS))
-@pytest.mark.parametrize("name", [m for m in FLOAT_METHODS if get_method(m).merge])
-def test_merged_equals_unmerged(name, family, batch):
-    method, model = trained(name, family, batch)
+def last_hidden(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     output_hidden_states=True).hidden_states[-1]
+
+
+@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).merge])
+def test_merged_equals_unmerged(name, family):
+    batch = batch_for(family)
+    method, model = trained(name, family)
     unmerged = logits(model, batch)
     merged = method.merge(model)
     assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())

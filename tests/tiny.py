@@ -67,13 +67,31 @@ def tiny_llama64(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
+def tiny_bert_classifier(vocab_size: int, seed: int = 0, num_labels: int = 3):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=256, num_labels=num_labels, pad_token_id=0)
+    return BertForSequenceClassification(config)
+
+
+def tiny_bert(vocab_size: int, seed: int = 0):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, max_position_embeddings=256, pad_token_id=0))
+
+
 DECODERS = {"llama": tiny_llama64, "qwen2": tiny_qwen2}
 
 
 def save_tiny_model_folder(folder: Path, family: str = "llama32") -> Path:
     """An HF folder with a tiny decoder and the tiny tokenizer, usable as `model:`."""
     tok = tiny_tokenizer()
-    model = tiny_llama(len(tok)) if family == "llama32" else DECODERS[family](len(tok))
+    builders = {"llama32": tiny_llama, "bert": tiny_bert, **DECODERS}
+    model = builders[family](len(tok))
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))
     return folder

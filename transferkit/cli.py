@@ -83,7 +83,8 @@ def cmd_methods(args) -> int:
     from .methods.accounting import format_table, parameter_table
 
     rows = parameter_table(args.model)
-    print(f"Methods on {args.model} (total = parameters of the float base model)\n")
+    print(f"Methods on {args.model} (total = parameters of the float base model; classification rows "
+          f"add a new 2-class head)\n")
     print(format_table(rows))
     return 0 if all(r.agrees is not False for r in rows) else 1
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DataError
 from .readers import Row, read_rows
-from .schema import Example, schema_of, to_examples
+from .schema import Example, check_known_labels, label_vocabulary, schema_of, to_examples
 from .tokenize import Tokenized, check_has_labels, tokenize_examples
 
 
@@ -38,6 +38,7 @@ class Splits:
     validation: Split | None
     test: Split | None
     notes: list[str] = field(default_factory=list)  # human-readable facts worth printing
+    labels: list[str] | None = None                 # classification: class names, index = class id
 
 
 def read_examples(path: str, schema: str = "auto", split: str | None = None) -> tuple[str, list[Example]]:
@@ -46,18 +47,27 @@ def read_examples(path: str, schema: str = "auto", split: str | None = None) -> 
     return detected, to_examples(rows, detected)
 
 
-def _tokenize_split(name: str, examples: list[Example], tokenizer, schema: str, data_cfg) -> Split:
-    tokenized = tokenize_examples(tokenizer, examples, schema, data_cfg.max_length, data_cfg.overlong)
+def _tokenize_split(name: str, examples: list[Example], tokenizer, schema: str, data_cfg, labels=None) -> Split:
+    if labels is not None:
+        check_known_labels(examples, labels)
+    tokenized = tokenize_examples(tokenizer, examples, schema, data_cfg.max_length, data_cfg.overlong, labels)
     return Split(name, examples, tokenized)
+
+
+def read_schema(data_cfg) -> str:
+    """The schema of the training data, read before any model is loaded."""
+    return read_examples(data_cfg.train, data_cfg.schema, "train")[0]
 
 
 def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
     schema, train_examples = read_examples(data_cfg.train, data_cfg.schema, "train")
     notes = [f"schema: {schema} ({'detected' if data_cfg.schema == 'auto' else 'configured'})"]
+    # Classes come from the whole training file, before any validation split.
+    labels = label_vocabulary(train_examples, data_cfg.train) if schema == "classification" else None
 
     validation_examples = None
     if data_cfg.validation:
-        val_schema, validation_examples = read_examples(data_cfg.validation, schema, "validation")
+        _, validation_examples = read_examples(data_cfg.validation, schema, "validation")
     elif data_cfg.validation_fraction > 0 and len(train_examples) >= 20:
         # Split off a fixed, seeded fraction; the rest trains. Nothing is lost.
         order = list(range(len(train_examples)))
@@ -69,15 +79,19 @@ def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
         notes.append(f"validation: {n_val} examples split off train (data.validation_fraction)")
     test_examples = read_examples(data_cfg.test, schema, "test")[1] if data_cfg.test else None
 
-    train = _tokenize_split("train", train_examples, tokenizer, schema, data_cfg)
+    train = _tokenize_split("train", train_examples, tokenizer, schema, data_cfg, labels)
     labelled = check_has_labels(train.tokenized, data_cfg.train)
-    notes.append(f"train: {len(train_examples)} examples, {len(train.tokenized)} sequences, {labelled:,} labelled tokens")
-    validation = _tokenize_split("validation", validation_examples, tokenizer, schema, data_cfg) if validation_examples else None
-    test = _tokenize_split("test", test_examples, tokenizer, schema, data_cfg) if test_examples else None
+    unit = "examples" if labels else "labelled tokens"
+    notes.append(f"train: {len(train_examples)} examples, {len(train.tokenized)} sequences, {labelled:,} {unit}")
+    if labels:
+        notes.append(f"classes: {', '.join(labels)}")
+    validation = (_tokenize_split("validation", validation_examples, tokenizer, schema, data_cfg, labels)
+                  if validation_examples else None)
+    test = _tokenize_split("test", test_examples, tokenizer, schema, data_cfg, labels) if test_examples else None
     for split in (train, validation, test):
         if split is not None and split.num_truncated:
             notes.append(f"{split.name}: {split.num_truncated} examples truncated to data.max_length={data_cfg.max_length}")
-    return Splits(schema, train, validation, test, notes)
+    return Splits(schema, train, validation, test, notes, labels)
 
 
-__all__ = ["TASK_OF_SCHEMA", "Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]
+__all__ = ["TASK_OF_SCHEMA", "read_schema", "Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]

@@ -14,8 +14,6 @@ the model learns. A bad row raises `DataError` with file, line and field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 from ..errors import DataError
 from .readers import Row
 
@@ -28,7 +26,9 @@ class Example:
     source: str
     line: int
     messages: tuple[dict[str, str], ...] = ()  # instruction: chat turns
-    text: str = ""                             # lm: raw text
+    text: str = ""                             # lm, classification: raw text
+    text_pair: str | None = None               # classification: optional second text
+    label: str | None = None                   # classification: class name (ints and bools as strings)
 
     @property
     def where(self) -> str:
@@ -121,8 +121,44 @@ def to_example(row: Row, schema: str) -> Example:
                                                        {"role": "assistant", "content": completion}))
     if schema == "lm":
         return Example(row.source, row.line, text=_string_field(row, "text"))
-    raise DataError(row.source, f"schema '{schema}' is not trainable with causal-LM methods yet; "
-                                f"supported: instruction, lm", row.line)
+    if schema == "classification":
+        pair = _string_field(row, "text_pair") if row.fields.get("text_pair") is not None else None
+        return Example(row.source, row.line, text=_string_field(row, "text"), text_pair=pair, label=_label(row))
+    raise DataError(row.source, f"schema '{schema}' cannot be trained yet; supported: instruction, lm, "
+                                f"classification", row.line)
+
+
+def _label(row: Row) -> str:
+    if "label" not in row.fields:
+        raise DataError(row.source, f"missing required field (row has {sorted(row.fields)})", row.line, "label")
+    value = row.fields["label"]
+    if value is None:
+        raise DataError(row.source, "is null", row.line, "label")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        raise DataError(row.source, f"must be a class name or integer, got {type(value).__name__} {value!r}",
+                        row.line, "label")
+    return str(value)
+
+
+def label_vocabulary(examples: list[Example], source: str) -> list[str]:
+    """Sorted class names of the training data (numerically when all are integers)."""
+    names = {ex.label for ex in examples}
+    if len(names) < 2:
+        raise DataError(source, f"classification needs at least two classes; the training data has only {sorted(names)}")
+    numeric = all(n.lstrip("-").isdigit() for n in names)
+    return sorted(names, key=int) if numeric else sorted(names)
+
+
+def check_known_labels(examples: list[Example], labels: list[str]) -> None:
+    known = set(labels)
+    for ex in examples:
+        if ex.label not in known:
+            raise DataError(ex.source, f"label {ex.label!r} does not occur in the training data (classes: {labels})",
+                            ex.line, "label")
 
 
 def to_examples(rows: list[Row], schema: str) -> list[Example]:
@@ -134,6 +170,3 @@ def prompt_and_reference(example: Example) -> tuple[list[dict[str, str]], str]:
     messages = list(example.messages)
     return messages[:-1], messages[-1]["content"]
 
-
-def field_value(row: Row, name: str) -> Any:
-    return row.fields.get(name)

@@ -79,3 +79,50 @@ def write_quickstart(folder: str | Path) -> list[Path]:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------- topic classification
+
+TOPICS = {
+    "sport": ["The {team} won the final after extra time.", "She ran the marathon in under three hours.",
+              "Our coach wants more passing and less dribbling.", "The referee showed two yellow cards before half time.",
+              "He finally beat his personal best on the track.", "The {team} signed a new goalkeeper this summer."],
+    "food": ["The soup needs more salt and a little lemon.", "We baked bread with rye flour and seeds.",
+             "This curry is too spicy for the children.", "She grilled the fish with garlic and butter.",
+             "The bakery on the corner sells the best croissants.", "Add the onions once the oil is hot."],
+    "travel": ["Our train to {city} leaves at seven in the morning.", "We lost our luggage on the way to {city}.",
+               "The hostel near the harbour was cheap and clean.", "He booked a window seat for the long flight.",
+               "Remember to renew your passport before the trip.", "The ferry to the island was cancelled by the storm."],
+    "weather": ["Heavy rain is expected over {city} tonight.", "The fog did not lift until noon.",
+                "It was the hottest July on record.", "Strong winds knocked down trees along the coast.",
+                "Snow is likely on the hills by the weekend.", "A cold front will bring clear skies tomorrow."],
+}
+TEAMS = ["Lions", "Rovers", "Falcons", "Harriers", "United", "Wanderers"]
+OPENERS = ["", "Apparently, ", "My friend said that ", "In the news today: ", "Honestly, ", "As expected, "]
+
+
+def topic_examples(n: int, seed: int) -> list[dict]:
+    """Sentences labelled with one of four topics (sport, food, travel, weather)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(TOPICS))
+        sentence = rng.choice(TOPICS[label]).format(team=rng.choice(TEAMS), city=rng.choice(CITIES))
+        opener = rng.choice(OPENERS)
+        text = opener + (sentence[0].lower() + sentence[1:] if opener else sentence)
+        rows.append({"text": text, "label": label})
+    return rows
+
+
+TOPIC_SPLITS = {"train": (400, 11), "validation": (40, 12), "test": (100, 13)}
+
+
+def write_topics(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, (n, seed) in TOPIC_SPLITS.items():
+        path = folder / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in topic_examples(n, seed)), encoding="utf-8")
+        written.append(path)
+    return written

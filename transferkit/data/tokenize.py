@@ -26,7 +26,7 @@ FALLBACK_CHAT_TEMPLATE = (
 @dataclass(frozen=True)
 class Tokenized:
     input_ids: list[int]
-    labels: list[int]          # same length; IGNORE where no loss is taken
+    labels: list[int]          # causal LM: same length, IGNORE where no loss is taken; classification: [class]
     where: str                 # "file:line" of the source row
     truncated: bool = False
 
@@ -65,7 +65,8 @@ def tokenize_instruction(tokenizer, example: Example) -> tuple[list[int], list[i
 
 
 def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_length: int,
-                      overlong: str = "truncate") -> list[Tokenized]:
+                      overlong: str = "truncate", labels: list[str] | None = None) -> list[Tokenized]:
+    """Token ids and labels: next-token labels for instruction/lm, [class index] for classification."""
     out: list[Tokenized] = []
     if schema == "instruction":
         ensure_chat_template(tokenizer)
@@ -85,6 +86,16 @@ def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_lengt
                 chunk = ids[start: start + max_length]
                 if len(chunk) > 1:
                     out.append(Tokenized(chunk, list(chunk), ex.where))
+    elif schema == "classification":
+        index = {name: i for i, name in enumerate(labels or [])}
+        for ex in examples:
+            ids = tokenizer(ex.text, ex.text_pair, add_special_tokens=True)["input_ids"]
+            truncated = len(ids) > max_length
+            if truncated and overlong == "error":
+                raise DataError(ex.source, f"example is {len(ids)} tokens, longer than data.max_length={max_length} "
+                                "(set data.overlong=truncate to cut it)", ex.line)
+            # One label per example: the class index (loss is normalised by examples).
+            out.append(Tokenized(ids[:max_length], [index[ex.label]], ex.where, truncated))
     else:
         raise ValueError(f"cannot tokenize schema {schema!r}")
     return out

@@ -1,5 +1,9 @@
-"""Evaluate a model on one data split: loss, perplexity and, for instruction
-data, exact match of greedy generations against the references."""
+"""Evaluate a model on one data split.
+
+- instruction: loss, perplexity, and exact match of greedy generations against the references;
+- lm: loss and perplexity;
+- classification: loss, accuracy and macro-F1.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +14,34 @@ from tqdm.auto import tqdm
 from ..data import Split
 from ..data.schema import prompt_and_reference
 from .generation import generate_completions
-from .metrics import exact_match, lm_loss
+from .metrics import accuracy, exact_match, macro_f1, mean_loss, predict_classes
 
 
 def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device, *,
-                   autocast=contextlib.nullcontext, label: str = "eval") -> tuple[dict, list[dict]]:
-    """(metrics, predictions). Predictions are empty unless exact match ran."""
+                   autocast=contextlib.nullcontext, label: str = "eval", labels: list[str] | None = None
+                   ) -> tuple[dict, list[dict]]:
+    """(metrics, per-example predictions)."""
+    from ..train.objectives import OBJECTIVES
+
     examples, tokenized = split.examples, split.tokenized
     if eval_cfg.max_examples is not None:
         examples, tokenized = examples[: eval_cfg.max_examples], tokenized[: eval_cfg.max_examples]
-    metrics = lm_loss(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast)
+    task = "classification" if schema == "classification" else "causal-lm"
+    metrics = mean_loss(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast, OBJECTIVES[task])
     metrics["examples"] = len(examples)
     predictions: list[dict] = []
-    if schema == "instruction" and eval_cfg.exact_match:
+    if schema == "classification":
+        metrics.pop("perplexity")
+        metrics.pop("tokens")
+        predicted, probabilities = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size,
+                                                   device, autocast)
+        golds = [t.labels[0] for t in tokenized]
+        metrics["accuracy"] = accuracy(predicted, golds)
+        metrics["macro_f1"] = macro_f1(predicted, golds)
+        names = labels or [str(i) for i in range(len(probabilities[0]))]
+        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": max(pr),
+                        "match": names[p] == ex.label} for ex, p, pr in zip(examples, predicted, probabilities)]
+    elif schema == "instruction" and eval_cfg.exact_match:
         prompts, references = zip(*(prompt_and_reference(ex) for ex in examples))
         with tqdm(total=len(prompts), desc=f"{label}: generating", unit="ex", leave=False) as bar:
             outputs = generate_completions(model, tokenizer, list(prompts), max_new_tokens=eval_cfg.max_new_tokens,

@@ -37,7 +37,7 @@ class Method:
     quantize_base: bool = False                                # load the base in 4-bit NF4 (QLoRA)
     # Optional capabilities; None where the method has none.
     param_groups: Callable[[torch.nn.Module, MethodConfig, float], list[dict]] | None = None
-    disabled: Callable[[torch.nn.Module], ContextManager] | None = None   # base-model behaviour inside
+    disabled: Callable[[torch.nn.Module], ContextManager] | None = None   # yields a model acting as the base
     merge: Callable[[torch.nn.Module], torch.nn.Module] | None = None     # fold into the base weights
     closed_form: Callable[[torch.nn.Module, MethodConfig], int | None] | None = None  # trainable count by formula
 
@@ -90,4 +90,4 @@ def check_task(method: Method, task: str) -> None:
 
 
 # Each module registers itself on import.
-from . import adapter, freeze, full, ia3, lora, prefix, prompt, qlora  # noqa: E402,F401
+from . import adapter, freeze, full, ia3, lora, prefix, probe, prompt, qlora  # noqa: E402,F401

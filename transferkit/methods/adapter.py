@@ -97,6 +97,7 @@ def load(base: nn.Module, adapter_dir) -> nn.Module:
 
 @contextlib.contextmanager
 def disabled(model: nn.Module):
+    """Bottleneck adapters off (a trained classification head stays: it has no base to return to)."""
     wrapped = [m for m in model.modules() if isinstance(m, WithAdapter)]
     for m in wrapped:
         m.enabled = False

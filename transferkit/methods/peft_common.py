@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -43,8 +44,15 @@ def load(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
 def disabled(model: torch.nn.Module):
-    return model.disable_adapter()
+    """Yields a model that behaves as the base. Prompt-learning methods leave the base
+    untouched, so it is the base itself (peft's own switch fails for them on classifiers)."""
+    if getattr(model.active_peft_config, "is_prompt_learning", False):
+        yield model.get_base_model()
+        return
+    with model.disable_adapter():
+        yield model
 
 
 def merge(model: torch.nn.Module) -> torch.nn.Module:

@@ -60,18 +60,22 @@ def nf4_config(compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_model(ref: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32):
-    """Load a causal LM and its tokenizer from a reference; returns (model, tokenizer, folder).
+    """Load a model for `task` and its tokenizer; returns (model, tokenizer, folder).
 
+    task "causal-lm": the model with its language-model head (decoders only).
+    task "classification": the backbone with a new head over `labels` (encoders pool
+    [CLS]; decoders the last non-padding token).
     quantize_4bit: store the linear layers' weights in NF4 (for QLoRA); `compute_dtype`
     is what they are dequantized to for each matmul.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder = resolve_model(ref)
     kind = model_type(folder)
-    if kind in ENCODER_TYPES:
+    if task == "causal-lm" and kind in ENCODER_TYPES:
         raise ModelError(
             f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
             f"such as smollm2-135m")
@@ -79,9 +83,16 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, device: str | to
     extra = {}
     if quantize_4bit:
         extra = {"quantization_config": nf4_config(compute_dtype), "device_map": str(torch.device(device))}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, trust_remote_code=False,
-                                                 use_safetensors=True, **extra)
+    if task == "classification":
+        if not labels:
+            raise ValueError("a classification model needs its labels")
+        extra.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
+        auto = AutoModelForSequenceClassification
+    else:
+        auto = AutoModelForCausalLM
+    model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=False, use_safetensors=True, **extra)
     if not quantize_4bit:
         model.to(device)
-    model.transferkit_task = "causal-lm"
+    model.transferkit_task = task
     return model, tokenizer, folder

@@ -12,6 +12,7 @@ the summary. One optimizer step:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -24,16 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, dump_config
-from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits
-from ..data.batching import collate, length_grouped_batches
+from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_schema
+from ..data.batching import length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import UserError
-from ..evaluate import evaluate_split, lm_loss
+from ..evaluate import evaluate_split
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
-from ..models import load_model
+from ..models import load_model, load_tokenizer, resolve_model
 from . import checkpoint as ckpt
 from .hardware import peak_memory_bytes, pick_device, resolve_precision
-from .loss import token_loss_sum
+from .objectives import OBJECTIVES, Objective
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
 
@@ -46,7 +47,12 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     accelerator: object  # accelerate.Accelerator
-    pad_id: int
+    tokenizer: object
+    objective: Objective
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
 
 def seed_everything(seed: int) -> None:
@@ -68,12 +74,12 @@ def total_steps(cfg: RunConfig, num_sequences: int) -> int:
 def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float):
     """One optimizer step over `items`. Returns (loss sum tensor, labelled tokens, grad norm tensor)."""
     model, device = parts.model, parts.accelerator.device
-    n_labels = sum(t.num_labels for t in items)  # known on the host: no device sync
+    n_labels = sum(t.num_labels for t in items)  # tokens or examples, known on the host: no device sync
     loss_total = torch.zeros((), device=device)
     for start in range(0, len(items), micro_batch_size):
-        batch = collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [b, T] tensors
+        batch = parts.objective.collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [b, T]
         with parts.accelerator.autocast():
-            loss_sum, _ = token_loss_sum(model, batch)
+            loss_sum, _ = parts.objective.loss_sum(model, batch)
         # Normalising by the step's token count (not the micro-batch's) makes
         # accumulation exact whatever the split.
         parts.accelerator.backward(loss_sum / max(n_labels, 1))
@@ -140,9 +146,9 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
             window_start = now
 
         if splits.validation is not None and train_cfg.eval_every and state.step % train_cfg.eval_every == 0 and state.step < steps:
-            result = validation_loss(parts, splits.validation, cfg)
+            result = validation_metrics(parts, splits.validation, splits.schema, cfg, parts.tokenizer, splits.labels)
             run.log({"event": "eval", "split": "validation", "step": state.step, **result})
-            bar.write(f"step {state.step}: validation loss {result['loss']:.4f} (ppl {result['perplexity']:.2f})")
+            bar.write(f"step {state.step}: validation {format_metrics(result)}")
             window_start = time.perf_counter()  # evaluation time is not training time
 
         if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < steps:
@@ -154,9 +160,12 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
             "final_train_loss": last_loss}
 
 
-def validation_loss(parts: Parts, split: Split, cfg: RunConfig) -> dict:
-    return lm_loss(parts.model, split.tokenized, parts.pad_id, cfg.eval.batch_size, parts.accelerator.device,
-                   parts.accelerator.autocast)
+def validation_metrics(parts: Parts, split: Split, schema: str, cfg: RunConfig, tokenizer, labels) -> dict:
+    """Loss (and for classification accuracy / macro-F1) without generation: cheap enough to run often."""
+    quick = dataclasses.replace(cfg.eval, exact_match=False, max_examples=None)
+    metrics, _ = evaluate_split(parts.model, tokenizer, split, schema, quick, parts.accelerator.device,
+                                autocast=parts.accelerator.autocast, label="validation", labels=labels)
+    return metrics
 
 
 def save(parts: Parts, run: RunDir, state: ckpt.TrainState, keep: int) -> None:
@@ -182,11 +191,27 @@ def build_optimizer(model: torch.nn.Module, method: Method, cfg: RunConfig, step
 
 def evaluate_test(model, tokenizer, splits: Splits, cfg: RunConfig, device, autocast, run: RunDir, label: str) -> dict:
     metrics, predictions = evaluate_split(model, tokenizer, splits.test, splits.schema, cfg.eval, device,
-                                          autocast=autocast, label=label)
+                                          autocast=autocast, label=label, labels=splits.labels)
     if predictions:
         run.write_text_atomic(run.path / f"{label}_predictions.jsonl",
                               "".join(json.dumps(p) + "\n" for p in predictions))
     return metrics
+
+
+def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch.device):
+    """Read and validate the data, then load the model for its task. Nothing is written yet,
+    so bad input never leaves a half-made run directory behind."""
+    schema = read_schema(cfg.data)
+    task = TASK_OF_SCHEMA[schema]
+    check_task(method, task)
+    folder = resolve_model(cfg.model)
+    splits = load_splits(cfg.data, load_tokenizer(folder), cfg.seed)
+    model, tokenizer, folder = load_model(cfg.model, task=task, labels=splits.labels, device=device,
+                                          quantize_4bit=method.quantize_base,
+                                          compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+    for note in splits.notes:
+        print(note)
+    return model, tokenizer, folder, splits
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
@@ -203,26 +228,21 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     else:
         run.check_writable(overwrite)
 
-    # Model and data are loaded and validated before anything is written, so
-    # bad input never leaves a half-made run directory behind.
     device = pick_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
     method = get_method(cfg.method.name)
-    model, tokenizer, folder = load_model(cfg.model, device=accelerator.device, quantize_4bit=method.quantize_base,
-                                          compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
-    splits = load_splits(cfg.data, tokenizer, cfg.seed)
-    check_task(method, TASK_OF_SCHEMA[splits.schema])
-    for note in splits.notes:
-        print(note)
+    model, tokenizer, folder, splits = prepare_inputs(cfg, method, precision, accelerator.device)
     if not resume:
         run.create(overwrite)
     run.write_text_atomic(run.config, dump_config(cfg))
+    if splits.labels is not None:
+        run.write_json(run.labels, {"labels": splits.labels})
     seed_everything(cfg.seed)
 
     # On resume the baseline was measured already; it is in metrics.jsonl.
     baseline = next((e["metrics"] for e in run.read_events() if e.get("event") == "baseline"), None)
-    if baseline is None and cfg.eval.baseline and splits.test is not None:
+    if baseline is None and cfg.eval.baseline and splits.test is not None and splits.schema == "instruction":
         baseline = evaluate_test(model, tokenizer, splits, cfg, accelerator.device, accelerator.autocast, run, "baseline")
         run.log({"event": "baseline", "step": 0, "split": "test", "metrics": baseline})
         print(f"baseline (untrained {cfg.model}) on test: {format_metrics(baseline)}")
@@ -235,7 +255,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     steps = total_steps(cfg, len(splits.train.tokenized))
     optimizer, scheduler = build_optimizer(model, method, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer.pad_token_id)
+    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, OBJECTIVES[TASK_OF_SCHEMA[splits.schema]])
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -252,15 +272,18 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "model": cfg.model, "model_path": str(folder), "method": cfg.method.name, "schema": splits.schema,
         "device": device.type, "precision": precision,
         "params": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
-        "steps": state.step, "epochs": state.epoch + state.batch_index / max(1, steps_per_epoch(len(splits.train.tokenized), cfg.train.batch_size)),
+        "steps": state.step,
+        "epochs": state.epoch + state.batch_index / steps_per_epoch(len(splits.train.tokenized), cfg.train.batch_size),
         "train_tokens": loop_stats["train_tokens"],
         "tokens_per_s": loop_stats["train_tokens"] / max(loop_stats["train_seconds"], 1e-9),
         "train_loss": {"first_logged": loop_stats["first_logged_loss"], "final": loop_stats["final_train_loss"]},
         "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1]),
         "truncated_examples": {s.name: s.num_truncated for s in (splits.train, splits.validation, splits.test) if s},
     }
+    if splits.labels is not None:
+        summary["labels"] = splits.labels
     if splits.validation is not None:
-        summary["validation"] = validation_loss(parts, splits.validation, cfg)
+        summary["validation"] = validation_metrics(parts, splits.validation, splits.schema, cfg, tokenizer, splits.labels)
         run.log({"event": "eval", "split": "validation", "step": state.step, **summary["validation"]})
     if splits.test is not None:
         tuned = evaluate_test(unwrapped, tokenizer, splits, cfg, accelerator.device, accelerator.autocast, run, "test")
@@ -278,14 +301,16 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
 
 def format_metrics(metrics: dict) -> str:
-    parts = [f"loss {metrics['loss']:.4f}", f"ppl {metrics['perplexity']:.2f}"]
-    if "exact_match" in metrics:
-        parts.append(f"exact match {100 * metrics['exact_match']:.1f}%")
+    parts = [f"loss {metrics['loss']:.4f}"]
+    for key, label in (("perplexity", "ppl"), ("exact_match", "exact match"), ("accuracy", "accuracy"),
+                       ("macro_f1", "macro-F1")):
+        if key in metrics:
+            parts.append(f"{label} {metrics[key]:.2f}" if key == "perplexity" else f"{label} {100 * metrics[key]:.1f}%")
     return ", ".join(parts) + f" ({metrics['examples']} examples)"
 
 
 def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
-    """(model with adapter, tokenizer) from a finished run directory."""
+    """(model with adapter, tokenizer, config) from a finished run directory."""
     from ..config import load_config
 
     run = RunDir(run_path)
@@ -293,7 +318,9 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
         raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
     cfg = load_config(run.config)
     method = get_method(cfg.method.name)
-    model, tokenizer, _ = load_model(cfg.model, device=device, quantize_4bit=method.quantize_base)
+    labels = json.loads(run.labels.read_text())["labels"] if run.labels.is_file() else None
+    model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
+                                     device=device, quantize_4bit=method.quantize_base)
     model = method.load(model, run.adapter)
     model.eval()
     return model, tokenizer, cfg

@@ -26,6 +26,7 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
+    labels = property(lambda self: self.path / "labels.json")  # classification: class names by id
 
     def check_writable(self, overwrite: bool) -> None:
         """Refuse a non-empty folder unless asked to overwrite (a finished run is never lost by accident)."""

@@ -1,0 +1,118 @@
+"""Linear probe (feature extraction): the backbone is frozen and only a new task
+head trains, on the features the backbone gives for each example.
+
+Because the backbone never changes, each distinct input's feature vector is
+computed once and cached; every later epoch trains the head on cached
+features. Features are what the model's own classification head would see:
+the pooled [CLS] output for encoders, the hidden state of the last
+non-padding token for decoders. `head: mlp` puts a small MLP there instead of
+a linear layer. Classification only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from ..config import MethodConfig, opt
+from . import Method, register
+from .selective import load_trainable, read_meta, save_trainable
+
+HEAD_NAMES = ("score", "classifier")
+
+
+@dataclass
+class ProbeMethodConfig(MethodConfig):
+    head: Literal["linear", "mlp"] = opt("linear", "task head on the frozen features")
+    hidden: int = opt(256, "width of the MLP head's hidden layer", gt=0)
+
+
+def head_name(model: nn.Module) -> str:
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ValueError("probe needs a sequence-classification model with a 'score' or 'classifier' head")
+
+
+class CachedFeatureProbe(nn.Module):
+    """A frozen classification model whose head runs on cached pooled features."""
+
+    def __init__(self, model: nn.Module, head: str):
+        super().__init__()
+        self.model = model
+        self.head_name = head
+        self.transferkit_task = "classification"
+        self.config = model.config
+        self._cache: dict[bytes, torch.Tensor] = {}
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.model, self.head_name)
+
+    @torch.no_grad()
+    def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled head inputs [B, H] from one frozen forward pass."""
+        captured = {}
+        hook = self.head.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+        was_training = self.model.training
+        self.model.eval()  # features must not depend on dropout, or caching would change them
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            hook.remove()
+            self.model.train(was_training)
+        x = captured["x"].float()
+        if x.dim() == 3:  # decoder: hidden states [B, T, H]; take the last non-padding position
+            last = attention_mask.long().cumsum(-1).argmax(-1)  # [B]
+            x = x[torch.arange(x.shape[0], device=x.device), last]
+        return x
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keys = [input_ids[b][attention_mask[b].bool()].cpu().numpy().tobytes() for b in range(input_ids.shape[0])]
+        missing = [b for b, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            computed = self._compute(input_ids[missing], attention_mask[missing])
+            for row, b in enumerate(missing):
+                self._cache[keys[b]] = computed[row]
+        return torch.stack([self._cache[k] for k in keys])  # [B, H]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> SequenceClassifierOutput:
+        return SequenceClassifierOutput(logits=self.head(self.features(input_ids, attention_mask)))
+
+
+def apply(model: nn.Module, cfg: ProbeMethodConfig) -> nn.Module:
+    name = head_name(model)
+    old = getattr(model, name)
+    if cfg.head == "mlp":
+        mlp = nn.Sequential(nn.Linear(old.in_features, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, old.out_features))
+        setattr(model, name, mlp.to(old.weight.device))
+    for param in model.parameters():
+        param.requires_grad_(False)
+    getattr(model, name).requires_grad_(True)
+    probe = CachedFeatureProbe(model, name)
+    probe.transferkit_probe_config = cfg
+    return probe
+
+
+def save(model: CachedFeatureProbe, adapter_dir) -> None:
+    save_trainable(model, adapter_dir, "probe", asdict(model.transferkit_probe_config))
+
+
+def load(base: nn.Module, adapter_dir) -> nn.Module:
+    return load_trainable(apply(base, ProbeMethodConfig(**read_meta(adapter_dir)["options"])), adapter_dir)
+
+
+def closed_form(model: nn.Module, cfg: ProbeMethodConfig) -> int:
+    head = getattr(model, head_name(model))
+    h, c = head.in_features, head.out_features
+    if cfg.head == "mlp":
+        return h * cfg.hidden + cfg.hidden + cfg.hidden * c + c
+    return h * c + (c if head.bias is not None else 0)
+
+
+register(Method("probe", ProbeMethodConfig, apply=apply, save=save, load=load, tasks=("classification",),
+                summary="frozen backbone, cached features, only a new head trains", closed_form=closed_form))
