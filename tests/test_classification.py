@@ -1,0 +1,115 @@
+"""Classification on tiny encoders and decoders: data, metrics, training, reload."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import save_tiny_model_folder, write_jsonl
+
+from transferkit.data import read_examples
+from transferkit.data.schema import label_vocabulary
+from transferkit.data.synthetic import topic_examples
+from transferkit.errors import ConfigError, DataError
+from transferkit.evaluate import accuracy, macro_f1
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    golds = [0, 0, 0, 1, 1, 2]
+    preds = [0, 0, 1, 1, 2, 2]
+    assert accuracy(preds, golds) == pytest.approx(4 / 6)
+    # class 0: tp2 fp0 fn1 → F1 4/5; class 1: tp1 fp1 fn1 → 1/2; class 2: tp1 fp1 fn0 → 2/3
+    assert macro_f1(preds, golds) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert macro_f1([1, 1], [1, 1]) == 1.0
+
+
+def test_labels_sorted_and_validated(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 10}, {"text": "b", "label": 2}, {"text": "c", "label": 2}])
+    schema, examples = read_examples(str(tmp_path / "d.jsonl"))
+    assert schema == "classification" and label_vocabulary(examples, "d") == ["2", "10"]
+    write_jsonl(tmp_path / "one.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}])
+    with pytest.raises(DataError, match=r"one.jsonl: classification needs at least two classes"):
+        label_vocabulary(read_examples(str(tmp_path / "one.jsonl"))[1], str(tmp_path / "one.jsonl"))
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "a", "label": [1]}])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'label': must be a class name or integer"):
+        read_examples(str(tmp_path / "bad.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("topics")
+    return {split: write_jsonl(folder / f"{split}.jsonl", topic_examples(n, seed))
+            for split, (n, seed) in {"train": (64, 1), "validation": (12, 2), "test": (16, 3)}.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    return save_tiny_model_folder(tmp_path_factory.mktemp("bert"), family="bert")
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_dir(tmp_path_factory):
+    return save_tiny_model_folder(tmp_path_factory.mktemp("qwen2"), family="qwen2")
+
+
+@pytest.mark.parametrize("family, method, lr", [("bert", "probe", 3e-2), ("bert", "lora", 1e-2), ("bert", "full", 2e-3),
+                                                ("qwen2", "lora", 2e-2), ("qwen2", "probe", 2e-2), ("qwen2", "adapter", 2e-2)])
+def test_classifier_trains_and_reloads(family, method, lr, tiny_config, topics, tiny_bert_dir, tiny_qwen_dir):
+    from transferkit import evaluate_run, load_trained, train
+
+    folder = tiny_bert_dir if family == "bert" else tiny_qwen_dir
+    cfg = tiny_config(f"model={folder}", f"method={{name: {method}}}", f"data.train={topics['train']}",
+                      f"data.validation={topics['validation']}", f"data.test={topics['test']}",
+                      "train.max_steps=40", "train.batch_size=8", f"train.lr={lr}", "train.eval_every=0", "train.save_every=0")
+    summary = train(cfg)
+    run = Path(cfg.output_dir)
+    assert json.loads((run / "labels.json").read_text())["labels"] == ["food", "sport", "travel", "weather"]
+    assert {"accuracy", "macro_f1", "loss"} <= set(summary["test"]) and "baseline" not in summary
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert sum(losses[-4:]) < sum(losses[:4]), losses  # per-step losses are noisy: compare the ends
+    predictions = [json.loads(l) for l in (run / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 16 and {"label", "prediction", "confidence"} <= set(predictions[0])
+
+    # Reloaded from the run directory: the same test metrics.
+    model, _, _ = load_trained(run)
+    assert model.config.id2label[0] == "food"
+    again, _ = evaluate_run(str(topics["test"]), run_dir=str(run), precision="fp32")
+    assert again["accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)
+
+
+def test_probe_caches_features_once(tiny_bert_dir):
+    from transferkit.methods import get_method
+    from transferkit.methods.probe import ProbeMethodConfig
+    from transferkit.models import load_model
+
+    model, tok, _ = load_model(str(tiny_bert_dir), task="classification", labels=["a", "b"])
+    probe = get_method("probe").apply(model, ProbeMethodConfig(head="mlp", hidden=8))
+    calls = []
+    model.bert.register_forward_hook(lambda *a: calls.append(1))
+    enc = tok(["hello world", "the quick brown fox"], padding=True, return_tensors="pt")
+    first = probe(enc["input_ids"], enc["attention_mask"]).logits
+    second = probe(enc["input_ids"], enc["attention_mask"]).logits
+    assert len(calls) == 1 and torch.equal(first, second)
+    assert {n for n, p in probe.named_parameters() if p.requires_grad} == {
+        "model.classifier.0.weight", "model.classifier.0.bias", "model.classifier.2.weight", "model.classifier.2.bias"}
+
+
+def test_method_that_cannot_serve_the_task_fails_before_loading(tiny_config, tmp_path):
+    from transferkit import train
+
+    cfg = tiny_config("model=/no/such/model", "method={name: probe}")
+    with pytest.raises(ConfigError, match="method 'probe' cannot train a causal-lm task"):
+        train(cfg)
+    assert not Path(cfg.output_dir).exists()
+
+
+def test_unseen_eval_label_is_an_error(tiny_config, topics, tmp_path, tiny_bert_dir):
+    from transferkit import train
+
+    bad = write_jsonl(tmp_path / "test.jsonl", [{"text": "a fine day", "label": "finance"}])
+    cfg = tiny_config(f"model={tiny_bert_dir}", f"data.train={topics['train']}", f"data.test={bad}",
+                      f"data.validation={topics['validation']}")
+    with pytest.raises(DataError, match=r"test.jsonl:1: field 'label': label 'finance' does not occur in the training"):
+        train(cfg)
