@@ -155,11 +155,14 @@ def test_lm_text_is_chunked_not_cut(tokenizer, tmp_path):
 def test_quickstart_data_matches_generator(tmp_path):
     from pathlib import Path
 
-    from transferkit.data.synthetic import write_quickstart
+    from transferkit.data.synthetic import write_quickstart, write_topics
 
-    shipped = Path(__file__).resolve().parents[1] / "data" / "quickstart"
-    for path in write_quickstart(tmp_path):
-        assert path.read_text() == (shipped / path.name).read_text(), f"regenerate {path.name}: scripts/make_quickstart_data.py"
+    data = Path(__file__).resolve().parents[1] / "data"
+    shipped = data / "quickstart"
+    for writer, folder in ((write_quickstart, "quickstart"), (write_topics, "topics")):
+        for path in writer(tmp_path / folder):
+            assert path.read_text() == (data / folder / path.name).read_text(), \
+                f"regenerate data/{folder}/{path.name}: python scripts/make_quickstart_data.py"
     train = {json.loads(l)["prompt"] for l in (shipped / "train.jsonl").read_text().splitlines()}
     test = {json.loads(l)["prompt"] for l in (shipped / "test.jsonl").read_text().splitlines()}
     assert not train & test
