@@ -88,3 +88,22 @@ def test_qlora_through_train(tiny_config, folder):
     assert summary["method"] == "qlora" and summary["steps"] == 3
     model, _, _ = load_trained(cfg.output_dir)
     assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.uint8
+
+
+def test_qlora_classifier_keeps_its_head_in_float(tiny_config, tmp_path):
+    """The new classification head is not quantized: it trains in full beside the LoRA matrices."""
+    from tiny import write_jsonl
+
+    from transferkit import load_trained, train
+    from transferkit.data.synthetic import topic_examples
+
+    bert = save_tiny_model_folder(tmp_path / "bert", family="bert")
+    data = {s: write_jsonl(tmp_path / f"{s}.jsonl", topic_examples(n, i)) for i, (s, n) in enumerate(
+        [("train", 32), ("validation", 8), ("test", 8)])}
+    cfg = tiny_config(f"model={bert}", "method={name: qlora, r: 4}", "train.max_steps=3",
+                      *[f"data.{s}={p}" for s, p in data.items()])
+    train(cfg)
+    model, _, _ = load_trained(cfg.output_dir)
+    head = model.base_model.model.classifier.modules_to_save["default"]
+    assert head.weight.dtype == torch.float32
+    assert model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.uint8

@@ -56,8 +56,10 @@ def nf4_config(compute_dtype: torch.dtype):
     """4-bit NormalFloat with double-quantized block scales (QLoRA's recipe)."""
     from transformers import BitsAndBytesConfig
 
+    # Output and task heads stay in float: a new classification head must train in full.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=["lm_head", "score", "classifier"])
 
 
 def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
