@@ -36,52 +36,47 @@ def tiny_tokenizer(chat_template: str | None = CHATML):
     return tok
 
 
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=256, pad_token_id=0)
+
+
+def _build(config_cls, model_cls, seed: int, **sizes):
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**{**SMALL, **sizes}))
+
+
 def tiny_llama(vocab_size: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=0)
-    return LlamaForCausalLM(config)
-
-
-def tiny_qwen2(vocab_size: int, seed: int = 0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False, pad_token_id=0)
-    return Qwen2ForCausalLM(config)
+    return _build(LlamaConfig, LlamaForCausalLM, seed, vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                  num_key_value_heads=2, tie_word_embeddings=True)
 
 
 def tiny_llama64(vocab_size: int, seed: int = 0):
     """Hidden size 64: bitsandbytes' CPU NF4 kernels need rows of at least one 64-value block."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=0)
-    return LlamaForCausalLM(config)
+    return _build(LlamaConfig, LlamaForCausalLM, seed, vocab_size=vocab_size, num_hidden_layers=3,
+                  num_key_value_heads=2, tie_word_embeddings=True)
+
+
+def tiny_qwen2(vocab_size: int, seed: int = 0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _build(Qwen2Config, Qwen2ForCausalLM, seed, vocab_size=vocab_size, num_key_value_heads=2,
+                  tie_word_embeddings=False)
 
 
 def tiny_bert_classifier(vocab_size: int, seed: int = 0, num_labels: int = 3):
     from transformers import BertConfig, BertForSequenceClassification
 
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=256, num_labels=num_labels, pad_token_id=0)
-    return BertForSequenceClassification(config)
+    return _build(BertConfig, BertForSequenceClassification, seed, vocab_size=vocab_size, num_labels=num_labels)
 
 
 def tiny_bert(vocab_size: int, seed: int = 0):
     from transformers import BertConfig, BertModel
 
-    torch.manual_seed(seed)
-    return BertModel(BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=4, max_position_embeddings=256, pad_token_id=0))
+    return _build(BertConfig, BertModel, seed, vocab_size=vocab_size)
 
 
 DECODERS = {"llama": tiny_llama64, "qwen2": tiny_qwen2}

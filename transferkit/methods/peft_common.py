@@ -31,6 +31,14 @@ def wrap(model: torch.nn.Module, peft_config) -> torch.nn.Module:
     return wrapped
 
 
+def wrap_prompt_learning(model: torch.nn.Module, config_cls, num_virtual_tokens: int) -> torch.nn.Module:
+    """Prompt and prefix tuning: same construction, different peft config class."""
+    config = config_cls(num_virtual_tokens=num_virtual_tokens, task_type=peft_task_type(model))
+    if classifier_modules(model):
+        config.modules_to_save = classifier_modules(model)
+    return wrap(model, config)
+
+
 def save(model: torch.nn.Module, adapter_dir: Path) -> None:
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
 

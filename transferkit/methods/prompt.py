@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..config import MethodConfig, opt
 from . import Method, register
-from .peft_common import PEFT_FUNCTIONS, classifier_modules, peft_task_type, wrap
+from .peft_common import PEFT_FUNCTIONS, wrap_prompt_learning
 
 
 @dataclass
@@ -19,10 +19,7 @@ class PromptMethodConfig(MethodConfig):
 def apply(model, cfg: PromptMethodConfig):
     from peft import PromptTuningConfig
 
-    config = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=peft_task_type(model))
-    if classifier_modules(model):
-        config.modules_to_save = classifier_modules(model)
-    return wrap(model, config)
+    return wrap_prompt_learning(model, PromptTuningConfig, cfg.num_virtual_tokens)
 
 
 def closed_form(model, cfg: PromptMethodConfig) -> int:
