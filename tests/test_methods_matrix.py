@@ -15,7 +15,6 @@ import torch
 from tiny import DECODERS, tiny_bert_classifier, tiny_tokenizer
 
 from transferkit.config import method_config_from_dict
-from transferkit.data.batching import collate
 from transferkit.data.tokenize import Tokenized
 from transferkit.methods import count_parameters, get_method, method_names
 from transferkit.train.objectives import OBJECTIVES

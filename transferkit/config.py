@@ -303,7 +303,20 @@ def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, st
             continue
         if cls is RunConfig and f.name == "method":
             rows.append((prefix + "method.name", "str", "lora", f.metadata["help"] + "; each method adds its own keys"))
+            rows.extend(_method_keys())
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         rows.append((prefix + f.name, _type_name(tp), repr(default), f.metadata.get("help", "")))
     return rows
+
+
+def _method_keys() -> list[tuple[str, str, str, str]]:
+    """method.* keys of every registered method, each listed once with the methods that take it."""
+    from .methods import get_method, method_names
+
+    seen: dict[tuple[str, str, str, str], list[str]] = {}
+    for name in method_names():
+        for row in describe_keys(get_method(name).config_cls, "method."):
+            if row[0] != "method.name":
+                seen.setdefault(row, []).append(name)
+    return [(key, tp, default, f"{help_text} [{', '.join(users)}]") for (key, tp, default, help_text), users in seen.items()]
