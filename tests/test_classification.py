@@ -113,3 +113,15 @@ def test_unseen_eval_label_is_an_error(tiny_config, topics, tmp_path, tiny_bert_
                       f"data.validation={topics['validation']}")
     with pytest.raises(DataError, match=r"test.jsonl:1: field 'label': label 'finance' does not occur in the training"):
         train(cfg)
+
+
+def test_text_pair_is_encoded_with_both_texts(tmp_path, tokenizer):
+    from transferkit.data.tokenize import tokenize_examples
+
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "hello world", "text_pair": "the quick brown fox", "label": "yes"},
+                                       {"text": "hello world", "label": "no"}])
+    schema, examples = read_examples(str(tmp_path / "d.jsonl"))
+    assert examples[0].text_pair == "the quick brown fox" and examples[1].text_pair is None
+    paired, single = tokenize_examples(tokenizer, examples, schema, 64, labels=["no", "yes"])
+    assert tokenizer.decode(paired.input_ids).replace(" ", "") == "helloworldthequickbrownfox"
+    assert (paired.labels, single.labels) == ([1], [0])
