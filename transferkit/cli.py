@@ -11,9 +11,13 @@ from .errors import EXIT_USER_ERROR, UserError
 
 
 def _quiet_libraries() -> None:
+    import logging
     import warnings
 
     import transformers
+
+    # bitsandbytes (imported by peft) logs that an optional CPU kernel package is absent; its NF4 path works without it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
     # Deprecation notices raised inside transformers/peft on every model build: not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
