@@ -151,3 +151,16 @@ def test_adapter_loads_in_stock_peft_with_identical_logits(tiny_config, tiny_mod
     with torch.no_grad():
         torch.testing.assert_close(stock(ids).logits, ours(ids).logits, rtol=0, atol=0)
         assert not torch.allclose(stock(ids).logits, base(ids).logits)  # the adapter does something
+
+
+def test_bf16_and_fp32_reach_the_same_loss(tiny_config, tmp_path):
+    from transferkit import train
+
+    finals = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_config("train.max_steps=12", f"train.precision={precision}", "eval.baseline=false",
+                          f"output_dir={tmp_path / precision}")
+        summary = train(cfg)
+        assert summary["precision"] == precision
+        finals[precision] = summary["validation"]["loss"]
+    assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.02), finals
