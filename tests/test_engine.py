@@ -164,3 +164,16 @@ def test_bf16_and_fp32_reach_the_same_loss(tiny_config, tmp_path):
         assert summary["precision"] == precision
         finals[precision] = summary["validation"]["loss"]
     assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.02), finals
+
+
+def test_frozen_weights_stored_in_bf16_trained_ones_stay_fp32():
+    from transferkit.config import method_config_from_dict
+    from transferkit.methods import get_method
+    from transferkit.train.hardware import store_frozen_in_bf16
+
+    model = get_method("lora").apply(tiny_llama(400), method_config_from_dict({"name": "lora", "r": 4}))
+    moved = store_frozen_in_bf16(model)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert moved == sum(p.numel() for p in frozen) > 0
+    assert all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

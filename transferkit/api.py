@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from .errors import UserError
 from .data.tokenize import tokenize_examples
 from .evaluate import evaluate_split, generate_completions
 from .models import load_model
-from .train.hardware import pick_device, resolve_precision
+from .train.hardware import autocast_for, pick_device, resolve_precision
 from .train.loop import load_trained
 from .train.loop import train as _train
 
@@ -25,9 +24,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
 
 def _autocast_for(device: torch.device, precision: str):
-    if resolve_precision(precision, device) == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    return autocast_for(device, resolve_precision(precision, device))
 
 
 def generate(prompts: list[str], *, model: str | None = None, adapter: str | None = None,

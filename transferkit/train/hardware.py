@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import resource
 import sys
 
@@ -40,3 +42,24 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A zero-argument context factory: bf16 autocast, or a no-op for fp32."""
+    if precision == "bf16":
+        return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def store_frozen_in_bf16(model: torch.nn.Module) -> int:
+    """Cast frozen floating-point parameters to bf16; returns how many elements moved.
+
+    Under bf16 autocast every matmul reads its weight as bf16 anyway, so a frozen
+    fp32 copy only costs memory and a cast per use. Trainable parameters keep fp32
+    master weights for the optimizer."""
+    moved = 0
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != torch.bfloat16:
+            param.data = param.data.to(torch.bfloat16)
+            moved += param.numel()
+    return moved

@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from ..evaluate import evaluate_split
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model, load_tokenizer, resolve_model
 from . import checkpoint as ckpt
-from .hardware import peak_memory_bytes, pick_device, resolve_precision
+from .hardware import autocast_for, peak_memory_bytes, pick_device, resolve_precision, store_frozen_in_bf16
 from .objectives import OBJECTIVES, Objective
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
@@ -49,6 +50,7 @@ class Parts:
     accelerator: object  # accelerate.Accelerator
     tokenizer: object
     objective: Objective
+    autocast: Callable[[], ContextManager]  # bf16 autocast or a no-op
 
     @property
     def pad_id(self) -> int:
@@ -78,7 +80,7 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
     loss_total = torch.zeros((), device=device)
     for start in range(0, len(items), micro_batch_size):
         batch = parts.objective.collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [b, T]
-        with parts.accelerator.autocast():
+        with parts.autocast():
             loss_sum, _ = parts.objective.loss_sum(model, batch)
         # Normalising by the step's token count (not the micro-batch's) makes
         # accumulation exact whatever the split.
@@ -164,7 +166,7 @@ def validation_metrics(parts: Parts, split: Split, schema: str, cfg: RunConfig, 
     """Loss (and for classification accuracy / macro-F1) without generation: cheap enough to run often."""
     quick = dataclasses.replace(cfg.eval, exact_match=False, max_examples=None)
     metrics, _ = evaluate_split(parts.model, tokenizer, split, schema, quick, parts.accelerator.device,
-                                autocast=parts.accelerator.autocast, label="validation", labels=labels)
+                                autocast=parts.autocast, label="validation", labels=labels)
     return metrics
 
 
@@ -230,7 +232,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
     device = pick_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+    # Mixed precision is our own autocast context, not accelerate's: its process-wide
+    # state would forbid a second run with another precision in the same process.
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    autocast = autocast_for(device, precision)
     method = get_method(cfg.method.name)
     model, tokenizer, folder, splits = prepare_inputs(cfg, method, precision, accelerator.device)
     if not resume:
@@ -243,7 +248,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     # On resume the baseline was measured already; it is in metrics.jsonl.
     baseline = next((e["metrics"] for e in run.read_events() if e.get("event") == "baseline"), None)
     if baseline is None and cfg.eval.baseline and splits.test is not None and splits.schema == "instruction":
-        baseline = evaluate_test(model, tokenizer, splits, cfg, accelerator.device, accelerator.autocast, run, "baseline")
+        baseline = evaluate_test(model, tokenizer, splits, cfg, accelerator.device, autocast, run, "baseline")
         run.log({"event": "baseline", "step": 0, "split": "test", "metrics": baseline})
         print(f"baseline (untrained {cfg.model}) on test: {format_metrics(baseline)}")
 
@@ -251,11 +256,13 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     model = method.apply(model, cfg.method)
     trainable, total = count_parameters(model)
     print(format_trainable(trainable, total))
+    if precision == "bf16" and cfg.train.frozen_bf16:
+        store_frozen_in_bf16(model)
 
     steps = total_steps(cfg, len(splits.train.tokenized))
     optimizer, scheduler = build_optimizer(model, method, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, OBJECTIVES[TASK_OF_SCHEMA[splits.schema]])
+    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, OBJECTIVES[TASK_OF_SCHEMA[splits.schema]], autocast)
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -286,7 +293,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         summary["validation"] = validation_metrics(parts, splits.validation, splits.schema, cfg, tokenizer, splits.labels)
         run.log({"event": "eval", "split": "validation", "step": state.step, **summary["validation"]})
     if splits.test is not None:
-        tuned = evaluate_test(unwrapped, tokenizer, splits, cfg, accelerator.device, accelerator.autocast, run, "test")
+        tuned = evaluate_test(unwrapped, tokenizer, splits, cfg, accelerator.device, autocast, run, "test")
         run.log({"event": "test", "step": state.step, "split": "test", "metrics": tuned})
         summary["test"] = tuned
         print(f"tuned model on test: {format_metrics(tuned)}")
