@@ -20,6 +20,26 @@ def llama64(tmp_path_factory):
     return save_tiny_model_folder(tmp_path_factory.mktemp("llama64"), family="llama")
 
 
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from transferkit.data.synthetic import person_records
+
+    path = tmp_path_factory.mktemp("lm") / "notes.txt"
+    path.write_text("\n".join(r["completion"] for r in person_records(48, seed=4)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name", CAUSAL_LM_METHODS)
+def test_method_trains_on_plain_text(name, tiny_config, llama64, text_file):
+    from transferkit import train
+
+    cfg = tiny_config(f"model={llama64}", f"method={{name: {name}}}", f"data.train={text_file}",
+                      "data.validation=null", "data.test=null", "train.max_steps=8", f"train.lr={LR.get(name, 1e-2)}",
+                      "eval.baseline=false", "train.eval_every=0")
+    summary = train(cfg)
+    assert summary["schema"] == "lm" and summary["train_loss"]["final"] < summary["train_loss"]["first_logged"]
+
+
 @pytest.mark.parametrize("name", CAUSAL_LM_METHODS)
 def test_method_trains_end_to_end(name, tiny_config, llama64):
     from transferkit import load_trained, train
