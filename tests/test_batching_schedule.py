@@ -57,3 +57,13 @@ def test_schedule_drives_lambda_lr():
         opt.step()
         sched.step()
     assert seen[:2] == [0.5, 1.0] and seen[-1] < 0.05
+
+
+def test_attention_choice():
+    from transferkit.train.hardware import pick_attention
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_attention("auto", cpu, 300) == "eager"
+    assert pick_attention("auto", cpu, 2048) == "sdpa"   # eager would hold [B, heads, T, T] scores per layer
+    assert pick_attention("auto", cuda, 300) == "sdpa"
+    assert pick_attention("sdpa", cpu, 10) == "sdpa"

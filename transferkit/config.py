@@ -55,6 +55,9 @@ class TrainConfig:
     min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)", ge=0)
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "`auto`: bf16 autocast where the CPU/GPU supports it, else fp32")
+    attention: Literal["auto", "eager", "sdpa"] = opt(
+        "auto", "attention kernel for training; `auto`: eager on CPU when every sequence fits in 512 tokens "
+                "(torch's CPU SDPA backward is slow at these sizes), else sdpa")
     frozen_bf16: bool = opt(True, "with bf16 precision, store the frozen weights in bf16 (less memory, faster); "
                                   "trained weights and optimizer state stay fp32")
     eval_every: int = opt(50, "validate every N optimizer steps (0: only at the end)", ge=0)

@@ -64,7 +64,8 @@ def nf4_config(compute_dtype: torch.dtype):
 
 def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32):
+               quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32,
+               attention: str | None = None):
     """Load a model for `task` and its tokenizer; returns (model, tokenizer, folder).
 
     task "causal-lm": the model with its language-model head (decoders only).
@@ -72,6 +73,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     [CLS]; decoders the last non-padding token).
     quantize_4bit: store the linear layers' weights in NF4 (for QLoRA); `compute_dtype`
     is what they are dequantized to for each matmul.
+    attention: "eager" or "sdpa" (None: the library's default).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -82,7 +84,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
             f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
             f"such as smollm2-135m")
     tokenizer = load_tokenizer(folder)
-    extra = {}
+    extra = {"attn_implementation": attention} if attention else {}
     if quantize_4bit:
         extra = {"quantization_config": nf4_config(compute_dtype), "device_map": str(torch.device(device))}
     if task == "classification":

@@ -34,7 +34,8 @@ from ..evaluate import evaluate_split
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model, load_tokenizer, resolve_model
 from . import checkpoint as ckpt
-from .hardware import autocast_for, peak_memory_bytes, pick_device, resolve_precision, store_frozen_in_bf16
+from .hardware import (autocast_for, peak_memory_bytes, pick_attention, pick_device, resolve_precision,
+                       store_frozen_in_bf16)
 from .objectives import OBJECTIVES, Objective
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
@@ -208,9 +209,12 @@ def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch
     check_task(method, task)
     folder = resolve_model(cfg.model)
     splits = load_splits(cfg.data, load_tokenizer(folder), cfg.seed)
+    longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
+                  for t in split.tokenized)
     model, tokenizer, folder = load_model(cfg.model, task=task, labels=splits.labels, device=device,
                                           quantize_4bit=method.quantize_base,
-                                          compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+                                          compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+                                          attention=pick_attention(cfg.train.attention, device, longest))
     for note in splits.notes:
         print(note)
     return model, tokenizer, folder, splits
