@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import EXIT_USER_ERROR, UserError
+from .train.signals import Stopped
 
 
 def _quiet_libraries() -> None:
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Stopped as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .hardware import (autocast_for, peak_memory_bytes, pick_attention, pick_dev
 from .objectives import OBJECTIVES, Objective
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
+from .signals import Stopped, StopRequest
 
 
 @dataclass
@@ -75,7 +77,8 @@ def total_steps(cfg: RunConfig, num_sequences: int) -> int:
 
 
 def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float):
-    """One optimizer step over `items`. Returns (loss sum tensor, labelled tokens, grad norm tensor)."""
+    """One optimizer step over `items`. Returns (loss sum tensor, labelled tokens, grad norm tensor,
+    whether it was applied: a step with a non-finite loss or gradient is skipped)."""
     model, device = parts.model, parts.accelerator.device
     n_labels = sum(t.num_labels for t in items)  # tokens or examples, known on the host: no device sync
     loss_total = torch.zeros((), device=device)
@@ -89,14 +92,20 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         loss_total += loss_sum.detach()
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = parts.accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
-    parts.optimizer.step()
-    parts.scheduler.step()
+    # One host sync per step (free on CPU): a non-finite loss or gradient must not reach the weights.
+    finite = bool(torch.isfinite(loss_total)) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+    if finite:
+        parts.optimizer.step()
+        parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return loss_total, n_labels, grad_norm
+    return loss_total, n_labels, grad_norm, finite
 
 
-def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.TrainState, steps: int) -> dict:
-    """Optimise until `steps` optimizer steps are done. Returns loop statistics."""
+def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.TrainState, steps: int,
+        stop: StopRequest) -> dict:
+    """Optimise until `steps` optimizer steps are done. Returns loop statistics.
+    Raises `Stopped` after checkpointing when a stop was requested, `UserError` when
+    `train.max_bad_steps` steps in a row had non-finite loss or gradients."""
     train_cfg = cfg.train
     micro = train_cfg.micro_batch_size or train_cfg.batch_size
     data = splits.train.tokenized
@@ -114,6 +123,7 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
     window_labels = window_tokens = 0
     total_tokens, last_loss, first_loss = 0, None, None
     window_start = started = time.perf_counter()
+    bad_in_a_row = skipped = 0
     bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     while state.step < steps:
         batches = batches_for(state.epoch)
@@ -123,7 +133,18 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
         items = [data[i] for i in batches[state.batch_index]]
         state.batch_index += 1
         lr = parts.optimizer.param_groups[0]["lr"]
-        loss_sum, n_labels, grad_norm = optimizer_step(parts, items, micro, train_cfg.max_grad_norm)
+        loss_sum, n_labels, grad_norm, applied = optimizer_step(parts, items, micro, train_cfg.max_grad_norm)
+        if not applied:
+            bad_in_a_row += 1
+            skipped += 1
+            bar.write(f"step {state.step + 1}: non-finite loss or gradients, step skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row >= train_cfg.max_bad_steps:
+                last = ckpt.latest(run.checkpoints)
+                raise UserError(f"step {state.step + 1}: loss or gradients were not finite for {bad_in_a_row} steps in a "
+                                f"row; stopped. Last good checkpoint: {last or 'none'}. Lower train.lr, check the data "
+                                f"near {items[0].where}, or use train.precision=fp32")
+            continue
+        bad_in_a_row = 0
         state.step += 1
         real_tokens = sum(len(t.input_ids) for t in items)
         window_loss += loss_sum
@@ -157,10 +178,16 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
         if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < steps:
             save(parts, run, state, train_cfg.keep_checkpoints)
             window_start = time.perf_counter()
+
+        if stop.signum is not None and state.step < steps:
+            save(parts, run, state, train_cfg.keep_checkpoints)
+            bar.close()
+            raise Stopped(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after step {state.step}; "
+                                       f"checkpoint written. Resume with: transferkit train --resume {run.path}")
     bar.close()
     seconds = time.perf_counter() - started
     return {"train_tokens": total_tokens, "train_seconds": seconds, "first_logged_loss": first_loss,
-            "final_train_loss": last_loss}
+            "final_train_loss": last_loss, "skipped_steps": skipped}
 
 
 def validation_metrics(parts: Parts, split: Split, schema: str, cfg: RunConfig, tokenizer, labels) -> dict:
@@ -274,7 +301,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         print(f"resumed from {resume_from} (step {state.step})")
     print(f"training {steps} steps on {device.type} in {precision}; run directory {run.path}")
 
-    loop_stats = fit(cfg, parts, splits, run, state, steps)
+    with StopRequest() as stop:
+        loop_stats = fit(cfg, parts, splits, run, state, steps, stop)
     save(parts, run, state, cfg.train.keep_checkpoints)
     unwrapped = accelerator.unwrap_model(model)
     ckpt.write_atomic_dir(run.adapter, lambda tmp: method.save(unwrapped, tmp))
@@ -288,6 +316,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "train_tokens": loop_stats["train_tokens"],
         "tokens_per_s": loop_stats["train_tokens"] / max(loop_stats["train_seconds"], 1e-9),
         "train_loss": {"first_logged": loop_stats["first_logged_loss"], "final": loop_stats["final_train_loss"]},
+        "skipped_steps": loop_stats["skipped_steps"],
         "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1]),
         "truncated_examples": {s.name: s.num_truncated for s in (splits.train, splits.validation, splits.test) if s},
     }
