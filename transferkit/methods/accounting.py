@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ..config import method_config_from_dict
 from . import count_parameters, get_method, method_names
+from .targets import task_head_name
 
 
 @dataclass
@@ -62,8 +63,7 @@ def parameter_table(model_ref: str, options: dict[str, dict] | None = None,
 
 
 def head_parameters(model) -> int:
-    head = getattr(model, "score", None) or getattr(model, "classifier", None)
-    return sum(p.numel() for p in head.parameters())
+    return sum(p.numel() for p in getattr(model, task_head_name(model)).parameters())
 
 
 def format_table(rows: list[MethodRow]) -> str:

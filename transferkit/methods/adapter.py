@@ -23,7 +23,7 @@ from torch import nn
 from ..config import MethodConfig, opt
 from . import Method, register
 from .selective import load_trainable, read_meta, save_trainable
-from .targets import adapter_sites, matching_modules
+from .targets import adapter_sites, matching_modules, task_head_name
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -79,9 +79,9 @@ def apply(model: nn.Module, cfg: AdapterMethodConfig) -> nn.Module:
         weight = projection.weight
         adapter = Bottleneck(projection.out_features, cfg.r, cfg.activation).to(device=weight.device)
         setattr(parent, child, WithAdapter(projection, adapter))
-    head = getattr(model, "score", None) or getattr(model, "classifier", None)
-    if getattr(model, "transferkit_task", "causal-lm") == "classification" and head is not None:
-        head.requires_grad_(True)  # a new task head always trains
+    head = task_head_name(model)
+    if head is not None:
+        getattr(model, head).requires_grad_(True)  # a new task head always trains
     model.transferkit_adapter_config = cfg
     return model
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .targets import task_head_name
+
 
 def peft_task_type(model: torch.nn.Module):
     from peft import TaskType
@@ -16,10 +18,8 @@ def peft_task_type(model: torch.nn.Module):
 
 def classifier_modules(model: torch.nn.Module) -> list[str] | None:
     """Names of a fresh classification head, which must train and be saved with the adapter."""
-    if getattr(model, "transferkit_task", "causal-lm") != "classification":
-        return None
-    names = [n for n in ("score", "classifier") if hasattr(model, n)]
-    return names or None
+    name = task_head_name(model)
+    return [name] if name else None
 
 
 def wrap(model: torch.nn.Module, peft_config) -> torch.nn.Module:

@@ -21,9 +21,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from ..config import MethodConfig, opt
 from . import Method, register
 from .selective import load_trainable, read_meta, save_trainable
-
-HEAD_NAMES = ("score", "classifier")
-
+from .targets import task_head_name
 
 @dataclass
 class ProbeMethodConfig(MethodConfig):
@@ -32,9 +30,9 @@ class ProbeMethodConfig(MethodConfig):
 
 
 def head_name(model: nn.Module) -> str:
-    for name in HEAD_NAMES:
-        if isinstance(getattr(model, name, None), nn.Module):
-            return name
+    name = task_head_name(model)
+    if name is not None:
+        return name
     raise ValueError("probe needs a sequence-classification model with a 'score' or 'classifier' head")
 
 

@@ -28,6 +28,7 @@ ADAPTER_SITES = {**{t: (r"\.self_attn\.o_proj$", r"\.mlp\.down_proj$") for t in 
                  "gpt2": (r"\.attn\.c_proj$", r"\.mlp\.c_proj$")}
 
 HEAD_NAMES = ("lm_head", "score", "classifier")
+TASK_HEAD_NAMES = ("score", "classifier")  # what transformers calls a sequence classifier's new head
 
 
 def model_type(model: torch.nn.Module) -> str:
@@ -50,6 +51,13 @@ def adapter_sites(model: torch.nn.Module) -> tuple[str, str]:
     if kind not in ADAPTER_SITES:
         raise ValueError(f"no bottleneck-adapter sites known for model type '{kind}'")
     return ADAPTER_SITES[kind]
+
+
+def task_head_name(model: torch.nn.Module) -> str | None:
+    """Attribute name of a classification model's new task head (None for a causal LM)."""
+    if getattr(model, "transferkit_task", "causal-lm") != "classification":
+        return None
+    return next((n for n in TASK_HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module)), None)
 
 
 def _is_head(name: str) -> bool:
