@@ -54,13 +54,14 @@ def _tokenize_split(name: str, examples: list[Example], tokenizer, schema: str, 
     return Split(name, examples, tokenized)
 
 
-def read_schema(data_cfg) -> str:
-    """The schema of the training data, read before any model is loaded."""
-    return read_examples(data_cfg.train, data_cfg.schema, "train")[0]
+def read_train(data_cfg) -> tuple[str, list[Example]]:
+    """(schema, examples) of the training file: read once, before any model is loaded."""
+    return read_examples(data_cfg.train, data_cfg.schema, "train")
 
 
-def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
-    schema, train_examples = read_examples(data_cfg.train, data_cfg.schema, "train")
+def load_splits(data_cfg, tokenizer, seed: int, train: tuple[str, list[Example]] | None = None) -> Splits:
+    """All splits, tokenized. `train`: the training file as `read_train` returned it, if already read."""
+    schema, train_examples = train or read_train(data_cfg)
     notes = [f"schema: {schema} ({'detected' if data_cfg.schema == 'auto' else 'configured'})"]
     # Classes come from the whole training file, before any validation split.
     labels = label_vocabulary(train_examples, data_cfg.train) if schema == "classification" else None
@@ -94,4 +95,4 @@ def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
     return Splits(schema, train, validation, test, notes, labels)
 
 
-__all__ = ["TASK_OF_SCHEMA", "read_schema", "Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]
+__all__ = ["TASK_OF_SCHEMA", "read_train", "Row", "read_rows", "Example", "Split", "Splits", "load_splits", "read_examples", "DataError"]

@@ -65,7 +65,7 @@ def nf4_config(compute_dtype: torch.dtype):
 def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32,
-               attention: str | None = None):
+               attention: str | None = None, tokenizer=None):
     """Load a model for `task` and its tokenizer; returns (model, tokenizer, folder).
 
     task "causal-lm": the model with its language-model head (decoders only).
@@ -74,6 +74,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     quantize_4bit: store the linear layers' weights in NF4 (for QLoRA); `compute_dtype`
     is what they are dequantized to for each matmul.
     attention: "eager" or "sdpa" (None: the library's default).
+    tokenizer: one already loaded from this model (else it is loaded here).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -83,7 +84,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
         raise ModelError(
             f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
             f"such as smollm2-135m")
-    tokenizer = load_tokenizer(folder)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
     extra = {"attn_implementation": attention} if attention else {}
     if quantize_4bit:
         extra = {"quantization_config": nf4_config(compute_dtype), "device_map": str(torch.device(device))}

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, dump_config
-from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_schema
+from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_train
 from ..data.batching import length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import UserError
@@ -231,17 +231,18 @@ def evaluate_test(model, tokenizer, splits: Splits, cfg: RunConfig, device, auto
 def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch.device):
     """Read and validate the data, then load the model for its task. Nothing is written yet,
     so bad input never leaves a half-made run directory behind."""
-    schema = read_schema(cfg.data)
-    task = TASK_OF_SCHEMA[schema]
+    train_data = read_train(cfg.data)
+    task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
-    folder = resolve_model(cfg.model)
-    splits = load_splits(cfg.data, load_tokenizer(folder), cfg.seed)
+    tokenizer = load_tokenizer(resolve_model(cfg.model))
+    splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
                   for t in split.tokenized)
     model, tokenizer, folder = load_model(cfg.model, task=task, labels=splits.labels, device=device,
                                           quantize_4bit=method.quantize_base,
                                           compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-                                          attention=pick_attention(cfg.train.attention, device, longest))
+                                          attention=pick_attention(cfg.train.attention, device, longest),
+                                          tokenizer=tokenizer)
     for note in splits.notes:
         print(note)
     return model, tokenizer, folder, splits
