@@ -55,9 +55,9 @@ def test_method_trains_end_to_end(name, tiny_config, llama64):
 
     # The reloaded run gives the loss the run reported on its test split.
     from transferkit.data import load_splits
-    from transferkit.evaluate import lm_loss
+    from transferkit.evaluate import mean_loss
 
     model, tokenizer, loaded_cfg = load_trained(cfg.output_dir)
     splits = load_splits(loaded_cfg.data, tokenizer, loaded_cfg.seed)
-    again = lm_loss(model, splits.test.tokenized, tokenizer.pad_token_id, 4, torch.device("cpu"))
+    again = mean_loss(model, splits.test.tokenized, tokenizer.pad_token_id, 4, torch.device("cpu"))
     assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)

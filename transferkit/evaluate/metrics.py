@@ -40,8 +40,6 @@ def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, d
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-lm_loss = mean_loss  # the causal-LM default
-
 
 @torch.no_grad()
 def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
