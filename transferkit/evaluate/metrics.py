@@ -44,23 +44,23 @@ def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, d
 @torch.no_grad()
 def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
                     autocast=contextlib.nullcontext) -> tuple[list[int], list[list[float]]]:
-    """Arg-max class and class probabilities for each example, in input order."""
+    """Arg-max class and class log-probabilities (fp32 log-softmax) for each example, in input order."""
     from ..train.objectives import collate_classes
 
     was_training = model.training
     model.eval()
     predictions: list[int] = [0] * len(tokenized)
-    probabilities: list[list[float]] = [[]] * len(tokenized)
+    log_probs: list[list[float]] = [[]] * len(tokenized)
     for idx, items in _batches(tokenized, batch_size):
         batch = collate_classes(items, pad_id, device)
         with autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        probs = logits.softmax(-1).cpu()
+        batch_log_probs = logits.log_softmax(-1).cpu()
         for row, i in enumerate(idx):
-            predictions[i] = int(probs[row].argmax())
-            probabilities[i] = probs[row].tolist()
+            predictions[i] = int(batch_log_probs[row].argmax())
+            log_probs[i] = batch_log_probs[row].tolist()
     model.train(was_training)
-    return predictions, probabilities
+    return predictions, log_probs
 
 
 def accuracy(predictions: list[int], golds: list[int]) -> float:

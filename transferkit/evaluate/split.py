@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 from tqdm.auto import tqdm
 
@@ -26,22 +27,22 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
     examples, tokenized = split.examples, split.tokenized
     if eval_cfg.max_examples is not None:
         examples, tokenized = examples[: eval_cfg.max_examples], tokenized[: eval_cfg.max_examples]
-    task = "classification" if schema == "classification" else "causal-lm"
-    metrics = mean_loss(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast, OBJECTIVES[task])
+    if schema == "classification":
+        # One forward pass gives the loss (cross-entropy = −log p(gold)) and the predictions.
+        predicted, log_probs = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size,
+                                               device, autocast)
+        golds = [t.labels[0] for t in tokenized]
+        metrics = {"loss": -math.fsum(lp[g] for lp, g in zip(log_probs, golds)) / len(golds),
+                   "examples": len(examples), "accuracy": accuracy(predicted, golds), "macro_f1": macro_f1(predicted, golds)}
+        names = labels or [str(i) for i in range(len(log_probs[0]))]
+        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": math.exp(max(lp)),
+                        "match": names[p] == ex.label} for ex, p, lp in zip(examples, predicted, log_probs)]
+        return metrics, predictions
+    metrics = mean_loss(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast,
+                        OBJECTIVES["causal-lm"])
     metrics["examples"] = len(examples)
     predictions: list[dict] = []
-    if schema == "classification":
-        metrics.pop("perplexity")
-        metrics.pop("tokens")
-        predicted, probabilities = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size,
-                                                   device, autocast)
-        golds = [t.labels[0] for t in tokenized]
-        metrics["accuracy"] = accuracy(predicted, golds)
-        metrics["macro_f1"] = macro_f1(predicted, golds)
-        names = labels or [str(i) for i in range(len(probabilities[0]))]
-        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": max(pr),
-                        "match": names[p] == ex.label} for ex, p, pr in zip(examples, predicted, probabilities)]
-    elif schema == "instruction" and eval_cfg.exact_match:
+    if schema == "instruction" and eval_cfg.exact_match:
         prompts, references = zip(*(prompt_and_reference(ex) for ex in examples))
         with tqdm(total=len(prompts), desc=f"{label}: generating", unit="ex", leave=False) as bar:
             outputs = generate_completions(model, tokenizer, list(prompts), max_new_tokens=eval_cfg.max_new_tokens,
