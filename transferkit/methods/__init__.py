@@ -35,6 +35,7 @@ class Method:
     summary: str
     tasks: tuple[str, ...] = ("causal-lm", "classification")   # what it can train; checked at config time
     quantize_base: bool = False                                # load the base in 4-bit NF4 (QLoRA)
+    packable: bool = True             # sequences may share a row (not where virtual tokens precede every sequence)
     # Optional capabilities; None where the method has none.
     param_groups: Callable[[torch.nn.Module, MethodConfig, float], list[dict]] | None = None
     disabled: Callable[[torch.nn.Module], ContextManager] | None = None   # yields a model acting as the base

@@ -30,4 +30,4 @@ def closed_form(model, cfg: PrefixMethodConfig) -> int:
 
 
 register(Method("prefix", PrefixMethodConfig, apply=apply, summary="learned key/value prefixes at every layer (peft)",
-                closed_form=closed_form, **PEFT_FUNCTIONS))
+                closed_form=closed_form, packable=False, **PEFT_FUNCTIONS))

@@ -27,4 +27,4 @@ def closed_form(model, cfg: PromptMethodConfig) -> int:
 
 
 register(Method("prompt", PromptMethodConfig, apply=apply, summary="a learned soft prompt of virtual tokens (peft)",
-                closed_form=closed_form, **PEFT_FUNCTIONS))
+                closed_form=closed_form, packable=False, **PEFT_FUNCTIONS))

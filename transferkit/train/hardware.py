@@ -65,6 +65,27 @@ def store_frozen_in_bf16(model: torch.nn.Module) -> int:
     return moved
 
 
+CPU_MICRO_BATCH = 4
+
+
+def default_micro_batch_size(device: torch.device, batch_size: int) -> int:
+    """On CPU a matmul is as efficient at 4 × ~100 rows as at 8 × ~100 (measured on SmolLM2-135M:
+    516 vs 531 tokens/s), while activations, most of the peak memory, halve (1.69 vs 2.04 GB)."""
+    return min(batch_size, CPU_MICRO_BATCH) if device.type == "cpu" else batch_size
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the rest in
+    backward (Chen et al. 2016, arXiv:1604.06174). Non-reentrant, so frozen inputs need no
+    requires_grad trick and adapters inside the layers are recomputed too."""
+    from ..errors import ConfigError
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"config key 'train.gradient_checkpointing': {type(inner).__name__} does not support it")
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 EAGER_MAX_TOKENS = 512
 
 

@@ -39,20 +39,24 @@ def _body_and_head(model: torch.nn.Module):
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token cross-entropy over labelled positions, number of them).
 
-    batch: input_ids, attention_mask, labels, each [B, T]. Labels are aligned
-    with inputs; position t predicts labels[t + 1].
+    batch: input_ids, labels and either attention_mask (padded rows) or
+    position_ids (packed rows), each [B, T]. Labels are aligned with inputs;
+    position t predicts labels[t + 1].
     """
+    # No KV cache in training: it costs memory, and with a cache transformers
+    # ignores the position-id restarts that mark packed sequences.
+    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
     targets = batch["labels"][:, 1:]                      # [B, T-1]
     keep = targets != IGNORE                              # [B, T-1]
     parts = _body_and_head(model)
     if parts is None:  # models without a separable head: full logits
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**inputs).logits
         # Prompt tuning returns logits for its virtual tokens first: drop them. [B, T-1, vocab]
         logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1]:][:, :-1]
         selected = logits[keep]
     else:
         body, head = parts
-        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = body(**inputs).last_hidden_state
         selected = head(hidden[:, :-1][keep])            # [N, vocab], N = labelled positions
     loss_sum = F.cross_entropy(selected.float(), targets[keep], reduction="sum")
     return loss_sum, keep.sum()
