@@ -48,7 +48,8 @@ class TrainConfig:
     epochs: Optional[float] = opt(None, "passes over the training data (give this or `max_steps`)", gt=0)
     batch_size: int = opt(8, "examples per optimizer step", gt=0)
     micro_batch_size: Optional[int] = opt(
-        None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated (default: batch_size)", gt=0)
+        None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
+              "(default: 4 on CPU, where it holds half the activations of 8 at the same speed; batch_size on GPU)", gt=0)
     lr: float = opt(2.0e-4, "peak learning rate", gt=0)
     weight_decay: float = opt(0.0, "AdamW decoupled weight decay", ge=0)
     warmup_ratio: float = opt(0.05, "fraction of steps with linear warmup from 0 to lr", ge=0, le=1)
@@ -58,6 +59,12 @@ class TrainConfig:
     attention: Literal["auto", "eager", "sdpa"] = opt(
         "auto", "attention kernel for training; `auto`: eager on CPU when every sequence fits in 512 tokens "
                 "(torch's CPU SDPA backward is slow at these sizes), else sdpa")
+    pack_tokens: int = opt(
+        0, "pack several training sequences into rows of up to this many tokens (position ids restart per sequence, "
+           "attention stays inside each); 0: one sequence per row, length-grouped. Causal LM only", ge=0)
+    gradient_checkpointing: bool = opt(
+        False, "recompute each layer's activations during backward: activation memory for one layer instead of all, "
+               "for about one more forward pass of compute")
     frozen_bf16: bool = opt(True, "with bf16 precision, store the frozen weights in bf16 (less memory, faster); "
                                   "trained weights and optimizer state stay fp32")
     eval_every: int = opt(50, "validate every N optimizer steps (0: only at the end)", ge=0)
@@ -87,6 +94,7 @@ class MethodConfig:
 @dataclass
 class RunConfig:
     model: str = opt("smollm2-135m", "short name of a packaged model, a local HF folder, or a .gguf file")
+    trust_remote_code: bool = opt(False, "let Python code shipped inside the model folder run; only for folders you trust")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data files and schema"})
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "adaptation method and its options"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
@@ -188,8 +196,15 @@ def _check_bounds(value: Any, f: dataclasses.Field, key: str) -> None:
         raise ConfigError(f"config key '{key}' must be <= {le}, got {value}")
 
 
+# Names users bring from transformers.TrainingArguments / peft.LoraConfig.
+FAMILIAR_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+                  "max_grad_norm": "max_grad_norm", "lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r",
+                  "lora_r": "r", "bf16": "precision", "fp16": "precision", "warmup_steps": "warmup_ratio"}
+
+
 def unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
-    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    familiar = FAMILIAR_NAMES.get(key)
+    hint = [familiar] if familiar in valid else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key '{prefix}{key}'{suggestion}")
 
@@ -264,7 +279,9 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        context = getattr(exc, "context_mark", None)
+        started = f" ({exc.context} at line {context.line + 1})" if context is not None and context != mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}{started}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if tree is None:

@@ -6,6 +6,7 @@ loop uses; `read_examples(path, schema)` serves `eval` and `generate`.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 
@@ -29,6 +30,23 @@ class Split:
     @property
     def num_truncated(self) -> int:
         return sum(t.truncated for t in self.tokenized)
+
+    def facts(self) -> dict:
+        return {"examples": len(self.examples), "sequences": len(self.tokenized),
+                "duplicates": len(duplicate_examples(self.examples)), "truncated": self.num_truncated}
+
+
+def duplicate_examples(examples: list[Example]) -> list[tuple[Example, Example]]:
+    """(repeat, first occurrence) for every example whose content appeared before."""
+    first: dict[str, Example] = {}
+    repeats = []
+    for ex in examples:
+        key = json.dumps([ex.messages, ex.text, ex.text_pair, ex.label])
+        if key in first:
+            repeats.append((ex, first[key]))
+        else:
+            first[key] = ex
+    return repeats
 
 
 @dataclass
@@ -90,6 +108,11 @@ def load_splits(data_cfg, tokenizer, seed: int, train: tuple[str, list[Example]]
                   if validation_examples else None)
     test = _tokenize_split("test", test_examples, tokenizer, schema, data_cfg, labels) if test_examples else None
     for split in (train, validation, test):
+        repeats = duplicate_examples(split.examples) if split is not None else []
+        if repeats:  # kept: repeating an example may be deliberate, but the user should know
+            repeat, original = repeats[0]
+            notes.append(f"warning: {split.name}: {len(repeats)} duplicate rows kept (first: {repeat.where} repeats "
+                         f"line {original.line})")
         if split is not None and split.num_truncated:
             notes.append(f"{split.name}: {split.num_truncated} examples truncated to data.max_length={data_cfg.max_length}")
     return Splits(schema, train, validation, test, notes, labels)

@@ -28,6 +28,8 @@ class Row:
 
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(str(path), "is UTF-16 text (byte-order mark); save it as UTF-8", 1)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is harmless; strip it
     try:
@@ -37,15 +39,24 @@ def _read_text(path: Path) -> str:
         raise DataError(str(path), f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", line) from None
 
 
+def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
+    """json.loads with every failure as a DataError: syntax (JSONDecodeError), numbers
+    too long to convert (ValueError), nesting too deep (RecursionError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = line if line is not None else exc.lineno
+        raise DataError(str(path), f"malformed JSON: {exc.msg} (column {exc.colno})", where) from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(str(path), f"malformed JSON: {str(exc).splitlines()[0] or type(exc).__name__}", line) from None
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
     for number, text in enumerate(_read_text(path).splitlines(), start=1):
         if not text.strip():
             continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(str(path), f"malformed JSON: {exc.msg} (column {exc.colno})", number) from None
+        obj = _parse_json(text, path, number)
         if not isinstance(obj, dict):
             raise DataError(str(path), f"each line must be a JSON object, got {type(obj).__name__}", number)
         rows.append(Row(str(path), number, obj))
@@ -53,10 +64,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 
 def _read_json(path: Path) -> list[Row]:
-    try:
-        obj = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(str(path), f"malformed JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    obj = _parse_json(_read_text(path), path)
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
         obj = next(iter(obj.values()))  # {"data": [...]} style
     if not isinstance(obj, list):
@@ -70,8 +78,14 @@ def _read_json(path: Path) -> list[Row]:
 
 
 def _read_csv(path: Path) -> list[Row]:
-    text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(_read_text(path).splitlines(keepends=True))
+    try:
+        return _csv_rows(reader, path)
+    except csv.Error as exc:  # NUL bytes, a field over the size limit
+        raise DataError(str(path), f"malformed CSV: {exc}", max(reader.line_num, 1)) from None
+
+
+def _csv_rows(reader: csv.DictReader, path: Path) -> list[Row]:
     if not reader.fieldnames:
         raise DataError(str(path), "empty CSV file (no header)")
     rows = []

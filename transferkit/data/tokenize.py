@@ -105,6 +105,7 @@ def check_has_labels(tokenized: list[Tokenized], source: str) -> int:
     """Preflight: refuse data in which masking left nothing to learn."""
     total = sum(t.num_labels for t in tokenized)
     if total == 0:
-        raise DataError(source, "after masking, no token carries a label (all completions empty or truncated away); "
-                        "nothing to train on")
+        truncated = sum(t.truncated for t in tokenized)
+        raise DataError(source, f"after masking, no token carries a label (all completions empty or truncated away; "
+                        f"{truncated} of {len(tokenized)} examples were cut at data.max_length); nothing to train on")
     return total

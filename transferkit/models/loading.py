@@ -41,10 +41,10 @@ def model_type(folder: Path) -> str:
         raise ModelError(f"{folder / 'config.json'}: unreadable model config ({exc})") from None
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         # Padding positions are masked out of attention and loss, so any id works;
         # EOS is the usual choice and keeps the vocabulary unchanged.
@@ -65,7 +65,7 @@ def nf4_config(compute_dtype: torch.dtype):
 def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32,
-               attention: str | None = None, tokenizer=None):
+               attention: str | None = None, tokenizer=None, trust_remote_code: bool = False):
     """Load a model for `task` and its tokenizer; returns (model, tokenizer, folder).
 
     task "causal-lm": the model with its language-model head (decoders only).
@@ -75,6 +75,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     is what they are dequantized to for each matmul.
     attention: "eager" or "sdpa" (None: the library's default).
     tokenizer: one already loaded from this model (else it is loaded here).
+    trust_remote_code: let Python code shipped in the model folder run (off unless the config says so).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -84,7 +85,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
         raise ModelError(
             f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
             f"such as smollm2-135m")
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder, trust_remote_code)
     extra = {"attn_implementation": attention} if attention else {}
     if quantize_4bit:
         extra = {"quantization_config": nf4_config(compute_dtype), "device_map": str(torch.device(device))}
@@ -96,7 +97,8 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
         auto = AutoModelForSequenceClassification
     else:
         auto = AutoModelForCausalLM
-    model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=False, use_safetensors=True, **extra)
+    model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code,
+                                 use_safetensors=True, **extra)
     if not quantize_4bit:
         model.to(device)
     model.transferkit_task = task

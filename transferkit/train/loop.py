@@ -13,6 +13,7 @@ the summary. One optimizer step:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -28,14 +29,15 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, dump_config
 from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_train
-from ..data.batching import length_grouped_batches
+from ..data.batching import collate_packed, length_grouped_batches
 from ..data.tokenize import Tokenized
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..evaluate import evaluate_split
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model, load_tokenizer, resolve_model
+from ..models.fingerprint import check_adapter_folder, write_fingerprint
 from . import checkpoint as ckpt
-from .hardware import (autocast_for, peak_memory_bytes, pick_attention, pick_device, resolve_precision,
+from .hardware import (autocast_for, default_micro_batch_size, enable_gradient_checkpointing, peak_memory_bytes, pick_attention, pick_device, resolve_precision,
                        store_frozen_in_bf16)
 from .objectives import OBJECTIVES, Objective
 from .rundir import RunDir
@@ -54,6 +56,7 @@ class Parts:
     tokenizer: object
     objective: Objective
     autocast: Callable[[], ContextManager]  # bf16 autocast or a no-op
+    collate: Callable[[list[Tokenized], int, torch.device], dict[str, torch.Tensor]]  # padded or packed rows
 
     @property
     def pad_id(self) -> int:
@@ -83,7 +86,7 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
     n_labels = sum(t.num_labels for t in items)  # tokens or examples, known on the host: no device sync
     loss_total = torch.zeros((), device=device)
     for start in range(0, len(items), micro_batch_size):
-        batch = parts.objective.collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [b, T]
+        batch = parts.collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [rows, T]
         with parts.autocast():
             loss_sum, _ = parts.objective.loss_sum(model, batch)
         # Normalising by the step's token count (not the micro-batch's) makes
@@ -107,7 +110,7 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
     Raises `Stopped` after checkpointing when a stop was requested, `UserError` when
     `train.max_bad_steps` steps in a row had non-finite loss or gradients."""
     train_cfg = cfg.train
-    micro = train_cfg.micro_batch_size or train_cfg.batch_size
+    micro = train_cfg.micro_batch_size or default_micro_batch_size(parts.accelerator.device, train_cfg.batch_size)
     data = splits.train.tokenized
     lengths = [len(t.input_ids) for t in data]
     epoch_batches: dict[int, list[list[int]]] = {}
@@ -228,13 +231,28 @@ def evaluate_test(model, tokenizer, splits: Splits, cfg: RunConfig, device, auto
     return metrics
 
 
+def check_packing(cfg: RunConfig, method: Method, task: str) -> None:
+    if cfg.train.pack_tokens and (task != "causal-lm" or not method.packable):
+        why = f"method '{method.name}' adds virtual tokens to every sequence" if task == "causal-lm" else \
+            f"the task is {task} (one label per sequence)"
+        raise ConfigError(f"config key 'train.pack_tokens' is {cfg.train.pack_tokens} but sequences cannot be packed: "
+                          f"{why}; set train.pack_tokens=0")
+
+
+def pick_collate(cfg: RunConfig, objective: Objective):
+    if cfg.train.pack_tokens:
+        return functools.partial(collate_packed, row_tokens=cfg.train.pack_tokens)
+    return objective.collate
+
+
 def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch.device):
     """Read and validate the data, then load the model for its task. Nothing is written yet,
     so bad input never leaves a half-made run directory behind."""
     train_data = read_train(cfg.data)
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
-    tokenizer = load_tokenizer(resolve_model(cfg.model))
+    check_packing(cfg, method, task)
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
                   for t in split.tokenized)
@@ -242,7 +260,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch
                                           quantize_4bit=method.quantize_base,
                                           compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                                           attention=pick_attention(cfg.train.attention, device, longest),
-                                          tokenizer=tokenizer)
+                                          tokenizer=tokenizer, trust_remote_code=cfg.trust_remote_code)
     for note in splits.notes:
         print(note)
     return model, tokenizer, folder, splits
@@ -256,9 +274,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     run = RunDir(cfg.output_dir)
     resume_from = None
     if resume:
+        if not run.config.is_file():
+            raise UserError(f"{run.path}: not a run directory (no config.yaml) to resume")
+        # None when the run was stopped before its first checkpoint: it restarts from step 0.
         resume_from = ckpt.latest(run.checkpoints)
-        if resume_from is None:
-            raise UserError(f"{run.path}: nothing to resume (no complete checkpoint in {run.checkpoints})")
     else:
         run.check_writable(overwrite)
 
@@ -271,7 +290,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     method = get_method(cfg.method.name)
     model, tokenizer, folder, splits = prepare_inputs(cfg, method, precision, accelerator.device)
     if not resume:
-        run.create(overwrite)
+        inputs = [p for p in (cfg.data.train, cfg.data.validation, cfg.data.test, cfg.model) if p and Path(p).exists()]
+        run.create(overwrite, protected=inputs)
     run.write_text_atomic(run.config, dump_config(cfg))
     if splits.labels is not None:
         run.write_json(run.labels, {"labels": splits.labels})
@@ -290,23 +310,34 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     print(format_trainable(trainable, total))
     if precision == "bf16" and cfg.train.frozen_bf16:
         store_frozen_in_bf16(model)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     steps = total_steps(cfg, len(splits.train.tokenized))
     optimizer, scheduler = build_optimizer(model, method, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, OBJECTIVES[TASK_OF_SCHEMA[splits.schema]], autocast)
+    objective = OBJECTIVES[TASK_OF_SCHEMA[splits.schema]]
+    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, objective, autocast, pick_collate(cfg, objective))
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
-        run.truncate_events_after(state.step)
         print(f"resumed from {resume_from} (step {state.step})")
+    elif resume:
+        print(f"no complete checkpoint in {run.checkpoints} yet: starting again from step 0")
+    if resume:
+        run.truncate_events_after(state.step)
     print(f"training {steps} steps on {device.type} in {precision}; run directory {run.path}")
 
     with StopRequest() as stop:
         loop_stats = fit(cfg, parts, splits, run, state, steps, stop)
     save(parts, run, state, cfg.train.keep_checkpoints)
     unwrapped = accelerator.unwrap_model(model)
-    ckpt.write_atomic_dir(run.adapter, lambda tmp: method.save(unwrapped, tmp))
+
+    def write_adapter(tmp: Path) -> None:
+        method.save(unwrapped, tmp)
+        write_fingerprint(tmp, unwrapped)
+
+    ckpt.write_atomic_dir(run.adapter, write_adapter)
 
     summary: dict = {
         "model": cfg.model, "model_path": str(folder), "method": cfg.method.name, "schema": splits.schema,
@@ -319,7 +350,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "train_loss": {"first_logged": loop_stats["first_logged_loss"], "final": loop_stats["final_train_loss"]},
         "skipped_steps": loop_stats["skipped_steps"],
         "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1]),
-        "truncated_examples": {s.name: s.num_truncated for s in (splits.train, splits.validation, splits.test) if s},
+        "data": {s.name: s.facts() for s in (splits.train, splits.validation, splits.test) if s},
     }
     if splits.labels is not None:
         summary["labels"] = splits.labels
@@ -361,7 +392,13 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
     method = get_method(cfg.method.name)
     labels = json.loads(run.labels.read_text())["labels"] if run.labels.is_file() else None
     model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
-                                     device=device, quantize_4bit=method.quantize_base)
-    model = method.load(model, run.adapter)
+                                     device=device, quantize_4bit=method.quantize_base,
+                                     trust_remote_code=cfg.trust_remote_code)
+    check_adapter_folder(run.adapter, model, cfg.model)
+    try:
+        model = method.load(model, run.adapter)
+    except (RuntimeError, ValueError, KeyError) as exc:  # shape or name mismatches inside the loader
+        raise UserError(f"{run.adapter}: adapter does not fit base model {cfg.model} "
+                        f"({str(exc).strip().splitlines()[0][:300]})") from None
     model.eval()
     return model, tokenizer, cfg

@@ -18,8 +18,10 @@ from ..errors import UserError
 
 
 class RunDir:
+    """Every file a run writes lies inside `path` (checked on each write)."""
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).expanduser().resolve()
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -36,13 +38,38 @@ class RunDir:
             raise UserError(f"{self.path}: output_dir is not empty; use --resume {self.path} to continue it, "
                             f"--overwrite to replace it, or choose another output_dir")
 
-    def create(self, overwrite: bool) -> None:
+    def check_replaceable(self, protected: list[str | Path]) -> None:
+        """`--overwrite` deletes the folder: only ever a previous run's folder, never one that
+        holds the run's own input files, the working directory or one of its parents."""
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return
+        if not (self.config.is_file() or self.metrics.is_file()):
+            raise UserError(f"{self.path}: output_dir is not empty and is not a transferkit run directory "
+                            f"(no config.yaml or metrics.jsonl); --overwrite only replaces run directories")
+        cwd = Path.cwd().resolve()
+        if self.path == cwd or self.path in cwd.parents:
+            raise UserError(f"{self.path}: output_dir contains the working directory; refusing to replace it")
+        for path in protected:
+            resolved = Path(path).expanduser().resolve()
+            if resolved == self.path or self.path in resolved.parents:
+                raise UserError(f"{self.path}: output_dir contains {resolved}, an input of this run; "
+                                f"--overwrite would delete it")
+
+    def inside(self, path: Path) -> Path:
+        resolved = path.resolve()
+        if resolved != self.path and self.path not in resolved.parents:
+            raise UserError(f"{path}: refusing to write outside the run directory {self.path}")
+        return path
+
+    def create(self, overwrite: bool, protected: list[str | Path] = ()) -> None:
         self.check_writable(overwrite)
+        self.check_replaceable(list(protected))
         if self.path.is_dir() and any(self.path.iterdir()):
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_text_atomic(self, path: Path, text: str) -> None:
+        self.inside(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")
         with open(tmp, "rb") as fh:
