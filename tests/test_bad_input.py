@@ -12,7 +12,6 @@ import yaml
 from tiny import write_jsonl
 
 from transferkit.cli import main
-from transferkit.data.synthetic import person_records
 
 GOOD_ROW = {"prompt": "hi", "completion": "hello"}
 
@@ -27,7 +26,7 @@ def _write(path: Path, content: str | bytes) -> Path:
 
 
 class Case:
-    """One bad input: `files` writes the data (returns the config's data section and extra CLI args)."""
+    """One bad input: build(folder) writes its files and returns (the config's data section, extra CLI args)."""
 
     def __init__(self, name: str, build, expect: list[str]):
         self.name, self.build, self.expect = name, build, expect

@@ -41,10 +41,14 @@ def _command(config: Path, run: Path) -> list[str]:
     return [sys.executable, "-m", "transferkit", "train", str(config), "--overwrite"]  # killed before it began
 
 
-def _kill_when(proc: subprocess.Popen, ready, deadline: float) -> bool:
-    """Poll until ready() or the process ends; SIGKILL it if it is still running. True if killed."""
+def _kill_when(proc: subprocess.Popen, ready, deadline: float, delay: float = 0.0) -> bool:
+    """Poll until ready() or the process ends; `delay` seconds later SIGKILL it if it is
+    still running. True if killed."""
     while proc.poll() is None and time.time() < deadline:
         if ready():
+            time.sleep(delay)
+            if proc.poll() is not None:
+                return False
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             return True
@@ -87,8 +91,8 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_model_dir, quick_data, tmp
             during_writes += killed
         else:  # at a random moment a few steps later
             target = seen + rng.randint(1, 4)
-            killed = _kill_when(proc, lambda: len(_train_steps(killed_run)) >= target, deadline)
-            time.sleep(rng.uniform(0, 0.02)) if killed else None
+            killed = _kill_when(proc, lambda: len(_train_steps(killed_run)) >= target, deadline,
+                                delay=rng.uniform(0, 0.02))
         if not killed:  # it finished before the kill
             assert proc.wait() == 0, proc.stderr.read()[-2000:]
             break

@@ -27,12 +27,13 @@ def test_probe_on_minilm_classifies_topics(tmp_path):
 
 def test_lora_classifier_on_smollm2(tmp_path):
     run = tmp_path / "cls"
-    cli("train", "recipes/classify-lora-smollm2.yaml", "train.max_steps=6", "train.batch_size=8", "train.log_every=1",
+    # A new head on a decoder needs a dozen steps before its batch losses trend clearly (6 were noise).
+    cli("train", "recipes/classify-lora-smollm2.yaml", "train.max_steps=12", "train.batch_size=8", "train.log_every=1",
         f"output_dir={run}")
     summary = json.loads((run / "summary.json").read_text())
     losses = [e["loss"] for e in events(run) if e["event"] == "train"]
-    assert sum(losses[-2:]) < sum(losses[:2]), losses
-    assert summary["labels"] == ["food", "sport", "travel", "weather"] and summary["test"]["accuracy"] > 0.25
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    assert summary["labels"] == ["food", "sport", "travel", "weather"] and summary["test"]["accuracy"] > 0.4
     result = cli("generate", "--adapter", str(run), "--prompt", "hi", check=False)
     assert result.returncode == 2 and "does not generate text" in result.stderr
 
