@@ -37,8 +37,8 @@ from ..methods import Method, check_task, count_parameters, format_trainable, ge
 from ..models import load_model, load_tokenizer, resolve_model
 from ..models.fingerprint import check_adapter_folder, write_fingerprint
 from . import checkpoint as ckpt
-from .hardware import (autocast_for, default_micro_batch_size, enable_gradient_checkpointing, peak_memory_bytes, pick_attention, pick_device, resolve_precision,
-                       store_frozen_in_bf16)
+from .hardware import (autocast_for, default_micro_batch_size, enable_gradient_checkpointing, peak_memory_bytes,
+                       pick_attention, pick_device, resolve_precision, store_frozen_in_bf16)
 from .objectives import OBJECTIVES, Objective
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
