@@ -1,8 +1,9 @@
 """Evaluate a model on one data split.
 
-- instruction: loss, perplexity, and exact match of greedy generations against the references;
+- instruction: loss, perplexity, exact match and token-level F1 of greedy generations against the references;
 - lm: loss and perplexity;
-- classification: loss, accuracy and macro-F1.
+- classification: loss, accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix and the
+  expected calibration error of the predicted class's probability.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 from ..data import Split
 from ..data.schema import prompt_and_reference
 from .generation import generate_completions
-from .metrics import accuracy, exact_match, macro_f1, mean_loss, predict_classes
+from .metrics import (accuracy, confusion_matrix, exact_match, expected_calibration_error, macro_f1, mean_loss,
+                      per_class, predict_classes, token_f1)
 
 
 def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device, *,
@@ -35,6 +37,10 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
         metrics = {"loss": -math.fsum(lp[g] for lp, g in zip(log_probs, golds)) / len(golds),
                    "examples": len(examples), "accuracy": accuracy(predicted, golds), "macro_f1": macro_f1(predicted, golds)}
         names = labels or [str(i) for i in range(len(log_probs[0]))]
+        metrics["ece"] = expected_calibration_error([math.exp(max(lp)) for lp in log_probs],
+                                                    [p == g for p, g in zip(predicted, golds)])
+        metrics["per_class"] = per_class(predicted, golds, names)
+        metrics["confusion_matrix"] = {"labels": names, "counts": confusion_matrix(predicted, golds, len(names))}
         predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": math.exp(max(lp)),
                         "match": names[p] == ex.label} for ex, p, lp in zip(examples, predicted, log_probs)]
         return metrics, predictions
@@ -49,6 +55,7 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
                                            batch_size=eval_cfg.batch_size, device=device, autocast=autocast,
                                            progress=bar.update)
         metrics["exact_match"] = exact_match(outputs, list(references))
+        metrics["token_f1"] = sum(token_f1(o, r) for o, r in zip(outputs, references)) / len(references)
         predictions = [
             {"where": ex.where, "prompt": p[-1]["content"], "reference": r, "prediction": o,
              "match": o.strip() == r.strip()}
