@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..errors import DataError
 from .readers import Row, read_rows
@@ -31,9 +32,14 @@ class Split:
     def num_truncated(self) -> int:
         return sum(t.truncated for t in self.tokenized)
 
+    @cached_property
+    def repeats(self) -> list[tuple[Example, Example]]:
+        """(repeat, first occurrence) pairs; computed once, for the warning and the summary."""
+        return duplicate_examples(self.examples)
+
     def facts(self) -> dict:
         return {"examples": len(self.examples), "sequences": len(self.tokenized),
-                "duplicates": len(duplicate_examples(self.examples)), "truncated": self.num_truncated}
+                "duplicates": len(self.repeats), "truncated": self.num_truncated}
 
 
 def duplicate_examples(examples: list[Example]) -> list[tuple[Example, Example]]:
@@ -108,7 +114,7 @@ def load_splits(data_cfg, tokenizer, seed: int, train: tuple[str, list[Example]]
                   if validation_examples else None)
     test = _tokenize_split("test", test_examples, tokenizer, schema, data_cfg, labels) if test_examples else None
     for split in (train, validation, test):
-        repeats = duplicate_examples(split.examples) if split is not None else []
+        repeats = split.repeats if split is not None else []
         if repeats:  # kept: repeating an example may be deliberate, but the user should know
             repeat, original = repeats[0]
             notes.append(f"warning: {split.name}: {len(repeats)} duplicate rows kept (first: {repeat.where} repeats "

@@ -37,12 +37,12 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
         metrics = {"loss": -math.fsum(lp[g] for lp, g in zip(log_probs, golds)) / len(golds),
                    "examples": len(examples), "accuracy": accuracy(predicted, golds), "macro_f1": macro_f1(predicted, golds)}
         names = labels or [str(i) for i in range(len(log_probs[0]))]
-        metrics["ece"] = expected_calibration_error([math.exp(max(lp)) for lp in log_probs],
-                                                    [p == g for p, g in zip(predicted, golds)])
+        confidences = [math.exp(max(lp)) for lp in log_probs]  # probability of the predicted class
+        metrics["ece"] = expected_calibration_error(confidences, [p == g for p, g in zip(predicted, golds)])
         metrics["per_class"] = per_class(predicted, golds, names)
         metrics["confusion_matrix"] = {"labels": names, "counts": confusion_matrix(predicted, golds, len(names))}
-        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": math.exp(max(lp)),
-                        "match": names[p] == ex.label} for ex, p, lp in zip(examples, predicted, log_probs)]
+        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": confidence,
+                        "match": names[p] == ex.label} for ex, p, confidence in zip(examples, predicted, confidences)]
         return metrics, predictions
     metrics = mean_loss(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast,
                         OBJECTIVES["causal-lm"])
