@@ -198,7 +198,7 @@ def _check_bounds(value: Any, f: dataclasses.Field, key: str) -> None:
 
 # Names users bring from transformers.TrainingArguments / peft.LoraConfig.
 FAMILIAR_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-                  "max_grad_norm": "max_grad_norm", "lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r",
+                  "lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r",
                   "lora_r": "r", "bf16": "precision", "fp16": "precision", "warmup_steps": "warmup_ratio"}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .loading import underlying_model
 
 FILE = "transferkit_base.json"
 SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -23,7 +24,7 @@ SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention
 
 
 def base_config(model: torch.nn.Module):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = underlying_model(model)
     return getattr(inner, "config", None) or getattr(getattr(inner, "model", None), "config", None)
 
 

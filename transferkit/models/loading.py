@@ -34,6 +34,11 @@ def resolve_model(ref: str) -> Path:
     return path
 
 
+def underlying_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (the model itself when unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def model_type(folder: Path) -> str:
     try:
         return json.loads((folder / "config.json").read_text())["model_type"]

@@ -79,8 +79,9 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     backward (Chen et al. 2016, arXiv:1604.06174). Non-reentrant, so frozen inputs need no
     requires_grad trick and adapters inside the layers are recomputed too."""
     from ..errors import ConfigError
+    from ..models.loading import underlying_model
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = underlying_model(model)
     if not getattr(inner, "supports_gradient_checkpointing", False):
         raise ConfigError(f"config key 'train.gradient_checkpointing': {type(inner).__name__} does not support it")
     inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tokenize import IGNORE
+from ..models.loading import underlying_model
 
 
 def _uses_virtual_tokens(model: torch.nn.Module) -> bool:
@@ -25,7 +26,7 @@ def _body_and_head(model: torch.nn.Module):
     """(decoder body returning last_hidden_state, output head) or None."""
     if _uses_virtual_tokens(model):
         return None
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = underlying_model(model)
     get_decoder = getattr(inner, "get_decoder", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if get_decoder is None or head is None:
