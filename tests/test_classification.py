@@ -64,7 +64,14 @@ def test_classifier_trains_and_reloads(family, method, lr, tiny_config, topics, 
     summary = train(cfg)
     run = Path(cfg.output_dir)
     assert json.loads((run / "labels.json").read_text())["labels"] == ["food", "sport", "travel", "weather"]
-    assert {"accuracy", "macro_f1", "loss"} <= set(summary["test"]) and "baseline" not in summary
+    assert {"accuracy", "macro_f1", "loss", "ece", "per_class"} <= set(summary["test"])
+    # The untrained model's prompting baseline (verbalisation likelihood for the decoder, embedding
+    # similarity for the encoder), the comparison on accuracy, and forgetting as a probe drop.
+    assert {"zero_shot", "4_shot"} <= set(summary["baseline"])
+    assert all(0 <= b["accuracy"] <= 1 for k, b in summary["baseline"].items() if k != "split")
+    assert summary["comparison"]["metric"] == "accuracy"
+    assert summary["forgetting"]["measure"] == "drop of general-topic probe accuracy"
+    assert (run / "test_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in events if e["event"] == "train"]
     assert sum(losses[-4:]) < sum(losses[:4]), losses  # per-step losses are noisy: compare the ends

@@ -69,10 +69,20 @@ def test_train_writes_the_run_directory(tiny_config):
     train_events = [e for e in events if e["event"] == "train"]
     assert [e["step"] for e in train_events] == list(range(1, 13))
     assert all({"step", "loss", "lr", "tokens_per_s"} <= set(e) for e in train_events)
-    assert {e["event"] for e in events} >= {"baseline", "train", "eval", "test"}
+    assert {e["event"] for e in events} >= {"baseline", "general_base", "train", "eval", "test"}
     assert train_events[-1]["loss"] < train_events[0]["loss"]
-    for key in ("params", "wall_time_s", "tokens_per_s", "peak_memory_bytes", "test", "baseline", "gain", "validation"):
+    for key in ("params", "wall_time_s", "tokens_per_s", "peak_memory_bytes", "test", "baseline", "comparison",
+                "forgetting", "general", "validation"):
         assert key in summary, key
+    # Baseline, tuned score, gain and forgetting side by side.
+    assert set(summary["baseline"]) == {"split", "zero_shot", "4_shot"}
+    comparison = summary["comparison"]
+    assert comparison["metric"] == "exact_match" and comparison["tuned"] == summary["test"]["exact_match"]
+    assert comparison["gain"] == comparison["tuned"] - comparison["baseline"]
+    assert comparison["beats_baseline"] == (comparison["gain"] > 0)
+    assert (not comparison["beats_baseline"]) == any("does not beat" in f for f in summary["flags"])
+    general = summary["general"]
+    assert summary["forgetting"]["forgetting"] == general["tuned"]["perplexity"] / general["base"]["perplexity"] - 1
     assert summary == json.loads((run / "summary.json").read_text())
     assert 0 < summary["params"]["trainable"] < summary["params"]["total"]
 

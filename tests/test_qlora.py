@@ -107,3 +107,32 @@ def test_qlora_classifier_keeps_its_head_in_float(tiny_config, tmp_path):
     head = model.base_model.model.classifier.modules_to_save["default"]
     assert head.weight.dtype == torch.float32
     assert model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.uint8
+
+
+def test_evaluating_a_4bit_model_does_not_break_its_gradients(folder):
+    """bitsandbytes repacks NF4 weights for CPU inference on an eval-mode no-grad forward, and the packed matmul
+    has no backward; transferkit evaluates before and during training, so gradients must survive that."""
+    method = get_method("qlora")
+    cfg = method_config_from_dict({"name": "qlora", "r": 4})
+
+    def lora_grads(evaluate_first: bool) -> list[torch.Tensor]:
+        model, tokenizer, _ = load_model(str(folder), quantize_4bit=True)
+        batch = _batch(tokenizer)
+        if evaluate_first:
+            model.eval()
+            with torch.no_grad():
+                token_loss_sum(model, batch)
+        torch.manual_seed(0)
+        model = method.apply(model, cfg)
+        model.train()
+        for p in model.parameters():  # B = 0 at init would hide the A gradients: give every LoRA weight a value
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)
+        loss_sum, n = token_loss_sum(model, batch)
+        (loss_sum / n).backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    plain, after_eval = lora_grads(False), lora_grads(True)
+    assert len(plain) == len(after_eval) > 0
+    for a, b in zip(plain, after_eval):
+        torch.testing.assert_close(a, b)

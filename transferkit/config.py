@@ -40,6 +40,8 @@ class DataConfig:
     overlong: Literal["truncate", "error"] = opt(
         "truncate", "what to do with an example longer than max_length: truncate it (counted and reported) or stop with an error")
     validation_fraction: float = opt(0.05, "fraction of train split off for validation when no validation file is given", ge=0.0, le=0.5)
+    slice_column: str = opt("slice", "column naming each row's held-out slice (domain, source, ...); when present, "
+                                     "every evaluation metric is also reported per slice")
 
 
 @dataclass
@@ -77,11 +79,30 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    baseline: bool = opt(True, "measure the untrained base model on the test split before training")
+    baseline: bool = opt(True, "measure the untrained base model by prompting (zero-shot and k-shot) on the test "
+                               "split (else validation) before training, and compare the tuned model with it")
+    shots: int = opt(4, "training examples shown in the k-shot baseline prompt (0: zero-shot only)", ge=0)
     exact_match: bool = opt(True, "for instruction data: greedy-generate and compare with the reference")
+    task_metric: Optional[str] = opt(
+        None, "extra score of generated answers: `json` (JSON validity + field accuracy) or package.module:function "
+              "returning {name: score}; its first score becomes the headline metric")
     max_new_tokens: int = opt(64, "generation budget per example for exact match", gt=0)
     max_examples: Optional[int] = opt(None, "evaluate at most this many test examples (default: all)", gt=0)
     batch_size: int = opt(16, "examples per evaluation batch", gt=0)
+
+
+@dataclass
+class ForgettingConfig:
+    reference: str = opt(
+        "general", "what forgetting is measured on: `general` (packaged general English written for transferkit: "
+                   "perplexity for decoders, a topic probe for classifiers), a text file (decoders), or `none`")
+    replay: float = opt(0.0, "fraction of every training batch drawn from general text (causal LM only)", ge=0, le=0.9)
+    replay_data: str = opt("general", "general text for replay and the EWC Fisher: `general` (the packaged pool, "
+                                      "disjoint from the reference) or a text file")
+    ewc: float = opt(0.0, "EWC strength λ: loss += λ·Σ F·(θ−θ₀)², F = diagonal Fisher of general text at the "
+                          "start (Kirkpatrick et al. 2017); causal LM only", ge=0)
+    ewc_samples: int = opt(32, "general-text sequences the Fisher is averaged over", gt=0)
+    l2sp: float = opt(0.0, "L2-SP strength α: loss += α/2·‖θ−θ₀‖² toward the starting weights (Li et al. 2018)", ge=0)
 
 
 @dataclass
@@ -99,6 +120,8 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "adaptation method and its options"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig,
+                                         metadata={"help": "forgetting measurement and mitigations"})
     output_dir: str = opt("runs/default", "run directory to write")
     seed: int = opt(0, "random seed for data order, initialisation and dropout")
 

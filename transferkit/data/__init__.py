@@ -65,10 +65,11 @@ class Splits:
     labels: list[str] | None = None                 # classification: class names, index = class id
 
 
-def read_examples(path: str, schema: str = "auto", split: str | None = None) -> tuple[str, list[Example]]:
+def read_examples(path: str, schema: str = "auto", split: str | None = None,
+                  slice_column: str = "slice") -> tuple[str, list[Example]]:
     rows = read_rows(path, split)
     detected = schema_of(rows, schema)
-    return detected, to_examples(rows, detected)
+    return detected, to_examples(rows, detected, slice_column)
 
 
 def _tokenize_split(name: str, examples: list[Example], tokenizer, schema: str, data_cfg, labels=None) -> Split:
@@ -80,7 +81,7 @@ def _tokenize_split(name: str, examples: list[Example], tokenizer, schema: str, 
 
 def read_train(data_cfg) -> tuple[str, list[Example]]:
     """(schema, examples) of the training file: read once, before any model is loaded."""
-    return read_examples(data_cfg.train, data_cfg.schema, "train")
+    return read_examples(data_cfg.train, data_cfg.schema, "train", data_cfg.slice_column)
 
 
 def load_splits(data_cfg, tokenizer, seed: int, train: tuple[str, list[Example]] | None = None) -> Splits:
@@ -92,7 +93,7 @@ def load_splits(data_cfg, tokenizer, seed: int, train: tuple[str, list[Example]]
 
     validation_examples = None
     if data_cfg.validation:
-        _, validation_examples = read_examples(data_cfg.validation, schema, "validation")
+        _, validation_examples = read_examples(data_cfg.validation, schema, "validation", data_cfg.slice_column)
     elif data_cfg.validation_fraction > 0 and len(train_examples) >= 20:
         # Split off a fixed, seeded fraction; the rest trains. Nothing is lost.
         order = list(range(len(train_examples)))
@@ -102,7 +103,7 @@ def load_splits(data_cfg, tokenizer, seed: int, train: tuple[str, list[Example]]
         validation_examples = [ex for i, ex in enumerate(train_examples) if i in held]
         train_examples = [ex for i, ex in enumerate(train_examples) if i not in held]
         notes.append(f"validation: {n_val} examples split off train (data.validation_fraction)")
-    test_examples = read_examples(data_cfg.test, schema, "test")[1] if data_cfg.test else None
+    test_examples = read_examples(data_cfg.test, schema, "test", data_cfg.slice_column)[1] if data_cfg.test else None
 
     train = _tokenize_split("train", train_examples, tokenizer, schema, data_cfg, labels)
     labelled = check_has_labels(train.tokenized, data_cfg.train)

@@ -13,6 +13,7 @@ the model learns. A bad row raises `DataError` with file, line and field.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from ..errors import DataError
 from .readers import Row
@@ -29,6 +30,7 @@ class Example:
     text: str = ""                             # lm, classification: raw text
     text_pair: str | None = None               # classification: optional second text
     label: str | None = None                   # classification: class name (ints and bools as strings)
+    slice: str | None = None                   # held-out slice (domain, source, ...) metrics are also split by
 
     @property
     def where(self) -> str:
@@ -106,7 +108,18 @@ def _messages(row: Row) -> tuple[dict[str, str], ...]:
     return tuple(messages)
 
 
-def to_example(row: Row, schema: str) -> Example:
+def to_example(row: Row, schema: str, slice_column: str = "slice") -> Example:
+    example = _to_example(row, schema)
+    value = row.fields.get(slice_column)
+    if value is None:
+        return example
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(row.source, f"a slice must be a name or integer, got {type(value).__name__} {value!r}",
+                        row.line, slice_column)
+    return dataclasses.replace(example, slice=str(value))
+
+
+def _to_example(row: Row, schema: str) -> Example:
     if schema == "instruction":
         if "messages" in row.fields:
             return Example(row.source, row.line, messages=_messages(row))
@@ -161,8 +174,8 @@ def check_known_labels(examples: list[Example], labels: list[str]) -> None:
                             ex.line, "label")
 
 
-def to_examples(rows: list[Row], schema: str) -> list[Example]:
-    return [to_example(row, schema) for row in rows]
+def to_examples(rows: list[Row], schema: str, slice_column: str = "slice") -> list[Example]:
+    return [to_example(row, schema, slice_column) for row in rows]
 
 
 def prompt_and_reference(example: Example) -> tuple[list[dict[str, str]], str]:

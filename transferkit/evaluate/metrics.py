@@ -18,28 +18,36 @@ def _batches(tokenized: list[Tokenized], batch_size: int):
         yield idx, [tokenized[i] for i in idx]
 
 
-@torch.no_grad()
-def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device, autocast=contextlib.nullcontext,
-              objective=None) -> dict:
-    """Unit-weighted mean loss (per labelled token for causal LM, per example for classification).
-    For causal LM also perplexity = exp(loss)."""
-    from ..train.objectives import OBJECTIVES
+def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
+              autocast=contextlib.nullcontext) -> dict:
+    """Causal LM: mean loss per labelled token, perplexity = exp(loss), and the token count."""
+    return loss_metrics(per_example_token_losses(model, tokenized, pad_id, batch_size, device, autocast))
 
-    objective = objective or OBJECTIVES["causal-lm"]
+
+@torch.no_grad()
+def per_example_token_losses(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
+                             autocast=contextlib.nullcontext) -> list[tuple[float, int]]:
+    """(cross-entropy sum, labelled tokens) of each causal-LM example, in input order."""
+    from ..data.batching import collate
+    from ..train.loss import token_loss_per_row
+
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for _, items in _batches(tokenized, batch_size):
-        batch = objective.collate(items, pad_id, device)
+    result: list[tuple[float, int]] = [(0.0, 0)] * len(tokenized)
+    for idx, items in _batches(tokenized, batch_size):
         with autocast():
-            loss_sum, n = objective.loss_sum(model, batch)
-        total += loss_sum.double()
-        count += int(n)
+            sums, counts = token_loss_per_row(model, collate(items, pad_id, device))
+        for i, loss_sum, count in zip(idx, sums.tolist(), counts.tolist()):
+            result[i] = (loss_sum, count)
     model.train(was_training)
-    loss = (total / max(count, 1)).item()
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+    return result
 
+
+def loss_metrics(losses: list[tuple[float, int]]) -> dict:
+    """Token-weighted mean loss and perplexity = exp(loss) from per-example (loss sum, tokens)."""
+    count = sum(n for _, n in losses)
+    loss = math.fsum(s for s, _ in losses) / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
 
 @torch.no_grad()
@@ -99,21 +107,39 @@ def macro_f1(predictions: list[int], golds: list[int]) -> float:
     return sum(scores[str(c)]["f1"] for c in classes) / len(classes)
 
 
-def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 10) -> float:
-    """ECE (Guo et al. 2017, arXiv:1706.04599, eq. 3): Σ_b |B_b|/n · |accuracy(B_b) − confidence(B_b)|
-    over `bins` equal-width confidence bins (0, 1/bins], ..., ((bins−1)/bins, 1]."""
-    if not confidences:
-        return float("nan")
+def calibration_bins(confidences: list[float], correct: list[bool], bins: int = 10) -> list[dict]:
+    """Equal-width confidence bins (0, 1/bins], ..., ((bins−1)/bins, 1]: each with its range, example count,
+    accuracy and mean confidence (None when empty). What a reliability diagram draws."""
     members: list[list[int]] = [[] for _ in range(bins)]
     for i, conf in enumerate(confidences):
         members[min(bins - 1, max(0, math.ceil(conf * bins) - 1))].append(i)
-    total = 0.0
-    for idx in members:
-        if idx:
-            acc = sum(correct[i] for i in idx) / len(idx)
-            conf = sum(confidences[i] for i in idx) / len(idx)
-            total += len(idx) / len(confidences) * abs(acc - conf)
-    return total
+    return [{"low": b / bins, "high": (b + 1) / bins, "count": len(idx),
+             "accuracy": sum(correct[i] for i in idx) / len(idx) if idx else None,
+             "confidence": sum(confidences[i] for i in idx) / len(idx) if idx else None}
+            for b, idx in enumerate(members)]
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 10) -> float:
+    """ECE (Guo et al. 2017, arXiv:1706.04599, eq. 3): Σ_b |B_b|/n · |accuracy(B_b) − confidence(B_b)|
+    over `bins` equal-width confidence bins (see `calibration_bins`)."""
+    if not confidences:
+        return float("nan")
+    return sum(b["count"] / len(confidences) * abs(b["accuracy"] - b["confidence"])
+               for b in calibration_bins(confidences, correct, bins) if b["count"])
+
+
+def classification_metrics(log_probs: list[list[float]], golds: list[int], names: list[str]) -> dict:
+    """Loss (mean −log p(gold)), accuracy, macro-F1, ECE of the predicted class's probability, per-class
+    precision/recall/F1, confusion matrix and calibration bins, from class log-probabilities [N][classes]."""
+    predicted = [max(range(len(lp)), key=lp.__getitem__) for lp in log_probs]
+    confidences = [math.exp(lp[p]) for lp, p in zip(log_probs, predicted)]  # probability of the predicted class
+    correct = [p == g for p, g in zip(predicted, golds)]
+    return {"loss": -math.fsum(lp[g] for lp, g in zip(log_probs, golds)) / max(len(golds), 1),
+            "examples": len(golds), "accuracy": accuracy(predicted, golds), "macro_f1": macro_f1(predicted, golds),
+            "ece": expected_calibration_error(confidences, correct),
+            "per_class": per_class(predicted, golds, names),
+            "confusion_matrix": {"labels": names, "counts": confusion_matrix(predicted, golds, len(names))},
+            "calibration": calibration_bins(confidences, correct)}
 
 
 def normalise_answer(text: str) -> str:

@@ -1,31 +1,67 @@
 """Evaluate a model on one data split.
 
-- instruction: loss, perplexity, exact match and token-level F1 of greedy generations against the references;
+- instruction: loss, perplexity, exact match and token-level F1 of greedy generations against the references,
+  plus the configured task metric (`eval.task_metric`);
 - lm: loss and perplexity;
-- classification: loss, accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix and the
-  expected calibration error of the predicted class's probability.
+- classification: loss, accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, the
+  expected calibration error of the predicted class's probability and its calibration bins.
+
+The model runs once per example; metrics are aggregated from per-example records, so the same
+functions give the whole split and every slice (`data.slice_column`) of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import Callable
 
 from tqdm.auto import tqdm
 
 from ..data import Split
-from ..data.schema import prompt_and_reference
+from ..data.schema import Example, prompt_and_reference
 from .generation import generate_completions
-from .metrics import (accuracy, confusion_matrix, exact_match, expected_calibration_error, macro_f1, mean_loss,
-                      per_class, predict_classes, token_f1)
+from .metrics import (classification_metrics, exact_match, loss_metrics, per_example_token_losses, predict_classes,
+                      token_f1)
+from .task_metrics import TaskMetric, resolve_task_metric
+
+UNSLICED = "(no slice)"
+
+
+def generation_metrics(outputs: list[str], references: list[str], task_metric: TaskMetric | None) -> dict:
+    """Exact match, mean token F1 and the task metric's scores of generated answers."""
+    metrics = {"exact_match": exact_match(outputs, references),
+               "token_f1": sum(token_f1(o, r) for o, r in zip(outputs, references)) / max(len(references), 1)}
+    if task_metric is not None:
+        scores = task_metric(outputs, references)
+        metrics.update(scores)
+        metrics["task_metric_headline"] = next(iter(scores))  # the hook's first score is its headline
+    return metrics
+
+
+def slice_indices(examples: list[Example]) -> dict[str, list[int]]:
+    """{slice name: example indices}; empty when no example names a slice."""
+    if all(ex.slice is None for ex in examples):
+        return {}
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.slice if ex.slice is not None else UNSLICED, []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def with_slices(examples: list[Example], score: Callable[[list[int]], dict]) -> dict:
+    """score(all indices), plus score(indices of each slice) under "slices" when the data has slices."""
+    metrics = score(list(range(len(examples))))
+    groups = slice_indices(examples)
+    if groups:
+        metrics["slices"] = {name: score(idx) for name, idx in groups.items()}
+    return metrics
 
 
 def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device, *,
                    autocast=contextlib.nullcontext, label: str = "eval", labels: list[str] | None = None
                    ) -> tuple[dict, list[dict]]:
     """(metrics, per-example predictions)."""
-    from ..train.objectives import OBJECTIVES
-
     examples, tokenized = split.examples, split.tokenized
     if eval_cfg.max_examples is not None:
         examples, tokenized = examples[: eval_cfg.max_examples], tokenized[: eval_cfg.max_examples]
@@ -34,31 +70,34 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
         predicted, log_probs = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size,
                                                device, autocast)
         golds = [t.labels[0] for t in tokenized]
-        metrics = {"loss": -math.fsum(lp[g] for lp, g in zip(log_probs, golds)) / len(golds),
-                   "examples": len(examples), "accuracy": accuracy(predicted, golds), "macro_f1": macro_f1(predicted, golds)}
         names = labels or [str(i) for i in range(len(log_probs[0]))]
-        confidences = [math.exp(max(lp)) for lp in log_probs]  # probability of the predicted class
-        metrics["ece"] = expected_calibration_error(confidences, [p == g for p, g in zip(predicted, golds)])
-        metrics["per_class"] = per_class(predicted, golds, names)
-        metrics["confusion_matrix"] = {"labels": names, "counts": confusion_matrix(predicted, golds, len(names))}
-        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": confidence,
-                        "match": names[p] == ex.label} for ex, p, confidence in zip(examples, predicted, confidences)]
+        metrics = with_slices(examples, lambda idx: classification_metrics(
+            [log_probs[i] for i in idx], [golds[i] for i in idx], names))
+        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": math.exp(max(lp)),
+                        "match": names[p] == ex.label, **({"slice": ex.slice} if ex.slice is not None else {})}
+                       for ex, p, lp in zip(examples, predicted, log_probs)]
         return metrics, predictions
-    metrics = mean_loss(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast,
-                        OBJECTIVES["causal-lm"])
-    metrics["examples"] = len(examples)
-    predictions: list[dict] = []
+
+    losses = per_example_token_losses(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast)
+    outputs: list[str] | None = None
+    references: list[str] = []
     if schema == "instruction" and eval_cfg.exact_match:
-        prompts, references = zip(*(prompt_and_reference(ex) for ex in examples))
+        prompts, references = map(list, zip(*(prompt_and_reference(ex) for ex in examples)))
         with tqdm(total=len(prompts), desc=f"{label}: generating", unit="ex", leave=False) as bar:
-            outputs = generate_completions(model, tokenizer, list(prompts), max_new_tokens=eval_cfg.max_new_tokens,
+            outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=eval_cfg.max_new_tokens,
                                            batch_size=eval_cfg.batch_size, device=device, autocast=autocast,
                                            progress=bar.update)
-        metrics["exact_match"] = exact_match(outputs, list(references))
-        metrics["token_f1"] = sum(token_f1(o, r) for o, r in zip(outputs, references)) / len(references)
-        predictions = [
-            {"where": ex.where, "prompt": p[-1]["content"], "reference": r, "prediction": o,
-             "match": o.strip() == r.strip()}
-            for ex, p, r, o in zip(examples, prompts, references, outputs)
-        ]
+    task_metric = resolve_task_metric(eval_cfg.task_metric) if outputs is not None else None
+
+    def score(idx: list[int]) -> dict:
+        metrics = {**loss_metrics([losses[i] for i in idx]), "examples": len(idx)}
+        if outputs is not None:
+            metrics.update(generation_metrics([outputs[i] for i in idx], [references[i] for i in idx], task_metric))
+        return metrics
+
+    metrics = with_slices(examples, score)
+    predictions = [] if outputs is None else [
+        {"where": ex.where, "prompt": ex.messages[-2]["content"], "reference": r, "prediction": o,
+         "match": o.strip() == r.strip(), **({"slice": ex.slice} if ex.slice is not None else {})}
+        for ex, r, o in zip(examples, references, outputs)]
     return metrics, predictions

@@ -78,7 +78,10 @@ class CachedFeatureProbe(nn.Module):
                 self._cache[keys[b]] = computed[row]
         return torch.stack([self._cache[k] for k in keys])  # [B, H]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> SequenceClassifierOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False,
+                **_) -> SequenceClassifierOutput:
+        if output_hidden_states:  # asked for the backbone's states (forgetting probe): a plain, uncached pass
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return SequenceClassifierOutput(logits=self.head(self.features(input_ids, attention_mask)))
 
 

@@ -67,6 +67,17 @@ def nf4_config(compute_dtype: torch.dtype):
                               llm_int8_skip_modules=["lm_head", "score", "classifier"])
 
 
+def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking NF4 weights for CPU inference. On AVX512-BF16 CPUs its first eval-mode,
+    no-grad forward (a baseline, a validation) converts each weight to a layout whose matmul has no backward:
+    gradients would stop flowing through every quantized layer for the rest of training."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32,
@@ -104,7 +115,9 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
         auto = AutoModelForCausalLM
     model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code,
                                  use_safetensors=True, **extra)
-    if not quantize_4bit:
+    if quantize_4bit:
+        keep_4bit_weights_trainable(model)
+    else:
         model.to(device)
     model.transferkit_task = task
     return model, tokenizer, folder

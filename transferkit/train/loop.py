@@ -33,13 +33,17 @@ from ..data.batching import collate_packed, length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError, UserError
 from ..evaluate import evaluate_split
+from ..evaluate.forgetting import general_sequences
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model, load_tokenizer, resolve_model
 from ..models.fingerprint import check_adapter_folder, write_fingerprint
 from . import checkpoint as ckpt
 from .hardware import (autocast_for, default_micro_batch_size, enable_gradient_checkpointing, peak_memory_bytes,
                        pick_attention, pick_device, resolve_precision, store_frozen_in_bf16)
+from .assessment import format_metrics, measure_after, measure_before, plot_reliability
 from .objectives import OBJECTIVES, Objective
+from .regularizers import AnchorPenalty, build_penalties
+from .replay import replay_count, replay_indices
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
 from .signals import Stopped, StopRequest
@@ -57,6 +61,7 @@ class Parts:
     objective: Objective
     autocast: Callable[[], ContextManager]  # bf16 autocast or a no-op
     collate: Callable[[list[Tokenized], int, torch.device], dict[str, torch.Tensor]]  # padded or packed rows
+    penalties: tuple[AnchorPenalty, ...] = ()  # EWC / L2-SP: their gradients join the task loss's
 
     @property
     def pad_id(self) -> int:
@@ -73,15 +78,20 @@ def steps_per_epoch(num_sequences: int, batch_size: int) -> int:
     return math.ceil(num_sequences / batch_size)  # the last, smaller batch is kept: no data dropped
 
 
+def task_batch_size(cfg: RunConfig) -> int:
+    """Task sequences per optimizer step: the batch less its replayed general sequences."""
+    return cfg.train.batch_size - replay_count(cfg.train.batch_size, cfg.forgetting.replay)
+
+
 def total_steps(cfg: RunConfig, num_sequences: int) -> int:
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch(num_sequences, cfg.train.batch_size)))
+    return max(1, math.ceil(cfg.train.epochs * steps_per_epoch(num_sequences, task_batch_size(cfg))))
 
 
 def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float):
     """One optimizer step over `items`. Returns (loss sum tensor, labelled tokens, grad norm tensor,
-    whether it was applied: a step with a non-finite loss or gradient is skipped)."""
+    whether it was applied: a step with a non-finite loss or gradient is skipped, penalty value)."""
     model, device = parts.model, parts.accelerator.device
     n_labels = sum(t.num_labels for t in items)  # tokens or examples, known on the host: no device sync
     loss_total = torch.zeros((), device=device)
@@ -93,6 +103,7 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         # accumulation exact whatever the split.
         parts.accelerator.backward(loss_sum / max(n_labels, 1))
         loss_total += loss_sum.detach()
+    penalty = sum((p.add_gradient() for p in parts.penalties), torch.zeros((), dtype=torch.float64))
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = parts.accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
     # One host sync per step (free on CPU): a non-finite loss or gradient must not reach the weights.
@@ -101,12 +112,13 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         parts.optimizer.step()
         parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return loss_total, n_labels, grad_norm, finite
+    return loss_total, n_labels, grad_norm, finite, float(penalty)
 
 
 def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.TrainState, steps: int,
-        stop: StopRequest) -> dict:
-    """Optimise until `steps` optimizer steps are done. Returns loop statistics.
+        stop: StopRequest, replay_pool: list[Tokenized] = ()) -> dict:
+    """Optimise until `steps` optimizer steps are done; each step's batch holds `task_batch_size(cfg)` task
+    sequences and the rest from `replay_pool` (general text). Returns loop statistics.
     Raises `Stopped` after checkpointing when a stop was requested, `UserError` when
     `train.max_bad_steps` steps in a row had non-finite loss or gradients."""
     train_cfg = cfg.train
@@ -118,9 +130,10 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
     def batches_for(epoch: int) -> list[list[int]]:
         if epoch not in epoch_batches:
             epoch_batches.clear()
-            epoch_batches[epoch] = length_grouped_batches(lengths, train_cfg.batch_size, cfg.seed, epoch)
+            epoch_batches[epoch] = length_grouped_batches(lengths, task_batch_size(cfg), cfg.seed, epoch)
         return epoch_batches[epoch]
 
+    n_replay = replay_count(train_cfg.batch_size, cfg.forgetting.replay) if replay_pool else 0
     parts.model.train()
     window_loss = torch.zeros((), device=parts.accelerator.device)
     window_labels = window_tokens = 0
@@ -134,9 +147,10 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
             state.epoch, state.batch_index = state.epoch + 1, 0
             continue
         items = [data[i] for i in batches[state.batch_index]]
+        items += [replay_pool[i] for i in replay_indices(state.step, n_replay, len(replay_pool), cfg.seed)]
         state.batch_index += 1
         lr = parts.optimizer.param_groups[0]["lr"]
-        loss_sum, n_labels, grad_norm, applied = optimizer_step(parts, items, micro, train_cfg.max_grad_norm)
+        loss_sum, n_labels, grad_norm, applied, penalty = optimizer_step(parts, items, micro, train_cfg.max_grad_norm)
         if not applied:
             bad_in_a_row += 1
             skipped += 1
@@ -166,6 +180,10 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
                      "tokens_per_s": tokens_per_s, "labelled_tokens": window_labels}
             if grad_norm is not None:
                 event["grad_norm"] = float(grad_norm)
+            if parts.penalties:
+                event["penalty"] = penalty  # EWC / L2-SP value at this step
+            if replay_pool:
+                event["replayed_sequences"] = n_replay
             run.log(event)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
             window_loss.zero_()
@@ -223,12 +241,23 @@ def build_optimizer(model: torch.nn.Module, method: Method, cfg: RunConfig, step
 
 
 def evaluate_test(model, tokenizer, splits: Splits, cfg: RunConfig, device, autocast, run: RunDir, label: str) -> dict:
+    """The test split's metrics; predictions and (classification) the reliability diagram go into the run."""
     metrics, predictions = evaluate_split(model, tokenizer, splits.test, splits.schema, cfg.eval, device,
                                           autocast=autocast, label=label, labels=splits.labels)
     if predictions:
         run.write_text_atomic(run.path / f"{label}_predictions.jsonl",
                               "".join(json.dumps(p) + "\n" for p in predictions))
+    plot_reliability(run, metrics, label)
     return metrics
+
+
+def check_mitigations(cfg: RunConfig, task: str) -> None:
+    """Replay and the EWC Fisher train on general text, which needs a language-model head."""
+    for key, value in (("replay", cfg.forgetting.replay), ("ewc", cfg.forgetting.ewc)):
+        if value and task != "causal-lm":
+            raise ConfigError(f"config key 'forgetting.{key}' is {value} but the task is {task}: it uses general "
+                              f"text, which needs a causal-LM task; use forgetting.l2sp instead")
+    replay_count(cfg.train.batch_size, cfg.forgetting.replay)  # raises if the fraction does not fit the batch
 
 
 def check_packing(cfg: RunConfig, method: Method, task: str) -> None:
@@ -252,6 +281,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
     check_packing(cfg, method, task)
+    check_mitigations(cfg, task)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
@@ -297,12 +327,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         run.write_json(run.labels, {"labels": splits.labels})
     seed_everything(cfg.seed)
 
-    # On resume the baseline was measured already; it is in metrics.jsonl.
-    baseline = next((e["metrics"] for e in run.read_events() if e.get("event") == "baseline"), None)
-    if baseline is None and cfg.eval.baseline and splits.test is not None and splits.schema == "instruction":
-        baseline = evaluate_test(model, tokenizer, splits, cfg, accelerator.device, autocast, run, "baseline")
-        run.log({"event": "baseline", "step": 0, "split": "test", "metrics": baseline})
-        print(f"baseline (untrained {cfg.model}) on test: {format_metrics(baseline)}")
+    baseline, general_base = measure_before(cfg, run, model, tokenizer, folder, splits, accelerator.device, autocast)
 
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
     model = method.apply(model, cfg.method)
@@ -317,7 +342,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     optimizer, scheduler = build_optimizer(model, method, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     objective = OBJECTIVES[TASK_OF_SCHEMA[splits.schema]]
-    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, objective, autocast, pick_collate(cfg, objective))
+    # θ₀ (and the Fisher) are taken here, before a checkpoint is loaded: a resumed run anchors where the first began.
+    penalties = build_penalties(cfg, model, tokenizer, objective, accelerator.device, autocast)
+    replay_pool = (general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length)
+                   if cfg.forgetting.replay else [])
+    parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, objective, autocast,
+                  pick_collate(cfg, objective), penalties)
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -329,7 +359,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     print(f"training {steps} steps on {device.type} in {precision}; run directory {run.path}")
 
     with StopRequest() as stop:
-        loop_stats = fit(cfg, parts, splits, run, state, steps, stop)
+        loop_stats = fit(cfg, parts, splits, run, state, steps, stop, replay_pool)
     save(parts, run, state, cfg.train.keep_checkpoints)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -344,7 +374,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         "device": device.type, "precision": precision,
         "params": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
         "steps": state.step,
-        "epochs": state.epoch + state.batch_index / steps_per_epoch(len(splits.train.tokenized), cfg.train.batch_size),
+        "epochs": state.epoch + state.batch_index / steps_per_epoch(len(splits.train.tokenized), task_batch_size(cfg)),
         "train_tokens": loop_stats["train_tokens"],
         "tokens_per_s": loop_stats["train_tokens"] / max(loop_stats["train_seconds"], 1e-9),
         "train_loss": {"first_logged": loop_stats["first_logged_loss"], "final": loop_stats["final_train_loss"]},
@@ -357,28 +387,20 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     if splits.validation is not None:
         summary["validation"] = validation_metrics(parts, splits.validation, splits.schema, cfg, tokenizer, splits.labels)
         run.log({"event": "eval", "split": "validation", "step": state.step, **summary["validation"]})
+    tuned = summary.get("validation")
     if splits.test is not None:
         tuned = evaluate_test(unwrapped, tokenizer, splits, cfg, accelerator.device, autocast, run, "test")
         run.log({"event": "test", "step": state.step, "split": "test", "metrics": tuned})
         summary["test"] = tuned
         print(f"tuned model on test: {format_metrics(tuned)}")
-        if baseline is not None:
-            summary["baseline"] = {"test": baseline}
-            summary["gain"] = {k: tuned[k] - baseline[k] for k in ("exact_match", "loss") if k in tuned and k in baseline}
+    summary["mitigations"] = {"replay": cfg.forgetting.replay, "ewc": cfg.forgetting.ewc, "l2sp": cfg.forgetting.l2sp}
+    summary.update(measure_after(cfg, run, unwrapped, tokenizer, splits, tuned, baseline, general_base,
+                                 accelerator.device, autocast))
     summary["wall_time_s"] = time.perf_counter() - wall_start
     summary["peak_memory_bytes"] = peak_memory_bytes(device)
     run.write_json(run.summary, summary)
     print(f"done: {run.path} (adapter in {run.adapter}, summary in {run.summary})")
     return summary
-
-
-def format_metrics(metrics: dict) -> str:
-    parts = [f"loss {metrics['loss']:.4f}"]
-    for key, label in (("perplexity", "ppl"), ("exact_match", "exact match"), ("accuracy", "accuracy"),
-                       ("macro_f1", "macro-F1")):
-        if key in metrics:
-            parts.append(f"{label} {metrics[key]:.2f}" if key == "perplexity" else f"{label} {100 * metrics[key]:.1f}%")
-    return ", ".join(parts) + f" ({metrics['examples']} examples)"
 
 
 def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):

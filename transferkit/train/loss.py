@@ -37,8 +37,8 @@ def _body_and_head(model: torch.nn.Module):
     return body, head
 
 
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token cross-entropy over labelled positions, number of them).
+def _labelled_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """(logits [N, vocab] at the N labelled positions, their targets [N], mask keep [B, T-1]).
 
     batch: input_ids, labels and either attention_mask (padded rows) or
     position_ids (packed rows), each [B, T]. Labels are aligned with inputs;
@@ -59,5 +59,18 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
         body, head = parts
         hidden = body(**inputs).last_hidden_state
         selected = head(hidden[:, :-1][keep])            # [N, vocab], N = labelled positions
-    loss_sum = F.cross_entropy(selected.float(), targets[keep], reduction="sum")
-    return loss_sum, keep.sum()
+    return selected, targets[keep], keep
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token cross-entropy over labelled positions, number of them)."""
+    selected, targets, keep = _labelled_logits(model, batch)
+    return F.cross_entropy(selected.float(), targets, reduction="sum"), keep.sum()
+
+
+def token_loss_per_row(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy sum per row [B], labelled positions per row [B]): for per-example evaluation."""
+    selected, targets, keep = _labelled_logits(model, batch)
+    losses = F.cross_entropy(selected.float(), targets, reduction="none")   # [N]
+    rows = keep.nonzero()[:, 0]                                              # row of each labelled position
+    return torch.zeros(keep.shape[0], device=losses.device).index_add_(0, rows, losses), keep.sum(1)

@@ -1,8 +1,9 @@
 """The run directory (DESIGN.md "Run directory").
 
     runs/<name>/config.yaml    resolved config, re-runnable as is
-                metrics.jsonl  one JSON object per event ("train", "eval", "baseline", "test")
-                summary.json   final metrics, params, wall time, tokens/s, peak memory
+                metrics.jsonl  one JSON object per event ("baseline", "general_base", "train", "eval", "test")
+                summary.json   final metrics, baseline and gain, forgetting, params, wall time, tokens/s, peak memory
+                test_reliability.png  classification: the tuned model's reliability diagram
                 adapter/       what the method's `load` needs (PEFT format for PEFT methods)
                 checkpoints/   resumable state, written atomically
 """
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UserError
 
@@ -68,13 +70,17 @@ class RunDir:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def write_text_atomic(self, path: Path, text: str) -> None:
+    def write_file_atomic(self, path: Path, write: Callable[[Path], object]) -> None:
+        """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one step."""
         self.inside(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+    def write_text_atomic(self, path: Path, text: str) -> None:
+        self.write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def write_json(self, path: Path, obj) -> None:
         self.write_text_atomic(path, json.dumps(obj, indent=2) + "\n")

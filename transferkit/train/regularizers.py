@@ -1,0 +1,99 @@
+"""Penalties that hold weights near where training started, against catastrophic forgetting.
+
+Both are a weighted squared distance to the starting weights θ₀ (taken after the method is applied,
+so for PEFT methods θ₀ of an adapter is its initialisation):
+
+    EWC   (Kirkpatrick et al. 2017):  λ · Σ_i F_i (θ_i − θ₀_i)²,  F = diagonal Fisher on general text at θ₀
+    L2-SP (Li et al. 2018):           α/2 · Σ_i (θ_i − θ₀_i)²
+
+The gradient 2·w·(θ − θ₀) is added straight into `.grad` after the task backward: no autograd graph
+over every weight, so the only extra memory is θ₀ (and F for EWC), one copy each of the trained weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.tokenize import Tokenized
+
+
+class AnchorPenalty:
+    """Σ_i w_i (θ_i − θ₀_i)² over `params`; each weight is a scalar or a tensor shaped like its parameter."""
+
+    def __init__(self, name: str, params: list[torch.nn.Parameter], weights: list[torch.Tensor | float]):
+        self.name = name
+        self.params = params
+        self.anchors = [p.detach().clone() for p in params]
+        self.weights = weights
+
+    @torch.no_grad()
+    def value(self) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for p, anchor, w in zip(self.params, self.anchors, self.weights):
+            diff = p.float() - anchor.float()
+            total += (w * diff * diff).sum().double().cpu()
+        return total
+
+    @torch.no_grad()
+    def add_gradient(self) -> torch.Tensor:
+        """Add ∂penalty/∂θ = 2·w·(θ − θ₀) to every parameter's gradient; returns the penalty."""
+        total = torch.zeros((), dtype=torch.float64)
+        for p, anchor, w in zip(self.params, self.anchors, self.weights):
+            diff = p.float() - anchor.float()
+            total += (w * diff * diff).sum().double().cpu()
+            grad = (2 * w * diff).to(p.dtype)
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.add_(grad)
+        return total
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def l2sp_penalty(model: torch.nn.Module, alpha: float) -> AnchorPenalty:
+    params = trainable(model)
+    return AnchorPenalty("l2sp", params, [alpha / 2] * len(params))
+
+
+def diagonal_fisher(model: torch.nn.Module, sequences: list[Tokenized], loss_sum, collate, pad_id: int, device,
+                    autocast) -> list[torch.Tensor]:
+    """Empirical diagonal Fisher F_i = mean over sequences x of (∂ log p(x) / ∂θ_i)², one sequence at a time
+    (a batch would give the square of a sum, not the sum of squares). log p(x) sums the sequence's tokens."""
+    params = trainable(model)
+    fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher of the model as it is
+    for item in tqdm(sequences, desc="EWC Fisher", unit="seq", leave=False):
+        batch = collate([item], pad_id, device)
+        with autocast():
+            nll, _ = loss_sum(model, batch)
+        grads = torch.autograd.grad(nll, params, allow_unused=True)
+        for f, g in zip(fisher, grads):
+            if g is not None:
+                f.add_(g.float() ** 2)
+    model.train(was_training)
+    return [f / max(len(sequences), 1) for f in fisher]
+
+
+def ewc_penalty(model: torch.nn.Module, lam: float, fisher: list[torch.Tensor]) -> AnchorPenalty:
+    params = trainable(model)
+    return AnchorPenalty("ewc", params, [lam * f for f in fisher])
+
+
+def build_penalties(cfg, model: torch.nn.Module, tokenizer, objective, device, autocast) -> tuple[AnchorPenalty, ...]:
+    """The penalties `cfg.forgetting` asks for, anchored at the model's current weights."""
+    from ..evaluate.forgetting import general_sequences
+
+    penalties = []
+    if cfg.forgetting.ewc:
+        sequences = general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length)
+        fisher = diagonal_fisher(model, sequences[: cfg.forgetting.ewc_samples], objective.loss_sum,
+                                 objective.collate, tokenizer.pad_token_id, device, autocast)
+        penalties.append(ewc_penalty(model, cfg.forgetting.ewc, fisher))
+    if cfg.forgetting.l2sp:
+        penalties.append(l2sp_penalty(model, cfg.forgetting.l2sp))
+    return tuple(penalties)
