@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiny import save_tiny_model_folder, tiny_tokenizer, write_jsonl  # noqa: E402
 
-from transferkit.data.synthetic import person_records  # noqa: E402
+from transferkit.data.synthetic import person_records, topic_examples  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,20 @@ def tiny_config(tiny_model_dir, quick_data, tmp_path):
         return load_config(None, list(overrides), base=base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def topics(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("topics")
+    return {split: write_jsonl(folder / f"{split}.jsonl", topic_examples(n, seed))
+            for split, (n, seed) in {"train": (64, 1), "validation": (12, 2), "test": (16, 3)}.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return save_tiny_model_folder(tmp_path_factory.mktemp("bert"), family="bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    return save_tiny_model_folder(tmp_path_factory.mktemp("qwen2"), family="qwen2")

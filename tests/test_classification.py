@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny_model_folder, write_jsonl
+from tiny import write_jsonl
 
 from transferkit.data import read_examples
 from transferkit.data.schema import label_vocabulary
-from transferkit.data.synthetic import topic_examples
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluate import accuracy, macro_f1
 
@@ -33,23 +32,6 @@ def test_labels_sorted_and_validated(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "a", "label": [1]}])
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'label': must be a class name or integer"):
         read_examples(str(tmp_path / "bad.jsonl"))
-
-
-@pytest.fixture(scope="module")
-def topics(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("topics")
-    return {split: write_jsonl(folder / f"{split}.jsonl", topic_examples(n, seed))
-            for split, (n, seed) in {"train": (64, 1), "validation": (12, 2), "test": (16, 3)}.items()}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory):
-    return save_tiny_model_folder(tmp_path_factory.mktemp("bert"), family="bert")
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen_dir(tmp_path_factory):
-    return save_tiny_model_folder(tmp_path_factory.mktemp("qwen2"), family="qwen2")
 
 
 @pytest.mark.parametrize("family, method, lr", [("bert", "probe", 3e-2), ("bert", "lora", 1e-2), ("bert", "full", 2e-3),
@@ -81,7 +63,8 @@ def test_classifier_trains_and_reloads(family, method, lr, tiny_config, topics, 
     # Reloaded from the run directory: the same test metrics.
     model, _, _ = load_trained(run)
     assert model.config.id2label[0] == "food"
-    again, _ = evaluate_run(str(topics["test"]), run_dir=str(run), precision="fp32")
+    result, _ = evaluate_run(str(topics["test"]), run_dir=str(run), precision="fp32")
+    again = result["metrics"]
     assert again["accuracy"] == pytest.approx(summary["test"]["accuracy"])
     assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)
 

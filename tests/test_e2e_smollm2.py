@@ -78,9 +78,15 @@ def test_generate_and_eval_commands(run_dir):
     prompt = "Convert to a JSON record with keys name, age, city, job:\nAna Silva is a 34-year-old nurse from Lisbon."
     reply = cli("generate", "--adapter", str(run_dir), "--prompt", prompt, "--max-new-tokens", "40").stdout.strip()
     assert reply.startswith("{") and "Ana Silva" in reply
-    metrics = json.loads(cli("eval", str(run_dir), "--data", "data/quickstart/test.jsonl", "--max-examples", "4",
-                             "--max-new-tokens", "40").stdout)
-    assert {"loss", "perplexity", "exact_match", "examples"} <= set(metrics) and metrics["examples"] == 4
+    result = json.loads(cli("eval", str(run_dir), "--data", "data/quickstart/test.jsonl", "--max-examples", "4",
+                            "--max-new-tokens", "40", "--baseline", "--shots", "2", "--task-metric", "json").stdout)
+    metrics = result["metrics"]
+    assert {"loss", "perplexity", "exact_match", "json_field_accuracy", "examples"} <= set(metrics)
+    assert metrics["examples"] == 4
+    assert set(result["baseline"]) == {"zero_shot", "2_shot"}
+    assert result["comparison"]["metric"] == "json_field_accuracy" and result["comparison"]["tuned"] == metrics["json_field_accuracy"]
+    general = result["general"]
+    assert result["forgetting"]["forgetting"] == pytest.approx(general["evaluated"]["perplexity"] / general["base"]["perplexity"] - 1)
 
 
 def test_python_dash_m_is_the_transferkit_command():

@@ -21,8 +21,12 @@ def test_probe_on_minilm_classifies_topics(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "probe" and summary["params"]["trainable"] == 384 * 4 + 4
     assert summary["test"]["accuracy"] > 0.8  # four balanced classes: chance is 0.25
-    metrics = json.loads(cli("eval", str(run), "--data", "data/topics/test.jsonl").stdout)
-    assert metrics["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=0.02)
+    # A probe never changes the backbone: nothing forgotten. Its baseline is embedding similarity.
+    assert summary["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["baseline"]["zero_shot"]["accuracy"] > 0.25 and summary["comparison"]["beats_baseline"]
+    result = json.loads(cli("eval", str(run), "--data", "data/topics/test.jsonl").stdout)
+    assert result["metrics"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=0.02)
+    assert result["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_lora_classifier_on_smollm2(tmp_path):
@@ -34,6 +38,9 @@ def test_lora_classifier_on_smollm2(tmp_path):
     losses = [e["loss"] for e in events(run) if e["event"] == "train"]
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
     assert summary["labels"] == ["food", "sport", "travel", "weather"] and summary["test"]["accuracy"] > 0.4
+    # Baseline: each label's verbalisation scored by the untrained SmolLM2; forgetting: the topic probe.
+    assert {"zero_shot", "4_shot"} <= set(summary["baseline"]) and summary["comparison"]["metric"] == "accuracy"
+    assert summary["forgetting"]["base_probe_accuracy"] > 0.5
     result = cli("generate", "--adapter", str(run), "--prompt", "hi", check=False)
     assert result.returncode == 2 and "does not generate text" in result.stderr
 
@@ -47,7 +54,10 @@ def test_language_modeling_on_text(tmp_path):
         "train.max_steps=8", "train.log_every=1", "train.batch_size=8", f"output_dir={run}")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["schema"] == "lm" and "validation" in summary  # 5 % of the lines split off
+    # No test file: the run is judged on validation, against the base model's perplexity there.
+    assert summary["comparison"]["split"] == "validation" and summary["comparison"]["metric"] == "perplexity"
+    assert summary["comparison"]["beats_baseline"] and summary["forgetting"]["base_perplexity"] > 1
     # The same text scored by the base model and by the tuned run: the loss fell.
-    base = json.loads(cli("eval", "--model", "smollm2-135m", "--data", str(text), "--max-examples", "60").stdout)
-    tuned = json.loads(cli("eval", str(run), "--data", str(text), "--max-examples", "60").stdout)
+    base = json.loads(cli("eval", "--model", "smollm2-135m", "--data", str(text), "--max-examples", "60").stdout)["metrics"]
+    tuned = json.loads(cli("eval", str(run), "--data", str(text), "--max-examples", "60").stdout)["metrics"]
     assert tuned["loss"] < base["loss"] - 0.1, (base, tuned)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from transferkit.errors import ConfigError
 from transferkit.evaluate.metrics import (confusion_matrix, expected_calibration_error, macro_f1, per_class,
                                           token_f1)
 
@@ -47,3 +48,66 @@ def test_token_f1_counts_overlap_as_a_multiset():
     assert token_f1("the cat sat", "the cat was here") == pytest.approx(4 / 7)
     assert token_f1("a a a", "a") == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
     assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("x", "y") == 0.0
+
+
+def test_json_field_accuracy_by_hand():
+    from transferkit.evaluate.task_metrics import json_fields, resolve_task_metric
+
+    references = ['{"name": "Ana", "age": 34}', '{"name": "Bo", "age": 5}', '{"name": "Cy", "age": 7}']
+    predictions = ['{"name": "Ana", "age": 35}',   # 1 of 2 fields
+                   ' {"age": 5, "name": "Bo"} ',   # 2 of 2, order and outer spaces do not matter
+                   '{"name": "Cy", "age": 7']      # not JSON: 0 of 2
+    scores = json_fields(predictions, references)
+    assert scores == {"json_field_accuracy": 3 / 6, "json_valid": 2 / 3}
+    assert resolve_task_metric("json") is json_fields
+    assert resolve_task_metric("transferkit.evaluate.task_metrics:json_fields") is json_fields
+    with pytest.raises(ConfigError, match="eval.task_metric"):
+        resolve_task_metric("jsn")
+
+
+def test_calibration_bins_by_hand():
+    from transferkit.evaluate.metrics import calibration_bins
+
+    bins = calibration_bins([0.05, 0.95, 0.91, 0.5], [False, True, False, True], bins=10)
+    assert [b["count"] for b in bins] == [1, 0, 0, 0, 1, 0, 0, 0, 0, 2]
+    assert bins[9]["accuracy"] == 0.5 and bins[9]["confidence"] == pytest.approx(0.93)
+    assert bins[1]["accuracy"] is None
+
+
+def test_reliability_diagram_is_a_png(tmp_path):
+    from transferkit.evaluate.metrics import calibration_bins
+    from transferkit.evaluate.plots import reliability_diagram
+
+    path = reliability_diagram(calibration_bins([0.2, 0.7, 0.9], [False, True, True]), 0.1, "test", tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_every_metric_is_reported_per_slice(tiny_model_dir, tmp_path):
+    """Slice metrics equal the metrics of the slice evaluated on its own."""
+    from tiny import write_jsonl
+
+    from transferkit.config import EvalConfig
+    from transferkit.data import Split, read_examples
+    from transferkit.data.synthetic import person_records
+    from transferkit.data.tokenize import tokenize_examples
+    from transferkit.evaluate import evaluate_split
+    from transferkit.models import load_model
+
+    rows = [{**r, "slice": "north" if i % 3 else "south"} for i, r in enumerate(person_records(6, seed=3))]
+    path = write_jsonl(tmp_path / "sliced.jsonl", rows)
+    model, tok, _ = load_model(str(tiny_model_dir))
+    schema, examples = read_examples(str(path))
+    cfg = EvalConfig(max_new_tokens=4, batch_size=2, task_metric="json")
+
+    def evaluate(chosen):
+        split = Split("s", chosen, tokenize_examples(tok, chosen, schema, 256))
+        return evaluate_split(model, tok, split, schema, cfg, "cpu")[0]
+
+    whole = evaluate(examples)
+    assert set(whole["slices"]) == {"north", "south"}
+    for name in ("north", "south"):
+        alone = evaluate([ex for ex in examples if ex.slice == name])
+        assert alone.keys() - {"slices"} == whole["slices"][name].keys()
+        for key in ("loss", "exact_match", "token_f1", "json_field_accuracy", "examples"):
+            assert whole["slices"][name][key] == pytest.approx(alone[key], rel=1e-5), key
+    assert whole["slices"]["north"]["examples"] == 4 and whole["slices"]["south"]["examples"] == 2

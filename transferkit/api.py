@@ -12,7 +12,10 @@ from .data.schema import check_known_labels
 from .errors import UserError
 from .data.tokenize import tokenize_examples
 from .evaluate import evaluate_split, generate_completions
-from .models import load_model
+from .evaluate.baseline import compare, prompting_baseline
+from .evaluate.forgetting import forgetting, general_ability
+from .models import load_model, resolve_model
+from .models.loading import ENCODER_TYPES, model_type
 from .train.hardware import autocast_for, pick_device, resolve_precision
 from .train.loop import load_trained
 from .train.loop import train as _train
@@ -45,14 +48,24 @@ def generate(prompts: list[str], *, model: str | None = None, adapter: str | Non
 
 
 def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = None,
-                 eval_cfg: EvalConfig | None = None, max_length: int = 1024, precision: str = "auto") -> tuple[dict, list[dict]]:
-    """Loss, perplexity and (instruction data) exact match of a run or a base model on a data file."""
+                 eval_cfg: EvalConfig | None = None, max_length: int = 1024, precision: str = "auto",
+                 baseline: bool = False, shots_from: str | None = None, reference: str = "general"
+                 ) -> tuple[dict, list[dict]]:
+    """Evaluate a run (or a base model) on a data file: ({"metrics", "general", "forgetting"[, "baseline",
+    "comparison"]}, per-example predictions).
+
+    A run is compared with its base model: general ability of both and forgetting. `baseline` adds the
+    base model's zero- and k-shot prompting scores (shots from `shots_from`, default the run's training data)
+    and the comparison with the evaluated model."""
     eval_cfg = eval_cfg or EvalConfig()
     device = pick_device("auto")
+    autocast = _autocast_for(device, precision)
     labels = None
+    base_ref, trust, seed = model, False, 0
     if run_dir is not None:
         lm, tokenizer, cfg = load_trained(run_dir, device)
-        max_length = cfg.data.max_length
+        max_length, base_ref, trust, seed = cfg.data.max_length, cfg.model, cfg.trust_remote_code, cfg.seed
+        shots_from = shots_from or cfg.data.train
         if getattr(lm, "transferkit_task", "causal-lm") == "classification":
             labels = [lm.config.id2label[i] for i in range(lm.config.num_labels)]
     elif model is not None:
@@ -64,6 +77,31 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
         raise UserError(f"{data}: {schema} data does not fit this {'classifier' if labels else 'language model'}")
     if labels is not None:
         check_known_labels(examples, labels)
+    task = "classification" if labels else "causal-lm"
     split = Split(Path(data).name, examples, tokenize_examples(tokenizer, examples, schema, max_length, labels=labels))
-    return evaluate_split(lm, tokenizer, split, schema, eval_cfg, device,
-                          autocast=_autocast_for(device, precision), label="eval", labels=labels)
+    metrics, predictions = evaluate_split(lm, tokenizer, split, schema, eval_cfg, device, autocast=autocast,
+                                          label="eval", labels=labels)
+
+    def ability(m) -> dict | None:
+        return general_ability(m, tokenizer, task, reference, device, autocast=autocast, max_length=max_length,
+                               batch_size=eval_cfg.batch_size)
+
+    tuned_general = ability(lm)
+    result: dict = {"data": data, "metrics": metrics, "general": {"evaluated": tuned_general}, "forgetting": None}
+    base = None
+    if run_dir is not None:
+        base, _, folder = load_model(base_ref, task=task, labels=labels, device=device, tokenizer=tokenizer,
+                                     trust_remote_code=trust)
+        result["general"]["base"] = ability(base)
+        result["forgetting"] = forgetting(result["general"]["base"], tuned_general)
+    if baseline:
+        prompter = base if base is not None else lm
+        folder = resolve_model(base_ref)
+        is_decoder = model_type(folder) not in ENCODER_TYPES
+        if task == "classification" and is_decoder:  # labels are scored by the base model's language-model head
+            prompter, _, _ = load_model(base_ref, device=device, tokenizer=tokenizer, trust_remote_code=trust)
+        shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
+        result["baseline"] = prompting_baseline(prompter, tokenizer, split, schema, shots, eval_cfg, device,
+                                                autocast=autocast, labels=labels, is_decoder=is_decoder, seed=seed)
+        result["comparison"] = compare(schema, metrics, result["baseline"])
+    return result, predictions

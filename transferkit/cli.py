@@ -63,16 +63,21 @@ def cmd_generate(args) -> int:
 def cmd_eval(args) -> int:
     from .api import evaluate_run
     from .config import EvalConfig
+    from .evaluate.plots import reliability_diagram
 
     if (args.run_dir is None) == (args.model is None):
         raise UserError("give exactly one of RUN_DIR and --model")
     eval_cfg = EvalConfig(exact_match=not args.no_generate, max_new_tokens=args.max_new_tokens,
-                          max_examples=args.max_examples)
-    metrics, predictions = evaluate_run(args.data, run_dir=args.run_dir, model=args.model, eval_cfg=eval_cfg,
-                                        precision=args.precision)
+                          max_examples=args.max_examples, shots=args.shots, task_metric=args.task_metric)
+    result, predictions = evaluate_run(args.data, run_dir=args.run_dir, model=args.model, eval_cfg=eval_cfg,
+                                       precision=args.precision, baseline=args.baseline, shots_from=args.shots_from,
+                                       reference=args.reference)
     if args.predictions:
         Path(args.predictions).write_text("".join(json.dumps(p) + "\n" for p in predictions), encoding="utf-8")
-    print(json.dumps(metrics, indent=2))
+    if args.reliability_plot and "calibration" in result["metrics"]:
+        reliability_diagram(result["metrics"]["calibration"], result["metrics"]["ece"],
+                            f"{Path(args.data).name}: reliability", Path(args.reliability_plot))
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -113,10 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", help="loss, perplexity and exact match of a run (or --model) on a data file")
+    p = sub.add_parser("eval", help="task metrics of a run (or --model) on a data file, general-text ability and "
+                                    "forgetting, and optionally the prompting baseline")
     p.add_argument("run_dir", nargs="?", help="a finished run directory")
     p.add_argument("--model", help="evaluate a base model instead of a run")
     p.add_argument("--data", required=True, help="data file to evaluate on")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score the base model by prompting (zero-shot and k-shot) and compare")
+    p.add_argument("--shots", type=int, default=4, help="examples in the k-shot prompt (0: zero-shot only)")
+    p.add_argument("--shots-from", help="data file the k-shot examples come from (default: the run's training data)")
+    p.add_argument("--task-metric", help="`json` or package.module:function (see `transferkit keys`)")
+    p.add_argument("--reference", default="general",
+                   help="general text for forgetting: `general` (packaged), a text file, or `none`")
+    p.add_argument("--reliability-plot", metavar="PNG", help="classification: write the reliability diagram here")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-examples", type=int)
     p.add_argument("--no-generate", action="store_true", help="skip exact match (loss and perplexity only)")

@@ -43,7 +43,7 @@ from .hardware import (autocast_for, default_micro_batch_size, enable_gradient_c
 from .assessment import format_metrics, measure_after, measure_before, plot_reliability
 from .objectives import OBJECTIVES, Objective
 from .regularizers import AnchorPenalty, build_penalties
-from .replay import replay_count, replay_indices
+from .replay import replay_count, replay_for, replay_indices
 from .rundir import RunDir
 from .schedule import lr_multiplier, warmup_steps
 from .signals import Stopped, StopRequest
@@ -147,7 +147,8 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
             state.epoch, state.batch_index = state.epoch + 1, 0
             continue
         items = [data[i] for i in batches[state.batch_index]]
-        items += [replay_pool[i] for i in replay_indices(state.step, n_replay, len(replay_pool), cfg.seed)]
+        k = replay_for(len(items), n_replay, task_batch_size(cfg))
+        items += [replay_pool[i] for i in replay_indices(state.step, k, len(replay_pool), cfg.seed)]
         state.batch_index += 1
         lr = parts.optimizer.param_groups[0]["lr"]
         loss_sum, n_labels, grad_norm, applied, penalty = optimizer_step(parts, items, micro, train_cfg.max_grad_norm)
@@ -183,7 +184,7 @@ def fit(cfg: RunConfig, parts: Parts, splits: Splits, run: RunDir, state: ckpt.T
             if parts.penalties:
                 event["penalty"] = penalty  # EWC / L2-SP value at this step
             if replay_pool:
-                event["replayed_sequences"] = n_replay
+                event["replayed_sequences"] = k
             run.log(event)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
             window_loss.zero_()

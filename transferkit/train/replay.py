@@ -23,6 +23,12 @@ def replay_count(batch_size: int, fraction: float) -> int:
     return k
 
 
+def replay_for(task_sequences: int, per_full_batch: int, task_batch: int) -> int:
+    """General sequences for a step with `task_sequences` task sequences: k for a full batch, scaled down
+    (rounded) for an epoch's smaller last batch, so the fraction holds there too."""
+    return round(task_sequences * per_full_batch / task_batch)
+
+
 def replay_indices(step: int, count: int, pool_size: int, seed: int) -> list[int]:
     """Which pool sequences step `step` replays: distinct when the pool is big enough."""
     rng = random.Random(seed * 1_000_003 + step)

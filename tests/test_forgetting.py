@@ -1,0 +1,209 @@
+"""Forgetting and its mitigations: the measure, EWC / L2-SP penalties, replay mixing."""
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferkit.errors import ConfigError
+from transferkit.evaluate.forgetting import forgetting, general_ability, general_paragraphs, probe_sentences
+from transferkit.train.regularizers import AnchorPenalty, diagonal_fisher, ewc_penalty, l2sp_penalty
+from transferkit.train.replay import replay_count, replay_indices
+
+
+def test_reference_and_pool_are_disjoint_halves_of_every_topic():
+    reference, pool = general_paragraphs("reference"), general_paragraphs("pool")
+    assert len(reference) == len(pool) == 24
+    assert not {r["text"] for r in reference} & {p["text"] for p in pool}
+    topics = {r["topic"] for r in reference}
+    assert topics == {p["topic"] for p in pool} and len(topics) == 8
+    sentences, labels = probe_sentences()
+    assert len(sentences) == len(labels) > 70 and set(labels) == topics
+
+
+def _weights():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    fisher = [torch.rand_like(p) for p in layer.parameters()]
+    return layer, fisher
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_quadratic_in_the_step():
+    layer, fisher = _weights()
+    penalty = ewc_penalty(layer, 5.0, fisher)
+    assert float(penalty.value()) == 0.0
+    direction = [torch.randn_like(p) for p in layer.parameters()]
+
+    def moved(t: float) -> float:
+        with torch.no_grad():
+            for p, a, d in zip(layer.parameters(), penalty.anchors, direction):
+                p.copy_(a + t * d)
+        return float(penalty.value())
+
+    expected = 5.0 * sum(float((f * d * d).sum()) for f, d in zip(fisher, direction))  # λ Σ F δ²
+    assert moved(1.0) == pytest.approx(expected, rel=1e-6)
+    assert moved(2.0) == pytest.approx(4 * expected, rel=1e-6) and moved(0.5) == pytest.approx(expected / 4, rel=1e-6)
+
+
+def test_penalty_gradient_matches_autograd():
+    layer, fisher = _weights()
+    penalty = ewc_penalty(layer, 3.0, fisher)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    value = penalty.add_gradient()
+    ours = [p.grad.clone() for p in layer.parameters()]
+    for p in layer.parameters():
+        p.grad = None
+    reference = sum(3.0 * (f * (p - a) ** 2).sum() for p, a, f in zip(layer.parameters(), penalty.anchors, fisher))
+    reference.backward()
+    assert float(value) == pytest.approx(float(reference), rel=1e-6)
+    for a, p in zip(ours, layer.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_l2sp_is_half_alpha_squared_distance():
+    layer, _ = _weights()
+    penalty = l2sp_penalty(layer, 0.4)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1)
+    n = sum(p.numel() for p in layer.parameters())
+    assert float(penalty.value()) == pytest.approx(0.4 / 2 * n * 0.01, rel=1e-6)
+
+
+def test_frozen_parameters_carry_no_penalty():
+    layer, _ = _weights()
+    layer.bias.requires_grad_(False)
+    assert [p is layer.weight for p in l2sp_penalty(layer, 1.0).params] == [True]
+
+
+def test_diagonal_fisher_is_the_mean_squared_per_sequence_gradient(tiny_model_dir, tokenizer):
+    from transferkit.data.batching import collate
+    from transferkit.data.tokenize import Tokenized
+    from transferkit.models import load_model
+    from transferkit.train.loss import token_loss_sum
+
+    model, tok, _ = load_model(str(tiny_model_dir))
+    seqs = [Tokenized(ids, ids, "t") for ids in (tok(t)["input_ids"] for t in ["hello world", "the quick brown fox"])]
+    fisher = diagonal_fisher(model, seqs, token_loss_sum, collate, tok.pad_token_id, "cpu", contextlib.nullcontext)
+    params = [p for p in model.parameters() if p.requires_grad]
+    squares = [torch.zeros_like(p) for p in params]
+    for seq in seqs:
+        model.zero_grad()
+        loss, _ = token_loss_sum(model, collate([seq], tok.pad_token_id))
+        loss.backward()
+        for s, p in zip(squares, params):
+            s += p.grad ** 2
+    for f, s in zip(fisher, squares):
+        torch.testing.assert_close(f, s / 2)
+    assert any(float(f.sum()) > 0 for f in fisher)
+
+
+def test_replay_count_and_indices():
+    assert replay_count(8, 0.0) == 0 and replay_count(8, 0.25) == 2 and replay_count(10, 0.3) == 3
+    with pytest.raises(ConfigError, match="forgetting.replay"):
+        replay_count(2, 0.1)  # rounds to no general sequence
+    with pytest.raises(ConfigError, match="forgetting.replay"):
+        replay_count(4, 0.9)  # leaves no task sequence
+    picks = replay_indices(7, 3, 10, seed=1)
+    assert picks == replay_indices(7, 3, 10, seed=1) and len(set(picks)) == 3  # deterministic: resumable
+    assert replay_indices(8, 3, 10, seed=1) != picks
+    assert len(replay_indices(0, 5, 2, seed=0)) == 5  # a small pool repeats
+
+
+def test_training_mixes_the_stated_fraction_of_general_text(tiny_config, monkeypatch):
+    from transferkit import train
+    from transferkit.train import loop
+
+    seen: list[list[str]] = []
+    real_step = loop.optimizer_step
+
+    def recording_step(parts, items, *args):
+        seen.append([t.where for t in items])
+        return real_step(parts, items, *args)
+
+    monkeypatch.setattr(loop, "optimizer_step", recording_step)
+    cfg = tiny_config("train.max_steps=8", "train.batch_size=8", "forgetting.replay=0.25", "eval.baseline=false")
+    train(cfg)
+    assert len(seen) == 8
+    general = [sum(w.startswith("<packaged general text, pool>") for w in wheres) for wheres in seen]
+    # 40 task rows in batches of 6 + 2 general (25 %); the epoch's one smaller batch has 4 task rows + round(4·2/6) = 1.
+    assert sorted(zip(map(len, seen), general)) == [(5, 1)] + [(8, 2)] * 7
+    events = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [e["replayed_sequences"] for e in events if e["event"] == "train"] == general
+
+
+def _distance_from_start(run_dir: Path, start: dict) -> float:
+    from safetensors.torch import load_file
+
+    trained = load_file(str(run_dir / "adapter" / "trainable.safetensors"))
+    return sum(float((trained[k].float() - start[k].float()).pow(2).sum()) for k in trained)
+
+
+@pytest.mark.parametrize("mitigation", ["forgetting.l2sp=2000", "forgetting.ewc=1e6"])
+def test_penalties_hold_weights_near_the_start(tiny_config, tiny_model_dir, tmp_path, mitigation):
+    from safetensors.torch import load_file
+
+    from transferkit import train
+
+    start = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    common = ["method={name: full}", "train.max_steps=6", "train.lr=3e-3", "eval.baseline=false",
+              "eval.exact_match=false", "train.warmup_ratio=0"]
+    plain = train(tiny_config(*common, f"output_dir={tmp_path / 'plain'}"))
+    held = train(tiny_config(*common, mitigation, f"output_dir={tmp_path / 'held'}"))
+    assert held["mitigations"] != plain["mitigations"]
+    assert _distance_from_start(tmp_path / "held", start) < 0.7 * _distance_from_start(tmp_path / "plain", start)
+    events = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").read_text().splitlines()]
+    assert all(e["penalty"] >= 0 for e in events if e["event"] == "train")
+    assert [e["penalty"] for e in events if e["event"] == "train"][0] == 0.0  # the first step starts at θ₀
+
+
+def test_forgetting_is_zero_for_an_untouched_model(tiny_config):
+    from transferkit import train
+
+    # LoRA starts as the identity (B = 0) and a learning rate of 1e-12 leaves it there.
+    summary = train(tiny_config("train.lr=1e-12", "eval.baseline=false", "eval.exact_match=false"))
+    assert summary["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["general"]["base"]["tokens"] > 1000  # measured on real text, not an empty set
+
+
+def test_forgetting_grows_when_the_model_changes(tiny_model_dir):
+    from transferkit.models import load_model
+
+    model, tok, _ = load_model(str(tiny_model_dir))
+    base = general_ability(model, tok, "causal-lm", "general", "cpu")
+    assert forgetting(base, general_ability(model, tok, "causal-lm", "general", "cpu"))["forgetting"] == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert forgetting(base, general_ability(model, tok, "causal-lm", "general", "cpu"))["forgetting"] > 0.05
+
+
+def test_probe_drop_is_zero_for_the_same_encoder(tiny_bert_dir):
+    from transferkit.models import load_model
+
+    model, tok, _ = load_model(str(tiny_bert_dir), task="classification", labels=["a", "b"])
+    first = general_ability(model, tok, "classification", "general", "cpu")
+    assert 0.0 <= first["probe_accuracy"] <= 1.0
+    assert forgetting(first, general_ability(model, tok, "classification", "general", "cpu"))["forgetting"] == 0.0
+
+
+def test_mitigations_that_need_general_text_refuse_classification(tiny_config, tiny_bert_dir, topics):
+    from transferkit import train
+
+    cfg = tiny_config(f"model={tiny_bert_dir}", f"data.train={topics['train']}", f"data.validation={topics['validation']}",
+                      f"data.test={topics['test']}", "forgetting.ewc=10")
+    with pytest.raises(ConfigError, match="forgetting.ewc"):
+        train(cfg)
+
+
+def test_anchor_penalty_with_scalar_weights_matches_closed_form():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    penalty = AnchorPenalty("x", [p], [0.5])
+    with torch.no_grad():
+        p.add_(torch.tensor([1.0, -2.0]))
+    assert float(penalty.add_gradient()) == pytest.approx(0.5 * (1 + 4))
+    torch.testing.assert_close(p.grad, torch.tensor([1.0, -2.0]))
