@@ -92,6 +92,17 @@ CASES = [
          ["method.name", "did you mean 'lora'", "Known methods"]),
     Case("unknown model", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["model=smollm-9000"]),
          ["smollm-9000", "smollm2-135m"]),
+    Case("missing forgetting reference", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))},
+                                                     [f"forgetting.reference={t / 'general.txt'}"]),
+         ["forgetting.reference", "general.txt", "not found"]),
+    Case("bad replay text", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))},
+                                       ["forgetting.replay=0.5", "train.batch_size=4",
+                                        f"forgetting.replay_data={write_jsonl(t / 'g.jsonl', [{'text': 'ok'}, {'txt': 'x'}])}"]),
+         ["g.jsonl:2", "field 'text'", "missing"]),
+    Case("replay on a classifier", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", _classes(8)))},
+                                              ["forgetting.replay=0.25"]), ["forgetting.replay", "causal-LM"]),
+    Case("unknown task metric", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["eval.task_metric=jsno"]),
+         ["eval.task_metric", "jsno", "json"]),
     Case("yaml syntax error", None, ["bad.yaml:", "invalid YAML", "line 2"]),
 ]
 

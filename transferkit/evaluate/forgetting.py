@@ -45,19 +45,22 @@ def general_paragraphs(part: str) -> list[dict]:
     return chosen
 
 
-def general_texts(source: str, part: str) -> list[Example]:
-    """Plain-text examples of `source`: the packaged part, or a user's .txt / text-column file."""
+def general_texts(source: str, part: str, key: str = "forgetting.reference") -> list[Example]:
+    """Plain-text examples of `source`: the packaged part, or a user's .txt / text-column file
+    (`key`: the config key that named it, for the error)."""
     if source == PACKAGED:
         return [Example(f"<packaged general text, {part}>", i + 1, text=row["text"])
                 for i, row in enumerate(general_paragraphs(part))]
     if not Path(source).exists():
-        raise ConfigError(f"general text '{source}' not found (use 'general' for the packaged text, or a file)")
+        raise ConfigError(f"config key '{key}': general text {source} not found "
+                          f"(use 'general' for the packaged text, or a file)")
     return read_examples(source, "lm")[1]
 
 
-def general_sequences(tokenizer, source: str, part: str, max_length: int) -> list[Tokenized]:
+def general_sequences(tokenizer, source: str, part: str, max_length: int, key: str = "forgetting.reference"
+                      ) -> list[Tokenized]:
     """Tokenized language-modeling sequences of general text (every token labelled)."""
-    return tokenize_examples(tokenizer, general_texts(source, part), "lm", max_length)
+    return tokenize_examples(tokenizer, general_texts(source, part, key), "lm", max_length)
 
 
 def probe_sentences() -> tuple[list[str], list[str]]:

@@ -33,7 +33,8 @@ from ..data.batching import collate_packed, length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError, UserError
 from ..evaluate import evaluate_split
-from ..evaluate.forgetting import general_sequences
+from ..evaluate.forgetting import PACKAGED, general_sequences, general_texts
+from ..evaluate.task_metrics import resolve_task_metric
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model, load_tokenizer, resolve_model
 from ..models.fingerprint import check_adapter_folder, write_fingerprint
@@ -252,13 +253,23 @@ def evaluate_test(model, tokenizer, splits: Splits, cfg: RunConfig, device, auto
     return metrics
 
 
-def check_mitigations(cfg: RunConfig, task: str) -> None:
-    """Replay and the EWC Fisher train on general text, which needs a language-model head."""
-    for key, value in (("replay", cfg.forgetting.replay), ("ewc", cfg.forgetting.ewc)):
+def check_evaluation(cfg: RunConfig, task: str) -> None:
+    """Before anything is written: the task metric resolves, the general texts read, and replay and the
+    EWC Fisher (which train on general text, so need a language-model head) fit the task."""
+    resolve_task_metric(cfg.eval.task_metric)
+    forgetting = cfg.forgetting
+    for key, value in (("replay", forgetting.replay), ("ewc", forgetting.ewc)):
         if value and task != "causal-lm":
             raise ConfigError(f"config key 'forgetting.{key}' is {value} but the task is {task}: it uses general "
                               f"text, which needs a causal-LM task; use forgetting.l2sp instead")
-    replay_count(cfg.train.batch_size, cfg.forgetting.replay)  # raises if the fraction does not fit the batch
+    replay_count(cfg.train.batch_size, forgetting.replay)  # raises if the fraction does not fit the batch
+    if forgetting.reference not in (PACKAGED, "none"):
+        if task != "causal-lm":
+            raise ConfigError("config key 'forgetting.reference': classifiers are probed on the packaged topic "
+                              "task; set it to 'general' or 'none'")
+        general_texts(forgetting.reference, "reference")
+    if (forgetting.replay or forgetting.ewc) and forgetting.replay_data != PACKAGED:
+        general_texts(forgetting.replay_data, "pool", "forgetting.replay_data")
 
 
 def check_packing(cfg: RunConfig, method: Method, task: str) -> None:
@@ -282,7 +293,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, precision: str, device: torch
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
     check_packing(cfg, method, task)
-    check_mitigations(cfg, task)
+    check_evaluation(cfg, task)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
@@ -345,8 +356,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     objective = OBJECTIVES[TASK_OF_SCHEMA[splits.schema]]
     # θ₀ (and the Fisher) are taken here, before a checkpoint is loaded: a resumed run anchors where the first began.
     penalties = build_penalties(cfg, model, tokenizer, objective, accelerator.device, autocast)
-    replay_pool = (general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length)
-                   if cfg.forgetting.replay else [])
+    replay_pool = (general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length,
+                                     "forgetting.replay_data") if cfg.forgetting.replay else [])
     parts = Parts(model, optimizer, scheduler, accelerator, tokenizer, objective, autocast,
                   pick_collate(cfg, objective), penalties)
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0)

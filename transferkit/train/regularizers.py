@@ -90,7 +90,8 @@ def build_penalties(cfg, model: torch.nn.Module, tokenizer, objective, device, a
 
     penalties = []
     if cfg.forgetting.ewc:
-        sequences = general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length)
+        sequences = general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length,
+                                      "forgetting.replay_data")
         fisher = diagonal_fisher(model, sequences[: cfg.forgetting.ewc_samples], objective.loss_sum,
                                  objective.collate, tokenizer.pad_token_id, device, autocast)
         penalties.append(ewc_penalty(model, cfg.forgetting.ewc, fisher))
