@@ -67,6 +67,28 @@ def test_classifier_trains_and_reloads(family, method, lr, tiny_config, topics, 
     again = result["metrics"]
     assert again["accuracy"] == pytest.approx(summary["test"]["accuracy"])
     assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)
+    if method == "probe":  # the frozen backbone forgot nothing, measured by `eval` as by `train`
+        assert result["forgetting"]["forgetting"] == 0.0 == summary["forgetting"]["forgetting"]
+
+
+def test_eval_cli_baseline_and_reliability_plot(tiny_config, topics, tiny_qwen_dir, tmp_path, capsys):
+    from transferkit import train
+    from transferkit.cli import main
+
+    cfg = tiny_config(f"model={tiny_qwen_dir}", "method={name: lora}", f"data.train={topics['train']}",
+                      f"data.validation={topics['validation']}", f"data.test={topics['test']}",
+                      "train.max_steps=2", "eval.baseline=false", "train.eval_every=0", "train.save_every=0")
+    summary = train(cfg)
+    assert summary["comparison"] is None and summary["flags"] == ["no prompting baseline to compare with "
+                                                                  "(eval.baseline is false)"]
+    capsys.readouterr()
+    png = tmp_path / "reliability.png"
+    assert main(["eval", cfg.output_dir, "--data", str(topics["test"]), "--baseline", "--shots", "2",
+                 "--reliability-plot", str(png), "--precision", "fp32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["baseline"]) == {"zero_shot", "2_shot"} and result["comparison"]["metric"] == "accuracy"
+    assert result["comparison"]["tuned"] == result["metrics"]["accuracy"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_probe_caches_features_once(tiny_bert_dir):

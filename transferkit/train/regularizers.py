@@ -29,25 +29,26 @@ class AnchorPenalty:
 
     @torch.no_grad()
     def value(self) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64)
-        for p, anchor, w in zip(self.params, self.anchors, self.weights):
-            diff = p.float() - anchor.float()
-            total += (w * diff * diff).sum().double().cpu()
-        return total
+        return self._penalty(add_gradient=False)
 
     @torch.no_grad()
     def add_gradient(self) -> torch.Tensor:
         """Add ∂penalty/∂θ = 2·w·(θ − θ₀) to every parameter's gradient; returns the penalty."""
-        total = torch.zeros((), dtype=torch.float64)
+        return self._penalty(add_gradient=True)
+
+    def _penalty(self, add_gradient: bool) -> torch.Tensor:
+        total = None  # summed on the parameters' device: one host transfer per step, not one per tensor
         for p, anchor, w in zip(self.params, self.anchors, self.weights):
             diff = p.float() - anchor.float()
-            total += (w * diff * diff).sum().double().cpu()
-            grad = (2 * w * diff).to(p.dtype)
-            if p.grad is None:
-                p.grad = grad
-            else:
-                p.grad.add_(grad)
-        return total
+            term = (w * diff * diff).sum(dtype=torch.float64)
+            total = term if total is None else total + term
+            if add_gradient:
+                grad = (2 * w * diff).to(p.dtype)
+                if p.grad is None:
+                    p.grad = grad
+                else:
+                    p.grad.add_(grad)
+        return torch.zeros((), dtype=torch.float64) if total is None else total.cpu()
 
 
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
