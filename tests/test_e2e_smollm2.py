@@ -38,7 +38,13 @@ def test_run_directory_is_complete(run_dir):
     assert summary["model"] == "smollm2-135m" and summary["steps"] == 6
     assert summary["params"]["total"] > 134_000_000 and 0 < summary["params"]["trainable"] < 5_000_000
     assert summary["tokens_per_s"] > 0 and summary["peak_memory_bytes"] > 0
-    assert 0.0 <= summary["baseline"]["test"]["exact_match"] <= 1.0 and "exact_match" in summary["test"]
+    baseline = summary["baseline"]
+    assert baseline["split"] == "test" and 0.0 <= baseline["zero_shot"]["exact_match"] <= 1.0
+    assert 0.0 <= baseline["4_shot"]["json_field_accuracy"] <= 1.0 and "exact_match" in summary["test"]
+    comparison = summary["comparison"]
+    assert comparison["metric"] == "json_field_accuracy" and comparison["tuned"] == summary["test"]["json_field_accuracy"]
+    assert comparison["baseline"] == max(baseline[k]["json_field_accuracy"] for k in ("zero_shot", "4_shot"))
+    assert summary["forgetting"]["base_perplexity"] > 1 and summary["forgetting"]["tuned_perplexity"] > 1
 
 
 def test_loss_fell(run_dir):
