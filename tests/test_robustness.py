@@ -87,3 +87,12 @@ def test_persistent_non_finite_loss_stops_with_a_clear_error(tiny_config, monkey
     with pytest.raises(UserError, match=r"step 5: loss or gradients were not finite for 3 steps in a row.*"
                                         r"Last good checkpoint: .*step-000004"):
         train(cfg)
+
+
+def test_a_partial_last_event_line_is_dropped_before_appending(tmp_path):
+    from transferkit.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.metrics.write_text('{"event": "baseline", "step": 0}\n{"event": "train", "st')  # killed mid-write
+    run.log({"event": "general_base", "step": 0})
+    assert [e["event"] for e in run.read_events()] == ["baseline", "general_base"]

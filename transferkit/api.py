@@ -14,6 +14,7 @@ from .data.tokenize import tokenize_examples
 from .evaluate import evaluate_split, generate_completions
 from .evaluate.baseline import compare, prompting_baseline
 from .evaluate.forgetting import forgetting, general_ability
+from .methods import get_method
 from .models import load_model, resolve_model
 from .models.loading import ENCODER_TYPES, model_type
 from .train.hardware import autocast_for, pick_device, resolve_precision
@@ -61,10 +62,11 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     device = pick_device("auto")
     autocast = _autocast_for(device, precision)
     labels = None
-    base_ref, trust, seed = model, False, 0
+    base_ref, trust, seed, quantized = model, False, 0, False
     if run_dir is not None:
         lm, tokenizer, cfg = load_trained(run_dir, device)
         max_length, base_ref, trust, seed = cfg.data.max_length, cfg.model, cfg.trust_remote_code, cfg.seed
+        quantized = get_method(cfg.method.name).quantize_base  # QLoRA: compare with the 4-bit base it trained on
         shots_from = shots_from or cfg.data.train
         if getattr(lm, "transferkit_task", "causal-lm") == "classification":
             labels = [lm.config.id2label[i] for i in range(lm.config.num_labels)]
@@ -90,8 +92,8 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     result: dict = {"data": data, "metrics": metrics, "general": {"evaluated": tuned_general}, "forgetting": None}
     base = None
     if run_dir is not None:
-        base, _, folder = load_model(base_ref, task=task, labels=labels, device=device, tokenizer=tokenizer,
-                                     trust_remote_code=trust)
+        base, _, _ = load_model(base_ref, task=task, labels=labels, device=device, tokenizer=tokenizer,
+                                quantize_4bit=quantized, trust_remote_code=trust)
         result["general"]["base"] = ability(base)
         result["forgetting"] = forgetting(result["general"]["base"], tuned_general)
     if baseline:

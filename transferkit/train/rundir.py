@@ -86,9 +86,21 @@ class RunDir:
         self.write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
     def log(self, event: dict) -> None:
+        if not getattr(self, "_tail_checked", False):
+            self._drop_partial_last_line()
+            self._tail_checked = True
         with open(self.metrics, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(event) + "\n")
             fh.flush()
+
+    def _drop_partial_last_line(self) -> None:
+        """A kill mid-write can leave the last line partial; appending after it would bury it mid-file."""
+        if not self.metrics.is_file():
+            return
+        data = self.metrics.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.metrics, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
 
     def read_events(self) -> list[dict]:
         if not self.metrics.is_file():
