@@ -136,3 +136,17 @@ def test_evaluating_a_4bit_model_does_not_break_its_gradients(folder):
     assert len(plain) == len(after_eval) > 0
     for a, b in zip(plain, after_eval):
         torch.testing.assert_close(a, b)
+
+
+def test_eval_measures_forgetting_against_the_4bit_base(folder, tiny_config):
+    """A QLoRA run is compared with the NF4 base it trained on, not the float one: an adapter that did not
+    move (LoRA's B = 0, learning rate 1e-12) has forgotten nothing, whatever the quantization error."""
+    from transferkit import evaluate_run, train
+
+    cfg = tiny_config(f"model={folder}", "method={name: qlora, r: 4}", "train.max_steps=1", "train.lr=1e-12",
+                      "eval.baseline=false", "eval.exact_match=false")
+    summary = train(cfg)
+    assert summary["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
+    result, _ = evaluate_run(cfg.data.test, run_dir=cfg.output_dir, precision="fp32",
+                             eval_cfg=cfg.eval)
+    assert result["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
