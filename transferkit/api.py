@@ -12,11 +12,10 @@ from .data.schema import check_known_labels
 from .errors import UserError
 from .data.tokenize import tokenize_examples
 from .evaluate import evaluate_split, generate_completions
-from .evaluate.baseline import compare, prompting_baseline
+from .evaluate.baseline import compare, prompting_baseline, prompting_model
 from .evaluate.forgetting import forgetting, general_ability
 from .methods import get_method
 from .models import load_model, resolve_model
-from .models.loading import ENCODER_TYPES, model_type
 from .train.hardware import autocast_for, pick_device, resolve_precision
 from .train.loop import load_trained
 from .train.loop import train as _train
@@ -97,11 +96,8 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
         result["general"]["base"] = ability(base)
         result["forgetting"] = forgetting(result["general"]["base"], tuned_general)
     if baseline:
-        prompter = base if base is not None else lm
-        folder = resolve_model(base_ref)
-        is_decoder = model_type(folder) not in ENCODER_TYPES
-        if task == "classification" and is_decoder:  # labels are scored by the base model's language-model head
-            prompter, _, _ = load_model(base_ref, device=device, tokenizer=tokenizer, trust_remote_code=trust)
+        prompter, is_decoder = prompting_model(base_ref, resolve_model(base_ref), task,
+                                               base if base is not None else lm, tokenizer, device, trust)
         shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
         result["baseline"] = prompting_baseline(prompter, tokenizer, split, schema, shots, eval_cfg, device,
                                                 autocast=autocast, labels=labels, is_decoder=is_decoder, seed=seed)

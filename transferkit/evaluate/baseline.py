@@ -158,6 +158,20 @@ def classification_baseline(model, tokenizer, examples: list[Example], shots: li
 
 # ---------------------------------------------------------------- entry point
 
+def prompting_model(model_ref: str, folder, task: str, model, tokenizer, device, trust_remote_code: bool = False):
+    """(model to prompt, whether it is a decoder) for the base `model` loaded from `folder`. A decoder
+    classifier's labels are scored as text, so it is prompted through a copy of the base with its own
+    language-model head, loaded here; everything else is prompted as it is."""
+    from ..models import load_model
+    from ..models.loading import ENCODER_TYPES, model_type
+
+    is_decoder = model_type(folder) not in ENCODER_TYPES
+    if task == "classification" and is_decoder:
+        model, _, _ = load_model(model_ref, task="causal-lm", device=device, tokenizer=tokenizer,
+                                 trust_remote_code=trust_remote_code)
+    return model, is_decoder
+
+
 def prompting_baseline(model, tokenizer, split: Split, schema: str, train: list[Example], eval_cfg, device, *,
                        autocast=contextlib.nullcontext, labels: list[str] | None = None, is_decoder: bool = True,
                        seed: int = 0) -> dict:

@@ -105,6 +105,16 @@ def probe_accuracy(features: np.ndarray, topics: list[str], folds: int = 5) -> f
     return float(np.mean(cross_val_score(probe, features, topics, cv=splits)))
 
 
+def check_reference(reference: str, task: str) -> None:
+    """Refuse a reference the task cannot be measured on, and read a user's file now (its errors name it)."""
+    if reference in (PACKAGED, "none"):
+        return
+    if task != "causal-lm":
+        raise ConfigError("config key 'forgetting.reference': classifiers are probed on the packaged topic "
+                          "task; set it to 'general' or 'none'")
+    general_texts(reference, "reference")
+
+
 def general_ability(model, tokenizer, task: str, reference: str, device, *, autocast=contextlib.nullcontext,
                     max_length: int = 1024, batch_size: int = 16) -> dict | None:
     """What forgetting is measured on: general-text perplexity (causal LM) or probe accuracy (classification).
@@ -115,9 +125,7 @@ def general_ability(model, tokenizer, task: str, reference: str, device, *, auto
         sequences = general_sequences(tokenizer, reference, "reference", max_length)
         result = mean_loss(model, sequences, tokenizer.pad_token_id, batch_size, device, autocast)
         return {"kind": "perplexity", "reference": reference, **result}
-    if reference != PACKAGED:
-        raise ConfigError("config key 'forgetting.reference': classifiers are probed on the packaged topic task; "
-                          "set it to 'general' or 'none'")
+    check_reference(reference, task)
     sentences, topics = probe_sentences()
     features = pooled_hidden_states(model, tokenizer, sentences, device, autocast, batch_size)
     return {"kind": "probe", "reference": reference, "probe_accuracy": probe_accuracy(features, topics),

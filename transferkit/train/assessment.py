@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from ..config import RunConfig
 from ..data import TASK_OF_SCHEMA, Split, Splits
-from ..evaluate.baseline import compare, prompting_baseline
+from ..evaluate.baseline import compare, prompting_baseline, prompting_model
 from ..evaluate.forgetting import forgetting, general_ability
 from ..evaluate.plots import reliability_diagram
-from ..models import load_model
-from ..models.loading import ENCODER_TYPES, model_type
 from .rundir import RunDir
 
 
@@ -33,12 +31,7 @@ def measure_before(cfg: RunConfig, run: RunDir, model, tokenizer, folder, splits
     split = scored_split(splits)
     baseline = events["baseline"]["metrics"] if "baseline" in events else None
     if baseline is None and cfg.eval.baseline and split is not None:
-        is_decoder = model_type(folder) not in ENCODER_TYPES
-        lm = model
-        if task == "classification" and is_decoder:
-            # Labels are scored as text, so the baseline needs the base model's own language-model head.
-            lm, _, _ = load_model(cfg.model, task="causal-lm", device=device, tokenizer=tokenizer,
-                                  trust_remote_code=cfg.trust_remote_code)
+        lm, is_decoder = prompting_model(cfg.model, folder, task, model, tokenizer, device, cfg.trust_remote_code)
         baseline = {"split": split.name, **prompting_baseline(
             lm, tokenizer, split, splits.schema, splits.train.examples, cfg.eval, device, autocast=autocast,
             labels=splits.labels, is_decoder=is_decoder, seed=cfg.seed)}

@@ -33,7 +33,7 @@ from ..data.batching import collate_packed, length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError, UserError
 from ..evaluate import evaluate_split
-from ..evaluate.forgetting import PACKAGED, general_sequences, general_texts
+from ..evaluate.forgetting import PACKAGED, check_reference, general_sequences, general_texts
 from ..evaluate.task_metrics import resolve_task_metric
 from ..methods import Method, check_task, count_parameters, format_trainable, get_method
 from ..models import load_model, load_tokenizer, resolve_model
@@ -263,11 +263,7 @@ def check_evaluation(cfg: RunConfig, task: str) -> None:
             raise ConfigError(f"config key 'forgetting.{key}' is {value} but the task is {task}: it uses general "
                               f"text, which needs a causal-LM task; use forgetting.l2sp instead")
     replay_count(cfg.train.batch_size, forgetting.replay)  # raises if the fraction does not fit the batch
-    if forgetting.reference not in (PACKAGED, "none"):
-        if task != "causal-lm":
-            raise ConfigError("config key 'forgetting.reference': classifiers are probed on the packaged topic "
-                              "task; set it to 'general' or 'none'")
-        general_texts(forgetting.reference, "reference")
+    check_reference(forgetting.reference, task)
     if (forgetting.replay or forgetting.ewc) and forgetting.replay_data != PACKAGED:
         general_texts(forgetting.replay_data, "pool", "forgetting.replay_data")
 

@@ -24,6 +24,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
+        self._tail_checked = False  # metrics.jsonl's last line is checked once, before the first append
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -86,7 +87,7 @@ class RunDir:
         self.write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
     def log(self, event: dict) -> None:
-        if not getattr(self, "_tail_checked", False):
+        if not self._tail_checked:
             self._drop_partial_last_line()
             self._tail_checked = True
         with open(self.metrics, "a", encoding="utf-8") as fh:
