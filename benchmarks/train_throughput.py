@@ -65,13 +65,16 @@ def write_subset(folder: Path, examples: int, heldout: int) -> tuple[Path, Path]
 
 def heldout_loss(model, tokenizer, heldout: Path, device) -> float:
     """Completion-token cross-entropy of `model` on the held-out file (fp32, the same for both)."""
+    import torch
+
     from transferkit.data import read_examples
     from transferkit.data.tokenize import tokenize_examples
     from transferkit.evaluate import mean_loss
+    from transferkit.runtime import Runtime
 
     schema, examples = read_examples(str(heldout))
     tokenized = tokenize_examples(tokenizer, examples, schema, 1024)
-    return mean_loss(model, tokenized, tokenizer.pad_token_id, 16, device)["loss"]
+    return mean_loss(model, tokenized, tokenizer.pad_token_id, 16, Runtime(torch.device(device)))["loss"]
 
 
 def run_reference(train: Path, heldout: Path, lr: float, out: Path) -> None:
@@ -115,7 +118,7 @@ def run_transferkit(train: Path, heldout: Path, lr: float, out: Path) -> None:
 
     from transferkit import load_config
     from transferkit import train as tk_train
-    from transferkit.train.loop import load_trained
+    from transferkit.runs import load_trained
 
     run_dir = out.parent / "transferkit"
     cfg = load_config(None, [

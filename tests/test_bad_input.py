@@ -103,6 +103,12 @@ CASES = [
                                               ["forgetting.replay=0.25"]), ["forgetting.replay", "causal-LM"]),
     Case("unknown task metric", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["eval.task_metric=jsno"]),
          ["eval.task_metric", "jsno", "json"]),
+    Case("preference data detected", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"}]))}, []),
+        ["d.jsonl:1", "preference data", "cannot be trained yet"]),
+    Case("preference schema configured", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW])),
+                                                     "schema": "preference"}, []),
+         ["data.schema", "must be one of", "'preference'"]),
     Case("yaml syntax error", None, ["bad.yaml:", "invalid YAML", "line 2"]),
 ]
 
@@ -218,7 +224,7 @@ def test_overwrite_only_ever_replaces_a_run_directory(tiny_config, quick_data, t
 
 def test_run_directory_refuses_writes_outside_itself(tmp_path):
     from transferkit.errors import UserError
-    from transferkit.train.rundir import RunDir
+    from transferkit.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()

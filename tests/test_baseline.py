@@ -1,16 +1,17 @@
 """Prompting baseline: label scoring, shot selection, prompts, and the comparison with the tuned model."""
 
-import contextlib
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from transferkit.config import EvalConfig
 from transferkit.data.schema import Example
-from transferkit.evaluate.baseline import (classification_baseline_scores, classification_prompt, compare,
-                                           instruction_prompt, pick_shots, prompting_baseline)
+from transferkit.evaluate.baseline import (Prompted, centroid_log_probs, classification_prompt, instruction_prompt,
+                                           pick_shots, prompting_baseline, verbaliser_log_probs)
+from transferkit.evaluate.comparison import compare
+from transferkit.options import EvalConfig
+from transferkit.runtime import CPU
 
 
 class PlantedLM(torch.nn.Module):
@@ -40,8 +41,7 @@ def test_label_with_the_planted_likelihood_wins(tokenizer, planted_label):
     assert not set(planted) & set(other)
     lm = PlantedLM(len(tokenizer), planted)
     examples = _examples(["dog", "fox", "fox"])
-    log_probs = classification_baseline_scores(lm, tokenizer, examples, [], labels, True, 4, "cpu",
-                                               contextlib.nullcontext)
+    log_probs = verbaliser_log_probs(lm, tokenizer, examples, [], labels, 4, CPU)
     chosen = labels.index(planted_label)
     for row in log_probs:
         assert max(range(2), key=row.__getitem__) == chosen
@@ -56,8 +56,7 @@ def test_encoder_zero_shot_matches_text_to_its_label_name(tiny_bert_dir):
     model, tok, _ = load_model(str(tiny_bert_dir), task="classification", labels=labels)
     # Each text is its label's name: cosine similarity 1 with its own class.
     examples = [Example("t", i + 1, text=name, label=name) for i, name in enumerate(labels)]
-    log_probs = classification_baseline_scores(model, tok, examples, [], labels, False, 4, "cpu",
-                                               contextlib.nullcontext)
+    log_probs = centroid_log_probs(model, tok, examples, [], labels, 4, CPU)
     assert [max(range(3), key=row.__getitem__) for row in log_probs] == [0, 1, 2]
 
 
@@ -103,8 +102,8 @@ def test_instruction_baseline_has_zero_and_k_shot(tiny_model_dir, quick_data):
     schema, test = read_examples(str(quick_data["test"]))
     train = read_examples(str(quick_data["train"]))[1]
     split = Split("test", test, tokenize_examples(tok, test, schema, 256))
-    result = prompting_baseline(model, tok, split, schema, train, EvalConfig(max_new_tokens=4, shots=2, task_metric="json"),
-                                "cpu")
+    eval_cfg = EvalConfig(max_new_tokens=4, shots=2, task_metric="json")
+    result = prompting_baseline(Prompted(model, tok, split, schema, eval_cfg, CPU), "decoder", train)
     assert set(result) == {"zero_shot", "2_shot"}
     assert "loss" in result["zero_shot"] and result["2_shot"]["examples"] == len(test)
     assert {"exact_match", "token_f1", "json_field_accuracy", "json_valid"} <= set(result["2_shot"])

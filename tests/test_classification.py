@@ -97,7 +97,7 @@ def test_probe_caches_features_once(tiny_bert_dir):
     from transferkit.models import load_model
 
     model, tok, _ = load_model(str(tiny_bert_dir), task="classification", labels=["a", "b"])
-    probe = get_method("probe").apply(model, ProbeMethodConfig(head="mlp", hidden=8))
+    probe = get_method("probe").apply(model, ProbeMethodConfig(head="mlp", hidden=8), "classification")
     calls = []
     model.bert.register_forward_hook(lambda *a: calls.append(1))
     enc = tok(["hello world", "the quick brown fox"], padding=True, return_tensors="pt")

@@ -10,7 +10,7 @@ from transferkit.data import read_examples
 from transferkit.data.batching import collate
 from transferkit.data.tokenize import tokenize_examples
 from transferkit.errors import UserError
-from transferkit.train.loss import token_loss_sum
+from transferkit.objectives.loss import token_loss_sum
 
 
 def _batch(tmp_path, n=8):
@@ -177,11 +177,10 @@ def test_bf16_and_fp32_reach_the_same_loss(tiny_config, tmp_path):
 
 
 def test_frozen_weights_stored_in_bf16_trained_ones_stay_fp32():
-    from transferkit.config import method_config_from_dict
-    from transferkit.methods import get_method
+    from transferkit.methods import get_method, method_config_from_dict
     from transferkit.train.hardware import store_frozen_in_bf16
 
-    model = get_method("lora").apply(tiny_llama(400), method_config_from_dict({"name": "lora", "r": 4}))
+    model = get_method("lora").apply(tiny_llama(400), method_config_from_dict({"name": "lora", "r": 4}), "causal-lm")
     moved = store_frozen_in_bf16(model)
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert moved == sum(p.numel() for p in frozen) > 0
@@ -238,15 +237,15 @@ def test_packed_training_runs_and_learns(tiny_config):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
-    from transferkit.config import method_config_from_dict
-    from transferkit.methods import get_method
+    from transferkit.methods import get_method, method_config_from_dict
     from transferkit.train.hardware import enable_gradient_checkpointing
 
     tok, items = _batch(tmp_path, n=4)
     batch = collate(items, tok.pad_token_id)
 
     def lora_grads(checkpointing: bool):
-        model = get_method("lora").apply(tiny_llama(len(tok), seed=2), method_config_from_dict({"name": "lora"}))
+        model = get_method("lora").apply(tiny_llama(len(tok), seed=2), method_config_from_dict({"name": "lora"}),
+                                         "causal-lm")
         torch.manual_seed(0)
         for name, p in model.named_parameters():
             if "lora_B" in name:  # B starts at zero; make the adapter path non-trivial

@@ -1,6 +1,5 @@
 """Forgetting and its mitigations: the measure, EWC / L2-SP penalties, replay mixing."""
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -8,7 +7,9 @@ import pytest
 import torch
 
 from transferkit.errors import ConfigError
-from transferkit.evaluate.forgetting import forgetting, general_ability, general_paragraphs, probe_sentences
+from transferkit.runtime import CPU
+from transferkit.data.general import general_paragraphs, probe_sentences
+from transferkit.evaluate.forgetting import forgetting, general_ability
 from transferkit.train.regularizers import AnchorPenalty, diagonal_fisher, ewc_penalty, l2sp_penalty
 from transferkit.train.replay import replay_count, replay_indices
 
@@ -84,11 +85,12 @@ def test_diagonal_fisher_is_the_mean_squared_per_sequence_gradient(tiny_model_di
     from transferkit.data.batching import collate
     from transferkit.data.tokenize import Tokenized
     from transferkit.models import load_model
-    from transferkit.train.loss import token_loss_sum
+    from transferkit.objectives import OBJECTIVES
+    from transferkit.objectives.loss import token_loss_sum
 
     model, tok, _ = load_model(str(tiny_model_dir))
     seqs = [Tokenized(ids, ids, "t") for ids in (tok(t)["input_ids"] for t in ["hello world", "the quick brown fox"])]
-    fisher = diagonal_fisher(model, seqs, token_loss_sum, collate, tok.pad_token_id, "cpu", contextlib.nullcontext)
+    fisher = diagonal_fisher(model, seqs, OBJECTIVES["causal-lm"], tok.pad_token_id, CPU)
     params = [p for p in model.parameters() if p.requires_grad]
     squares = [torch.zeros_like(p) for p in params]
     for seq in seqs:
@@ -174,21 +176,21 @@ def test_forgetting_grows_when_the_model_changes(tiny_model_dir):
     from transferkit.models import load_model
 
     model, tok, _ = load_model(str(tiny_model_dir))
-    base = general_ability(model, tok, "causal-lm", "general", "cpu")
-    assert forgetting(base, general_ability(model, tok, "causal-lm", "general", "cpu"))["forgetting"] == 0.0
+    base = general_ability(model, tok, "causal-lm", "general", CPU)
+    assert forgetting(base, general_ability(model, tok, "causal-lm", "general", CPU))["forgetting"] == 0.0
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    assert forgetting(base, general_ability(model, tok, "causal-lm", "general", "cpu"))["forgetting"] > 0.05
+    assert forgetting(base, general_ability(model, tok, "causal-lm", "general", CPU))["forgetting"] > 0.05
 
 
 def test_probe_drop_is_zero_for_the_same_encoder(tiny_bert_dir):
     from transferkit.models import load_model
 
     model, tok, _ = load_model(str(tiny_bert_dir), task="classification", labels=["a", "b"])
-    first = general_ability(model, tok, "classification", "general", "cpu")
+    first = general_ability(model, tok, "classification", "general", CPU)
     assert 0.0 <= first["probe_accuracy"] <= 1.0
-    assert forgetting(first, general_ability(model, tok, "classification", "general", "cpu"))["forgetting"] == 0.0
+    assert forgetting(first, general_ability(model, tok, "classification", "general", CPU))["forgetting"] == 0.0
 
 
 def test_mitigations_that_need_general_text_refuse_classification(tiny_config, tiny_bert_dir, topics):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from tiny import DECODERS, tiny_bert_classifier, tiny_tokenizer
 
-from transferkit.config import method_config_from_dict
 from transferkit.data.tokenize import Tokenized
-from transferkit.methods import count_parameters, get_method, method_names
-from transferkit.train.objectives import OBJECTIVES
+from transferkit.methods import get_method, method_config_from_dict, method_names
+from transferkit.models import count_parameters
+from transferkit.objectives import OBJECTIVES
 
 SMALL = {"lora": {"r": 4}, "dora": {"r": 4}, "rslora": {"r": 4}, "adapter": {"r": 4}, "prompt": {"num_virtual_tokens": 3},
          "prefix": {"num_virtual_tokens": 3}, "freeze": {"train_top": 1}}
@@ -42,9 +42,7 @@ def method_cfg(name: str):
 
 def make_base(family: str, seed: int = 0):
     builder = tiny_bert_classifier if family == "bert" else DECODERS[family]
-    model = builder(len(tiny_tokenizer()), seed=seed)
-    model.transferkit_task = TASK[family]
-    return model.eval()
+    return builder(len(tiny_tokenizer()), seed=seed).eval()
 
 
 TEXTS = ["Ana Silva is a 34-year-old nurse from Lisbon.", "hello world, what is two plus two? It is four."]
@@ -80,7 +78,7 @@ def one_step(model, family, lr=5e-2):
 
 def trained(name, family):
     method = get_method(name)
-    model = method.apply(make_base(family), method_cfg(name))
+    model = method.apply(make_base(family), method_cfg(name), TASK[family])
     one_step(model, family)
     return method, model
 
@@ -89,14 +87,14 @@ def trained(name, family):
 def test_only_intended_parameters_train_and_change(name, family):
     method = get_method(name)
     cfg = method_cfg(name)
-    model = method.apply(make_base(family), cfg)
+    model = method.apply(make_base(family), cfg, TASK[family])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     intended = INTENDED[name] + (HEAD if TASK[family] == "classification" else "")
     assert trainable and all(re.search(intended, n) for n in trainable), sorted(trainable)[:5]
     count, total = count_parameters(model)
     if method.closed_form is not None:
         head = sum(p.numel() for p in make_base(family).classifier.parameters()) if family == "bert" else 0
-        extra = head if name not in ("probe", "full", "freeze") else 0  # peft/adapter: + the new head
+        extra = head if method.separate_head else 0  # peft/adapter: + the new head
         assert count == method.closed_form(make_base(family), cfg) + extra
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     one_step(model, family)
@@ -108,13 +106,13 @@ def test_only_intended_parameters_train_and_change(name, family):
 def test_save_load_reproduces_logits(name, family, tmp_path):
     batch = batch_for(family)
     method, model = trained(name, family)
-    method.save(model, tmp_path)
+    method.save(model, method_cfg(name), tmp_path)
     reloaded = method.load(make_base(family), tmp_path)
     torch.testing.assert_close(logits(reloaded.eval(), batch), logits(model, batch), rtol=0, atol=1e-6)
     assert not torch.allclose(logits(model, batch), logits(make_base(family), batch))
 
 
-@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).disabled])
+@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).has_off_switch])
 def test_disabled_adapter_equals_base(name, family):
     batch = batch_for(family)
     method, model = trained(name, family)
@@ -127,13 +125,35 @@ def test_disabled_adapter_equals_base(name, family):
     assert not torch.allclose(logits(model, batch), logits(make_base(family), batch))
 
 
+@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).peft_format])
+def test_peft_format_adapters_load_in_stock_peft(name, family, tmp_path):
+    """What the registry calls PEFT format loads with `peft.PeftModel.from_pretrained` alone."""
+    from peft import PeftModel
+
+    batch = batch_for(family)
+    method, model = trained(name, family)
+    method.save(model, method_cfg(name), tmp_path)
+    stock = PeftModel.from_pretrained(make_base(family), str(tmp_path)).eval()
+    torch.testing.assert_close(logits(stock, batch), logits(model, batch), rtol=0, atol=1e-6)
+
+
+def test_traits_match_the_methods():
+    """The registry's traits, which the rest of the package reads instead of method names."""
+    own_head = {m for m in method_names() if not get_method(m).separate_head}
+    assert own_head == {"full", "freeze", "probe"}
+    assert {m for m in method_names() if get_method(m).peft_format} == {
+        "lora", "rslora", "dora", "qlora", "ia3", "prefix", "prompt"}
+    assert {m for m in method_names() if get_method(m).can_merge} == {"lora", "rslora", "dora", "ia3"}
+    assert {m for m in method_names() if not get_method(m).packable} == {"prefix", "prompt"}
+
+
 def last_hidden(model, batch):
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      output_hidden_states=True).hidden_states[-1]
 
 
-@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).merge])
+@pytest.mark.parametrize("name, family", [c for c in CASES if get_method(c[0]).can_merge])
 def test_merged_equals_unmerged(name, family):
     batch = batch_for(family)
     method, model = trained(name, family)
@@ -146,7 +166,7 @@ def test_merged_equals_unmerged(name, family):
 def test_llrd_gives_each_depth_its_rate():
     from transferkit.methods.full import FullMethodConfig, param_groups
 
-    model = get_method("full").apply(make_base("qwen2"), FullMethodConfig(llrd=0.5))
+    model = get_method("full").apply(make_base("qwen2"), FullMethodConfig(llrd=0.5), "causal-lm")
     groups = {g["depth"]: g for g in param_groups(model, FullMethodConfig(llrd=0.5), lr=1.0)}
     assert sorted(groups) == [0, 1, 2, 3]                      # head+norm, block 1, block 0, embeddings
     assert [groups[d]["lr"] for d in range(4)] == [1.0, 0.5, 0.25, 0.125]
@@ -160,8 +180,8 @@ def test_freeze_bottom_and_train_top_agree():
     from transferkit.methods.freeze import FreezeMethodConfig
 
     freeze = get_method("freeze")
-    a = freeze.apply(make_base("llama"), FreezeMethodConfig(freeze_bottom=2, train_top=None))
-    b = freeze.apply(make_base("llama"), FreezeMethodConfig(train_top=1))
+    a = freeze.apply(make_base("llama"), FreezeMethodConfig(freeze_bottom=2, train_top=None), "causal-lm")
+    b = freeze.apply(make_base("llama"), FreezeMethodConfig(train_top=1), "causal-lm")
     names = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
     assert names(a) == names(b)
     assert not any("embed" in n or "layers.0." in n or "layers.1." in n for n in names(a))

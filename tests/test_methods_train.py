@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from tiny import save_tiny_model_folder
 
 from transferkit.methods import get_method, method_names
@@ -56,8 +55,9 @@ def test_method_trains_end_to_end(name, tiny_config, llama64):
     # The reloaded run gives the loss the run reported on its test split.
     from transferkit.data import load_splits
     from transferkit.evaluate import mean_loss
+    from transferkit.runtime import CPU
 
     model, tokenizer, loaded_cfg = load_trained(cfg.output_dir)
     splits = load_splits(loaded_cfg.data, tokenizer, loaded_cfg.seed)
-    again = mean_loss(model, splits.test.tokenized, tokenizer.pad_token_id, 4, torch.device("cpu"))
+    again = mean_loss(model, splits.test.tokenized, tokenizer.pad_token_id, 4, CPU)
     assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)

@@ -86,12 +86,13 @@ def test_every_metric_is_reported_per_slice(tiny_model_dir, tmp_path):
     """Slice metrics equal the metrics of the slice evaluated on its own."""
     from tiny import write_jsonl
 
-    from transferkit.config import EvalConfig
     from transferkit.data import Split, read_examples
     from transferkit.data.synthetic import person_records
     from transferkit.data.tokenize import tokenize_examples
     from transferkit.evaluate import evaluate_split
     from transferkit.models import load_model
+    from transferkit.options import EvalConfig
+    from transferkit.runtime import CPU
 
     rows = [{**r, "slice": "north" if i % 3 else "south"} for i, r in enumerate(person_records(6, seed=3))]
     path = write_jsonl(tmp_path / "sliced.jsonl", rows)
@@ -101,7 +102,7 @@ def test_every_metric_is_reported_per_slice(tiny_model_dir, tmp_path):
 
     def evaluate(chosen):
         split = Split("s", chosen, tokenize_examples(tok, chosen, schema, 256))
-        return evaluate_split(model, tok, split, schema, cfg, "cpu")[0]
+        return evaluate_split(model, tok, split, schema, cfg, CPU)[0]
 
     whole = evaluate(examples)
     assert set(whole["slices"]) == {"north", "south"}

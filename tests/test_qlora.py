@@ -5,12 +5,11 @@ import pytest
 import torch
 from tiny import save_tiny_model_folder
 
-from transferkit.config import method_config_from_dict
 from transferkit.data.batching import collate
 from transferkit.data.tokenize import Tokenized
-from transferkit.methods import get_method
+from transferkit.methods import get_method, method_config_from_dict
 from transferkit.models import load_model
-from transferkit.train.loss import token_loss_sum
+from transferkit.objectives.loss import token_loss_sum
 
 # NF4 code book (Dettmers et al. 2023, appendix E): the widest gap is between
 # -1.0 and -0.6962, so rounding to the nearest level errs by at most 0.1519 × absmax.
@@ -48,7 +47,8 @@ def test_qlora_trains_on_a_4bit_base_and_applies_on_the_float_base(folder, tmp_p
     model, tokenizer, _ = load_model(str(folder), quantize_4bit=True)
     q_proj = model.model.layers[0].self_attn.q_proj
     assert model.is_loaded_in_4bit and q_proj.weight.dtype == torch.uint8  # packed NF4
-    model = method.apply(model, method_config_from_dict({"name": "qlora", "r": 4}))
+    cfg = method_config_from_dict({"name": "qlora", "r": 4})
+    model = method.apply(model, cfg, "causal-lm")
     batch = _batch(tokenizer)
 
     def loss():
@@ -65,7 +65,7 @@ def test_qlora_trains_on_a_4bit_base_and_applies_on_the_float_base(folder, tmp_p
         optimizer.zero_grad()
     assert loss() < start - 0.05
 
-    method.save(model, tmp_path)
+    method.save(model, cfg, tmp_path)
     float_base, _, _ = load_model(str(folder))
     on_float = get_method("lora").load(float_base, tmp_path).eval()
     model.eval()
@@ -123,7 +123,7 @@ def test_evaluating_a_4bit_model_does_not_break_its_gradients(folder):
             with torch.no_grad():
                 token_loss_sum(model, batch)
         torch.manual_seed(0)
-        model = method.apply(model, cfg)
+        model = method.apply(model, cfg, "causal-lm")
         model.train()
         for p in model.parameters():  # B = 0 at init would hide the A gradients: give every LoRA weight a value
             if p.requires_grad:

@@ -51,7 +51,7 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(signum, tiny_model_dir
 
 
 def _nan_objective(monkeypatch, bad_calls):
-    from transferkit.train import objectives
+    from transferkit import objectives
 
     real = objectives.OBJECTIVES["causal-lm"]
     calls = []
@@ -90,7 +90,7 @@ def test_persistent_non_finite_loss_stops_with_a_clear_error(tiny_config, monkey
 
 
 def test_a_partial_last_event_line_is_dropped_before_appending(tmp_path):
-    from transferkit.train.rundir import RunDir
+    from transferkit.rundir import RunDir
 
     run = RunDir(tmp_path)
     run.metrics.write_text('{"event": "baseline", "step": 0}\n{"event": "train", "st')  # killed mid-write

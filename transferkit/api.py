@@ -2,49 +2,77 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import EvalConfig, RunConfig
 from .data import Split, read_examples
 from .data.schema import check_known_labels
-from .errors import UserError
 from .data.tokenize import tokenize_examples
+from .errors import UserError
 from .evaluate import evaluate_split, generate_completions
-from .evaluate.baseline import compare, prompting_baseline, prompting_model
-from .evaluate.forgetting import forgetting, general_ability
+from .evaluate.assessment import Assessment, BaseModel
 from .methods import get_method
-from .models import load_model, resolve_model
-from .train.hardware import autocast_for, pick_device, resolve_precision
-from .train.loop import load_trained
-from .train.loop import train as _train
+from .models import architecture, load_model, resolve_model, task_of
+from .options import EvalConfig
+from .runs import load_trained
+from .runtime import Runtime
+from .train import train
 
-
-def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    """Fine-tune as `cfg` says; writes the run directory and returns its summary."""
-    return _train(cfg, resume=resume, overwrite=overwrite)
-
-
-def _autocast_for(device: torch.device, precision: str):
-    return autocast_for(device, resolve_precision(precision, device))
+__all__ = ["train", "generate", "evaluate_run", "load_trained"]
 
 
 def generate(prompts: list[str], *, model: str | None = None, adapter: str | None = None,
              max_new_tokens: int = 128, precision: str = "auto") -> list[str]:
     """Greedy replies to user prompts from a base model or a run's adapter."""
-    device = pick_device("auto")
+    runtime = Runtime.resolve("auto", precision)
     if adapter is not None:
-        lm, tokenizer, _ = load_trained(adapter, device)
-        if getattr(lm, "transferkit_task", "causal-lm") != "causal-lm":
+        lm, tokenizer, _ = load_trained(adapter, runtime.device)
+        if task_of(lm) != "causal-lm":
             raise UserError(f"{adapter}: a classification run does not generate text; use `transferkit eval`")
     elif model is not None:
-        lm, tokenizer, _ = load_model(model, device=device)
+        lm, tokenizer, _ = load_model(model, device=runtime.device)
     else:
         raise ValueError("give a model or an adapter run directory")
     chats = [[{"role": "user", "content": p}] for p in prompts]
-    return generate_completions(lm, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=8, device=device,
-                                autocast=_autocast_for(device, precision))
+    return generate_completions(lm, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=8, runtime=runtime)
+
+
+@dataclass
+class Evaluated:
+    """The model `eval` scores and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    base_ref: str                  # the base model: the run's `model`, or the evaluated model itself
+    run_dir: str | None = None
+    labels: list[str] | None = None
+    max_length: int = 1024
+    trust_remote_code: bool = False
+    seed: int = 0
+    quantized_base: bool = False   # QLoRA: compared with the 4-bit base it trained on
+    train_data: str | None = None  # where k-shot examples come from by default
+
+    def load_base(self, runtime: Runtime) -> torch.nn.Module:
+        task = "classification" if self.labels else "causal-lm"
+        base, _, _ = load_model(self.base_ref, task=task, labels=self.labels, device=runtime.device,
+                                tokenizer=self.tokenizer, quantize_4bit=self.quantized_base,
+                                trust_remote_code=self.trust_remote_code)
+        return base
+
+
+def load_evaluated(run_dir: str | None, model: str | None, runtime: Runtime, max_length: int) -> Evaluated:
+    if run_dir is not None:
+        lm, tokenizer, cfg = load_trained(run_dir, runtime.device)
+        labels = ([lm.config.id2label[i] for i in range(lm.config.num_labels)]
+                  if task_of(lm) == "classification" else None)
+        return Evaluated(lm, tokenizer, cfg.model, run_dir, labels, cfg.data.max_length, cfg.trust_remote_code,
+                         cfg.seed, get_method(cfg.method.name).quantize_base, cfg.data.train)
+    if model is not None:
+        lm, tokenizer, _ = load_model(model, device=runtime.device)
+        return Evaluated(lm, tokenizer, model, max_length=max_length)
+    raise ValueError("give a run directory or a model")
 
 
 def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = None,
@@ -52,54 +80,38 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
                  baseline: bool = False, shots_from: str | None = None, reference: str = "general"
                  ) -> tuple[dict, list[dict]]:
     """Evaluate a run (or a base model) on a data file: ({"metrics", "general", "forgetting"[, "baseline",
-    "comparison"]}, per-example predictions).
+    "comparison"], "flags"}, per-example predictions).
 
     A run is compared with its base model: general ability of both and forgetting. `baseline` adds the
     base model's zero- and k-shot prompting scores (shots from `shots_from`, default the run's training data)
-    and the comparison with the evaluated model."""
+    and the comparison with the evaluated model. The same assessment as at the end of `train`."""
     eval_cfg = eval_cfg or EvalConfig()
-    device = pick_device("auto")
-    autocast = _autocast_for(device, precision)
-    labels = None
-    base_ref, trust, seed, quantized = model, False, 0, False
-    if run_dir is not None:
-        lm, tokenizer, cfg = load_trained(run_dir, device)
-        max_length, base_ref, trust, seed = cfg.data.max_length, cfg.model, cfg.trust_remote_code, cfg.seed
-        quantized = get_method(cfg.method.name).quantize_base  # QLoRA: compare with the 4-bit base it trained on
-        shots_from = shots_from or cfg.data.train
-        if getattr(lm, "transferkit_task", "causal-lm") == "classification":
-            labels = [lm.config.id2label[i] for i in range(lm.config.num_labels)]
-    elif model is not None:
-        lm, tokenizer, _ = load_model(model, device=device)
-    else:
-        raise ValueError("give a run directory or a model")
+    runtime = Runtime.resolve("auto", precision)
+    ev = load_evaluated(run_dir, model, runtime, max_length)
     schema, examples = read_examples(data)
-    if (schema == "classification") != (labels is not None):
-        raise UserError(f"{data}: {schema} data does not fit this {'classifier' if labels else 'language model'}")
-    if labels is not None:
-        check_known_labels(examples, labels)
-    task = "classification" if labels else "causal-lm"
-    split = Split(Path(data).name, examples, tokenize_examples(tokenizer, examples, schema, max_length, labels=labels))
-    metrics, predictions = evaluate_split(lm, tokenizer, split, schema, eval_cfg, device, autocast=autocast,
-                                          label="eval", labels=labels)
-
-    def ability(m) -> dict | None:
-        return general_ability(m, tokenizer, task, reference, device, autocast=autocast, max_length=max_length,
-                               batch_size=eval_cfg.batch_size)
-
-    tuned_general = ability(lm)
-    result: dict = {"data": data, "metrics": metrics, "general": {"evaluated": tuned_general}, "forgetting": None}
-    base = None
-    if run_dir is not None:
-        base, _, _ = load_model(base_ref, task=task, labels=labels, device=device, tokenizer=tokenizer,
-                                quantize_4bit=quantized, trust_remote_code=trust)
-        result["general"]["base"] = ability(base)
-        result["forgetting"] = forgetting(result["general"]["base"], tuned_general)
+    if (schema == "classification") != (ev.labels is not None):
+        raise UserError(f"{data}: {schema} data does not fit this {'classifier' if ev.labels else 'language model'}")
+    if ev.labels is not None:
+        check_known_labels(examples, ev.labels)
+    split = Split(Path(data).name, examples, tokenize_examples(ev.tokenizer, examples, schema, ev.max_length,
+                                                               labels=ev.labels))
+    metrics, predictions = evaluate_split(ev.model, ev.tokenizer, split, schema, eval_cfg, runtime, label="eval",
+                                          labels=ev.labels)
+    assessment = Assessment(schema, eval_cfg, reference, ev.max_length, runtime, ev.labels)
+    general = {"evaluated": assessment.general(ev.model, ev.tokenizer)}
+    base = ev.load_base(runtime) if ev.run_dir is not None else None
+    if base is not None:
+        general["base"] = assessment.general(base, ev.tokenizer)
+    prompts = None
     if baseline:
-        prompter, is_decoder = prompting_model(base_ref, resolve_model(base_ref), task,
-                                               base if base is not None else lm, tokenizer, device, trust)
+        untrained = BaseModel(ev.base_ref, architecture(resolve_model(ev.base_ref)),
+                              base if base is not None else ev.model, ev.tokenizer, ev.trust_remote_code)
+        shots_from = shots_from or ev.train_data
         shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
-        result["baseline"] = prompting_baseline(prompter, tokenizer, split, schema, shots, eval_cfg, device,
-                                                autocast=autocast, labels=labels, is_decoder=is_decoder, seed=seed)
-        result["comparison"] = compare(schema, metrics, result["baseline"])
+        prompts = assessment.baseline(untrained, split, shots, ev.seed)
+    verdict = assessment.verdict(metrics, prompts, general.get("base"), general["evaluated"])
+    result: dict = {"data": data, "metrics": metrics, "general": general, "forgetting": verdict["forgetting"]}
+    if baseline:
+        result.update(baseline=prompts, comparison=verdict["comparison"])
+    result["flags"] = verdict["flags"]
     return result, predictions

@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from .api import evaluate_run, generate, train
+from .config import describe_keys, load_config
 from .errors import EXIT_USER_ERROR, UserError
+from .evaluate.plots import reliability_diagram
+from .files import jsonl_text
+from .methods.accounting import format_table, parameter_table
+from .options import EvalConfig
 from .train.signals import Stopped
 
 
@@ -28,9 +34,6 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args) -> int:
-    from .api import train
-    from .config import load_config
-
     config_path, overrides = args.config, list(args.overrides)
     if config_path is not None and "=" in config_path and not Path(config_path).exists():
         config_path, overrides = None, [config_path, *overrides]
@@ -49,8 +52,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .api import generate
-
     if (args.model is None) == (args.adapter is None):
         raise UserError("give exactly one of --model and --adapter")
     prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -61,10 +62,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .api import evaluate_run
-    from .config import EvalConfig
-    from .evaluate.plots import reliability_diagram
-
     if (args.run_dir is None) == (args.model is None):
         raise UserError("give exactly one of RUN_DIR and --model")
     eval_cfg = EvalConfig(exact_match=not args.no_generate, max_new_tokens=args.max_new_tokens,
@@ -73,7 +70,7 @@ def cmd_eval(args) -> int:
                                        precision=args.precision, baseline=args.baseline, shots_from=args.shots_from,
                                        reference=args.reference)
     if args.predictions:
-        Path(args.predictions).write_text("".join(json.dumps(p) + "\n" for p in predictions), encoding="utf-8")
+        Path(args.predictions).write_text(jsonl_text(predictions), encoding="utf-8")
     if args.reliability_plot and "calibration" in result["metrics"]:
         reliability_diagram(result["metrics"]["calibration"], result["metrics"]["ece"],
                             f"{Path(args.data).name}: reliability", Path(args.reliability_plot))
@@ -82,16 +79,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .config import describe_keys
-
     for key, tp, default, help_text in describe_keys():
         print(f"{key:28} {tp:18} {default:14} {help_text}")
     return 0
 
 
 def cmd_methods(args) -> int:
-    from .methods.accounting import format_table, parameter_table
-
     rows = parameter_table(args.model)
     print(f"Methods on {args.model} (total = parameters of the float base model; classification rows "
           f"add a new 2-class head)\n")

@@ -1,317 +1,29 @@
-"""Typed run configuration: one dataclass per concern, help text written once.
+"""A run's configuration from YAML and `key=value` overrides, checked against every method's options.
 
-A config is YAML (see `recipes/`) plus `key=value` overrides with dotted keys
-(`train.max_steps=5`). Every key is checked against the dataclass fields:
-unknown keys and wrong types raise `ConfigError` naming the key and suggesting
-the closest valid one. `transferkit keys` prints every key with its help.
+A config is YAML (see `recipes/`) plus `key=value` overrides with dotted keys (`train.max_steps=5`). The
+`method` section is parsed with the config class of the method it names, from the registry; everything
+else with the dataclasses of `options.py`. `transferkit keys` prints every key with its help
+(`describe_keys`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
 
 import yaml
 
-from .errors import ConfigError
-
-
-def opt(default: Any, help: str, *, gt: float | None = None, ge: float | None = None, le: float | None = None):
-    """A config field with its help text and optional numeric bounds."""
-    meta = {"help": help, "gt": gt, "ge": ge, "le": le}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class DataConfig:
-    train: str = opt("", "training data: a .jsonl/.json/.csv/.parquet/.txt file or a saved HF dataset folder")
-    validation: Optional[str] = opt(None, "validation data; if absent, `validation_fraction` of train is split off")
-    test: Optional[str] = opt(None, "test data, evaluated after training (and before, for the baseline)")
-    schema: Literal["auto", "instruction", "lm", "classification", "preference"] = opt(
-        "auto", "task schema; `auto` detects it from the columns")
-    max_length: int = opt(1024, "longest tokenized example in tokens", gt=0)
-    overlong: Literal["truncate", "error"] = opt(
-        "truncate", "what to do with an example longer than max_length: truncate it (counted and reported) or stop with an error")
-    validation_fraction: float = opt(0.05, "fraction of train split off for validation when no validation file is given", ge=0.0, le=0.5)
-    slice_column: str = opt("slice", "column naming each row's held-out slice (domain, source, ...); when present, "
-                                     "every evaluation metric is also reported per slice")
-
-
-@dataclass
-class TrainConfig:
-    max_steps: Optional[int] = opt(None, "optimizer steps to run (give this or `epochs`)", gt=0)
-    epochs: Optional[float] = opt(None, "passes over the training data (give this or `max_steps`)", gt=0)
-    batch_size: int = opt(8, "examples per optimizer step", gt=0)
-    micro_batch_size: Optional[int] = opt(
-        None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
-              "(default: 4 on CPU, where it holds half the activations of 8 at the same speed; batch_size on GPU)", gt=0)
-    lr: float = opt(2.0e-4, "peak learning rate", gt=0)
-    weight_decay: float = opt(0.0, "AdamW decoupled weight decay", ge=0)
-    warmup_ratio: float = opt(0.05, "fraction of steps with linear warmup from 0 to lr", ge=0, le=1)
-    min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)
-    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)", ge=0)
-    precision: Literal["auto", "bf16", "fp32"] = opt("auto", "`auto`: bf16 autocast where the CPU/GPU supports it, else fp32")
-    attention: Literal["auto", "eager", "sdpa"] = opt(
-        "auto", "attention kernel for training; `auto`: eager on CPU when every sequence fits in 512 tokens "
-                "(torch's CPU SDPA backward is slow at these sizes), else sdpa")
-    pack_tokens: int = opt(
-        0, "pack several training sequences into rows of up to this many tokens (position ids restart per sequence, "
-           "attention stays inside each); 0: one sequence per row, length-grouped. Causal LM only", ge=0)
-    gradient_checkpointing: bool = opt(
-        False, "recompute each layer's activations during backward: activation memory for one layer instead of all, "
-               "for about one more forward pass of compute")
-    frozen_bf16: bool = opt(True, "with bf16 precision, store the frozen weights in bf16 (less memory, faster); "
-                                  "trained weights and optimizer state stay fp32")
-    eval_every: int = opt(50, "validate every N optimizer steps (0: only at the end)", ge=0)
-    log_every: int = opt(5, "write a training log event every N steps", gt=0)
-    save_every: int = opt(50, "write a resumable checkpoint every N steps (0: only at the end)", ge=0)
-    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", gt=0)
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to train")
-    max_bad_steps: int = opt(5, "stop after this many steps in a row with non-finite loss or gradients (each is skipped)", gt=0)
-
-
-@dataclass
-class EvalConfig:
-    baseline: bool = opt(True, "measure the untrained base model by prompting (zero-shot and k-shot) on the test "
-                               "split (else validation) before training, and compare the tuned model with it")
-    shots: int = opt(4, "training examples shown in the k-shot baseline prompt (0: zero-shot only)", ge=0)
-    exact_match: bool = opt(True, "for instruction data: greedy-generate and compare with the reference")
-    task_metric: Optional[str] = opt(
-        None, "extra score of generated answers: `json` (JSON validity + field accuracy) or package.module:function "
-              "returning {name: score}; its first score becomes the headline metric")
-    max_new_tokens: int = opt(64, "generation budget per example for exact match", gt=0)
-    max_examples: Optional[int] = opt(None, "evaluate at most this many test examples (default: all)", gt=0)
-    batch_size: int = opt(16, "examples per evaluation batch", gt=0)
-
-
-@dataclass
-class ForgettingConfig:
-    reference: str = opt(
-        "general", "what forgetting is measured on: `general` (packaged general English written for transferkit: "
-                   "perplexity for decoders, a topic probe for classifiers), a text file (decoders), or `none`")
-    replay: float = opt(0.0, "fraction of every training batch drawn from general text (causal LM only)", ge=0, le=0.9)
-    replay_data: str = opt("general", "general text for replay and the EWC Fisher: `general` (the packaged pool, "
-                                      "disjoint from the reference) or a text file")
-    ewc: float = opt(0.0, "EWC strength λ: loss += λ·Σ F·(θ−θ₀)², F = diagonal Fisher of general text at the "
-                          "start (Kirkpatrick et al. 2017); causal LM only", ge=0)
-    ewc_samples: int = opt(32, "general-text sequences the Fisher is averaged over", gt=0)
-    l2sp: float = opt(0.0, "L2-SP strength α: loss += α/2·‖θ−θ₀‖² toward the starting weights (Li et al. 2018)", ge=0)
-
-
-@dataclass
-class MethodConfig:
-    """Base of every method's config; each method module subclasses it."""
-
-    name: str = opt("lora", "adaptation method (see `transferkit methods`)")
-
-
-@dataclass
-class RunConfig:
-    model: str = opt("smollm2-135m", "short name of a packaged model, a local HF folder, or a .gguf file")
-    trust_remote_code: bool = opt(False, "let Python code shipped inside the model folder run; only for folders you trust")
-    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data files and schema"})
-    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "adaptation method and its options"})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
-    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig,
-                                         metadata={"help": "forgetting measurement and mitigations"})
-    output_dir: str = opt("runs/default", "run directory to write")
-    seed: int = opt(0, "random seed for data order, initialisation and dropout")
-
-    def validate(self) -> None:
-        """Cross-field rules that a single field's type cannot express."""
-        if not self.data.train:
-            raise ConfigError("config key 'data.train' is required: the training data file")
-        if (self.train.max_steps is None) == (self.train.epochs is None):
-            raise ConfigError("give exactly one of 'train.max_steps' and 'train.epochs'")
-        micro = self.train.micro_batch_size or self.train.batch_size
-        if self.train.batch_size % micro:
-            raise ConfigError(
-                f"config key 'train.batch_size' ({self.train.batch_size}) must be a multiple of "
-                f"'train.micro_batch_size' ({micro})")
-
-
-# ---------------------------------------------------------------- parsing
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " | None"
-    if origin is Literal:
-        return "|".join(str(c) for c in typing.get_args(tp))
-    if origin is list:
-        return f"list[{_type_name(typing.get_args(tp)[0])}]"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting numeric strings
-    (YAML reads `2e-4` as a string) and comma lists from the command line."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}{suggestion}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:
-        raise TypeError(f"unsupported config annotation {tp!r} for {key}")
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _check_bounds(value: Any, f: dataclasses.Field, key: str) -> None:
-    if value is None or not isinstance(value, (int, float)):
-        return
-    gt, ge, le = f.metadata.get("gt"), f.metadata.get("ge"), f.metadata.get("le")
-    if gt is not None and not value > gt:
-        raise ConfigError(f"config key '{key}' must be > {gt}, got {value}")
-    if ge is not None and not value >= ge:
-        raise ConfigError(f"config key '{key}' must be >= {ge}, got {value}")
-    if le is not None and not value <= le:
-        raise ConfigError(f"config key '{key}' must be <= {le}, got {value}")
-
-
-# Names users bring from transformers.TrainingArguments / peft.LoraConfig.
-FAMILIAR_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-                  "lora_alpha": "alpha", "lora_dropout": "dropout", "rank": "r",
-                  "lora_r": "r", "bf16": "precision", "fp16": "precision", "warmup_steps": "warmup_ratio"}
-
-
-def unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
-    familiar = FAMILIAR_NAMES.get(key)
-    hint = [familiar] if familiar in valid else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown config key '{prefix}{key}'{suggestion}")
-
-
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, checking every key and type."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise unknown_key_error(str(key), list(fields), prefix)
-        full = prefix + key
-        tp = hints[key]
-        if key == "method" and cls is RunConfig:
-            kwargs[key] = method_config_from_dict(value, full + ".")
-        elif dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, full + ".")
-        else:
-            kwargs[key] = _coerce(value, tp, full)
-            _check_bounds(kwargs[key], fields[key], full)
-    return cls(**kwargs)
-
-
-def method_config_from_dict(data: Any, prefix: str = "method.") -> MethodConfig:
-    from .methods import get_method  # the registry imports config; import late
-
-    if data is None:
-        data = {}
-    if isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key 'method' must be a mapping with a 'name', got {data!r}")
-    name = data.get("name", MethodConfig.name)
-    method = get_method(str(name))
-    return from_dict(method.config_cls, data, prefix)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    parsed = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.max_steps=5")
-        key, raw = item.split("=", 1)
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
-    return parsed
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: is not a file")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        context = getattr(exc, "context_mark", None)
-        started = f" ({exc.context} at line {context.line + 1})" if context is not None and context != mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}{started}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of sections")
-    return tree
+from .methods import get_method, method_config_from_dict, method_names
+from .options import (
+    MethodConfig,
+    RunConfig,
+    from_dict,
+    parse_overrides,
+    read_yaml,
+    set_dotted,
+    type_name,
+)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
@@ -324,13 +36,13 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     if path is not None:
         tree.update(read_yaml(path))
     for key, value in parse_overrides(list(overrides)):
-        _set_dotted(tree, key, value)
-    cfg = from_dict(RunConfig, tree)
+        set_dotted(tree, key, value)
+    cfg = from_dict(RunConfig, tree, method_config=method_config_from_dict)
     cfg.validate()
     return cfg
 
 
-def config_to_dict(cfg: Any) -> dict:
+def config_to_dict(cfg: typing.Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
@@ -344,22 +56,21 @@ def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, st
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp) and not (cls is RunConfig and f.name == "method"):
-            rows.extend(describe_keys(tp, prefix + f.name + "."))
-            continue
         if cls is RunConfig and f.name == "method":
-            rows.append((prefix + "method.name", "str", "lora", f.metadata["help"] + "; each method adds its own keys"))
+            rows.append((prefix + "method.name", "str", MethodConfig.name,
+                         f.metadata["help"] + "; each method adds its own keys"))
             rows.extend(_method_keys())
             continue
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_keys(tp, prefix + f.name + "."))
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((prefix + f.name, _type_name(tp), repr(default), f.metadata.get("help", "")))
+        rows.append((prefix + f.name, type_name(tp), repr(default), f.metadata.get("help", "")))
     return rows
 
 
 def _method_keys() -> list[tuple[str, str, str, str]]:
     """method.* keys of every registered method, each listed once with the methods that take it."""
-    from .methods import get_method, method_names
-
     seen: dict[tuple[str, str, str, str], list[str]] = {}
     for name in method_names():
         for row in describe_keys(get_method(name).config_cls, "method."):

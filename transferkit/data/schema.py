@@ -5,20 +5,22 @@
 | instruction    | `prompt, completion` or `messages` or `instruction[, input], output` |
 | lm             | `text` (or a .txt file)                                        |
 | classification | `text[, text_pair], label`                                     |
-| preference     | `prompt, chosen, rejected`                                     |
+| preference     | `prompt, chosen, rejected` (recognised, not trainable yet)     |
 
 Instruction rows become a list of chat messages; the assistant turns are what
 the model learns. A bad row raises `DataError` with file, line and field.
+Preference data is detected so that it is refused with a clear message, not
+misread as instruction data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
 from ..errors import DataError
 from .readers import Row
 
-SCHEMAS = ("instruction", "lm", "classification", "preference")
 ROLES = ("system", "user", "assistant")
 
 
@@ -57,6 +59,9 @@ def schema_of(rows: list[Row], configured: str = "auto") -> str:
         return configured
     first = rows[0]
     schema = detect_schema(set(first.fields))
+    if schema == "preference":
+        raise DataError(first.source, "preference data (prompt, chosen, rejected) cannot be trained yet; "
+                                      "supported: instruction, lm, classification", first.line)
     if schema is None:
         raise DataError(
             first.source,
@@ -137,8 +142,7 @@ def _to_example(row: Row, schema: str) -> Example:
     if schema == "classification":
         pair = _string_field(row, "text_pair") if row.fields.get("text_pair") is not None else None
         return Example(row.source, row.line, text=_string_field(row, "text"), text_pair=pair, label=_label(row))
-    raise DataError(row.source, f"schema '{schema}' cannot be trained yet; supported: instruction, lm, "
-                                f"classification", row.line)
+    raise ValueError(f"unknown schema {schema!r}")
 
 
 def _label(row: Row) -> str:

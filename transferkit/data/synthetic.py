@@ -13,6 +13,8 @@ import json
 import random
 from pathlib import Path
 
+from ..files import jsonl_text
+
 FIRST = ["Ana", "Ben", "Chloe", "Daniel", "Elif", "Farah", "Goran", "Hana", "Ivan", "Julia", "Kofi", "Lena",
          "Marco", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Samuel", "Tariq", "Uma", "Victor", "Wen", "Ximena",
          "Yusuf", "Zoe", "Aisha", "Bruno", "Carmen", "Dmitri", "Esther", "Felix", "Greta", "Hugo", "Ines", "Jonas"]
@@ -76,7 +78,7 @@ def write_quickstart(folder: str | Path) -> list[Path]:
         if split == "train":
             train_prompts = {r["prompt"] for r in rows}
         path = folder / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        path.write_text(jsonl_text(rows), encoding="utf-8")
         written.append(path)
     return written
 
@@ -123,6 +125,6 @@ def write_topics(folder: str | Path) -> list[Path]:
     written = []
     for split, (n, seed) in TOPIC_SPLITS.items():
         path = folder / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in topic_examples(n, seed)), encoding="utf-8")
+        path.write_text(jsonl_text(topic_examples(n, seed)), encoding="utf-8")
         written.append(path)
     return written

@@ -64,6 +64,14 @@ def tokenize_instruction(tokenizer, example: Example) -> tuple[list[int], list[i
     return input_ids, labels
 
 
+def check_length(example: Example, length: int, max_length: int, overlong: str) -> bool:
+    """Whether the example must be truncated; with `data.overlong=error`, an error naming its line instead."""
+    if length > max_length and overlong == "error":
+        raise DataError(example.source, f"example is {length} tokens, longer than data.max_length={max_length} "
+                        "(set data.overlong=truncate to cut it)", example.line)
+    return length > max_length
+
+
 def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_length: int,
                       overlong: str = "truncate", labels: list[str] | None = None) -> list[Tokenized]:
     """Token ids and labels: next-token labels for instruction/lm, [class index] for classification."""
@@ -72,10 +80,7 @@ def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_lengt
         ensure_chat_template(tokenizer)
         for ex in examples:
             ids, labels = tokenize_instruction(tokenizer, ex)
-            truncated = len(ids) > max_length
-            if truncated and overlong == "error":
-                raise DataError(ex.source, f"example is {len(ids)} tokens, longer than data.max_length={max_length} "
-                                "(set data.overlong=truncate to cut it)", ex.line)
+            truncated = check_length(ex, len(ids), max_length, overlong)
             out.append(Tokenized(ids[:max_length], labels[:max_length], ex.where, truncated))
     elif schema == "lm":
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -90,10 +95,7 @@ def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_lengt
         index = {name: i for i, name in enumerate(labels or [])}
         for ex in examples:
             ids = tokenizer(ex.text, ex.text_pair, add_special_tokens=True)["input_ids"]
-            truncated = len(ids) > max_length
-            if truncated and overlong == "error":
-                raise DataError(ex.source, f"example is {len(ids)} tokens, longer than data.max_length={max_length} "
-                                "(set data.overlong=truncate to cut it)", ex.line)
+            truncated = check_length(ex, len(ids), max_length, overlong)
             # One label per example: the class index (loss is normalised by examples).
             out.append(Tokenized(ids[:max_length], [index[ex.label]], ex.where, truncated))
     else:

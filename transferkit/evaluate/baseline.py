@@ -1,28 +1,35 @@
 """Prompting baseline: what the base model scores with no training at all, zero-shot and k-shot.
 
-- instruction: greedy answers to the test prompts; k-shot puts k training conversations before each prompt.
-- classification, decoder: each label's verbalisation is scored by its log-likelihood after the prompt
-      "Classify the text as one of: a, b, c.\n\n" + k × "Text: …\nLabel: <label>\n\n" + "Text: <text>\nLabel:"
-  and the class probabilities are the softmax of those log-likelihoods over the labels.
-- classification, encoder (no language-model head): each class is represented by the mean pooled
-  embedding of its name (zero-shot) and of its shots (k-shot); class probabilities are the softmax of
-  cosine similarities at temperature 0.05.
-- language modeling: the base model's loss and perplexity (there is nothing to prompt).
+One strategy per (data schema, architecture), like `OBJECTIVES` per task:
 
-`compare` puts the tuned model beside the best baseline on the task's headline metric.
+| schema, architecture     | how the untrained model is asked                                                   |
+|--------------------------|------------------------------------------------------------------------------------|
+| instruction, decoder     | greedy answers; k-shot puts k training conversations before each prompt; zero-shot |
+|                          | is a plain evaluation, which also gives the reference answers' loss                |
+| lm, decoder              | the base model's loss and perplexity (nothing to prompt; zero-shot only)           |
+| classification, decoder  | each label's verbalisation scored by its log-likelihood after                      |
+|                          | "Classify the text as one of: a, b, c.\n\n" + k × "Text: …\nLabel: <label>\n\n" +   |
+|                          | "Text: <text>\nLabel:"; class probabilities = softmax over the labels. Prompted      |
+|                          | through the base with its own language-model head                                  |
+| classification, encoder  | each class is the mean pooled embedding of its name (and of its shots); class      |
+|                          | probabilities = softmax of cosine similarities at temperature 0.05                 |
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..data import Split
 from ..data.schema import Example, prompt_and_reference
 from ..data.tokenize import IGNORE, Tokenized, encode_chat, ensure_chat_template
+from ..models import load_model
+from ..options import EvalConfig
+from ..runtime import Runtime
 from .forgetting import pooled_hidden_states
 from .generation import generate_completions
 from .metrics import classification_metrics, per_example_token_losses
@@ -30,6 +37,25 @@ from .split import evaluate_split, generation_metrics, with_slices
 from .task_metrics import resolve_task_metric
 
 COSINE_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """What a strategy scores: the untrained model (a causal LM where `needs_lm_head`), its tokenizer and the
+    split, with the evaluation settings."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    split: Split
+    schema: str
+    eval_cfg: EvalConfig
+    runtime: Runtime
+    labels: list[str] | None = None
+
+    @property
+    def examples(self) -> list[Example]:
+        limit = self.eval_cfg.max_examples
+        return self.split.examples[:limit] if limit else self.split.examples
 
 
 def pick_shots(train: list[Example], k: int, seed: int) -> list[Example]:
@@ -57,7 +83,7 @@ def shot_name(k: int) -> str:
     return "zero_shot" if k == 0 else f"{k}_shot"
 
 
-# ---------------------------------------------------------------- instruction
+# ---------------------------------------------------------------- instruction and lm
 
 def instruction_prompt(example: Example, shots: list[Example]) -> list[dict]:
     """The example's prompt turns, preceded by each shot's conversation (its system message dropped)."""
@@ -77,15 +103,25 @@ def fitting_prompt(model, tokenizer, example: Example, shots: list[Example], max
     return prompt
 
 
-def instruction_baseline(model, tokenizer, examples: list[Example], shots: list[Example], eval_cfg, device,
-                         autocast, label: str) -> dict:
-    """Exact match, token F1 and the task metric of greedy answers to k-shot prompts."""
-    ensure_chat_template(tokenizer)
-    prompts = [fitting_prompt(model, tokenizer, ex, shots, eval_cfg.max_new_tokens) for ex in examples]
+def plain_evaluation(p: Prompted, shots: list[Example]) -> dict:
+    """The untrained model evaluated like a tuned one: loss, perplexity (and for instruction data the
+    zero-shot answers' exact match, token F1 and task metric)."""
+    metrics, _ = evaluate_split(p.model, p.tokenizer, p.split, p.schema, p.eval_cfg, p.runtime, label="baseline")
+    return metrics
+
+
+def instruction_answers(p: Prompted, shots: list[Example]) -> dict:
+    """Zero-shot: a plain evaluation. k-shot: exact match, token F1 and the task metric of greedy answers to
+    prompts that show the shots first."""
+    if not shots:
+        return plain_evaluation(p, shots)
+    ensure_chat_template(p.tokenizer)
+    examples = p.examples
+    prompts = [fitting_prompt(p.model, p.tokenizer, ex, shots, p.eval_cfg.max_new_tokens) for ex in examples]
     references = [prompt_and_reference(ex)[1] for ex in examples]
-    outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=eval_cfg.max_new_tokens,
-                                   batch_size=eval_cfg.batch_size, device=device, autocast=autocast)
-    task_metric = resolve_task_metric(eval_cfg.task_metric)
+    outputs = generate_completions(p.model, p.tokenizer, prompts, max_new_tokens=p.eval_cfg.max_new_tokens,
+                                   batch_size=p.eval_cfg.batch_size, runtime=p.runtime)
+    task_metric = resolve_task_metric(p.eval_cfg.task_metric)
     return with_slices(examples, lambda idx: {"examples": len(idx), **generation_metrics(
         [outputs[i] for i in idx], [references[i] for i in idx], task_metric)})
 
@@ -103,7 +139,7 @@ def classification_prompt(example: Example, shots: list[Example], labels: list[s
 
 
 def verbalisation_log_likelihoods(lm, tokenizer, prompts: list[str], verbalisations: list[str], batch_size: int,
-                                  device, autocast=contextlib.nullcontext) -> list[list[float]]:
+                                  runtime: Runtime) -> list[list[float]]:
     """log p(verbalisation | prompt) under `lm` for every prompt × verbalisation: [prompts][verbalisations]."""
     label_ids = [tokenizer(" " + v, add_special_tokens=False)["input_ids"] for v in verbalisations]
     sequences = []
@@ -111,7 +147,7 @@ def verbalisation_log_likelihoods(lm, tokenizer, prompts: list[str], verbalisati
         prompt_ids = tokenizer(prompt)["input_ids"]
         for ids in label_ids:  # only the verbalisation's tokens are scored
             sequences.append(Tokenized(prompt_ids + ids, [IGNORE] * len(prompt_ids) + ids, "prompt"))
-    losses = per_example_token_losses(lm, sequences, tokenizer.pad_token_id, batch_size, device, autocast)
+    losses = per_example_token_losses(lm, sequences, tokenizer.pad_token_id, batch_size, runtime)
     n = len(verbalisations)
     return [[-losses[p * n + c][0] for c in range(n)] for p in range(len(prompts))]
 
@@ -123,109 +159,74 @@ def normalise(scores: list[float]) -> list[float]:
     return [s - log_total for s in scores]
 
 
-def classification_baseline_scores(model, tokenizer, examples: list[Example], shots: list[Example],
-                                   labels: list[str], is_decoder: bool, batch_size: int, device,
-                                   autocast) -> list[list[float]]:
-    """Class log-probabilities [examples][classes] of the untrained model (see the module docstring)."""
-    if is_decoder:
-        prompts = [classification_prompt(ex, shots, labels) for ex in examples]
-        return [normalise(s) for s in
-                verbalisation_log_likelihoods(model, tokenizer, prompts, labels, batch_size, device, autocast)]
+def verbaliser_log_probs(lm, tokenizer, examples: list[Example], shots: list[Example], labels: list[str],
+                         batch_size: int, runtime: Runtime) -> list[list[float]]:
+    """Class log-probabilities [examples][classes] of an untrained decoder: its label verbalisations'
+    likelihoods after the classification prompt, normalised over the labels."""
+    prompts = [classification_prompt(ex, shots, labels) for ex in examples]
+    return [normalise(s) for s in verbalisation_log_likelihoods(lm, tokenizer, prompts, labels, batch_size, runtime)]
+
+
+def centroid_log_probs(model, tokenizer, examples: list[Example], shots: list[Example], labels: list[str],
+                       batch_size: int, runtime: Runtime) -> list[list[float]]:
+    """Class log-probabilities [examples][classes] of an untrained encoder: cosine similarity of each text's
+    pooled embedding to each class centroid (its name's embedding and its shots')."""
+    def embed(texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(pooled_hidden_states(model, tokenizer, texts, runtime, batch_size))
+
     texts = [ex.text if ex.text_pair is None else f"{ex.text} {ex.text_pair}" for ex in examples]
-    embed = torch.nn.functional.normalize(
-        torch.from_numpy(pooled_hidden_states(model, tokenizer, texts, device, autocast, batch_size)), dim=-1)
-    names = torch.from_numpy(pooled_hidden_states(model, tokenizer, labels, device, autocast, batch_size))
+    names = embed(labels)
     centroids = []
     for c, name in enumerate(labels):  # mean of the name's embedding and the class's shots
         members = [s.text for s in shots if s.label == name]
-        vectors = [names[c]]
-        if members:
-            vectors += list(torch.from_numpy(pooled_hidden_states(model, tokenizer, members, device, autocast,
-                                                                  batch_size)))
+        vectors = [names[c]] + (list(embed(members)) if members else [])
         centroids.append(torch.stack(vectors).mean(0))
-    cosine = embed @ torch.nn.functional.normalize(torch.stack(centroids), dim=-1).T   # [examples, classes]
+    cosine = (torch.nn.functional.normalize(embed(texts), dim=-1)
+              @ torch.nn.functional.normalize(torch.stack(centroids), dim=-1).T)   # [examples, classes]
     return (cosine / COSINE_TEMPERATURE).log_softmax(-1).tolist()
 
 
-def classification_baseline(model, tokenizer, examples: list[Example], shots: list[Example], labels: list[str],
-                            is_decoder: bool, eval_cfg, device, autocast) -> dict:
-    log_probs = classification_baseline_scores(model, tokenizer, examples, shots, labels, is_decoder,
-                                               eval_cfg.batch_size, device, autocast)
-    golds = [labels.index(ex.label) for ex in examples]
-    return with_slices(examples, lambda idx: classification_metrics(
-        [log_probs[i] for i in idx], [golds[i] for i in idx], labels))
+def class_scores(log_probs_of: Callable[..., list[list[float]]]) -> Callable[[Prompted, list[Example]], dict]:
+    """A classification strategy: class log-probabilities from `log_probs_of`, scored like a tuned classifier."""
+    def score(p: Prompted, shots: list[Example]) -> dict:
+        examples = p.examples
+        log_probs = log_probs_of(p.model, p.tokenizer, examples, shots, p.labels, p.eval_cfg.batch_size, p.runtime)
+        golds = [p.labels.index(ex.label) for ex in examples]
+        return with_slices(examples, lambda idx: classification_metrics(
+            [log_probs[i] for i in idx], [golds[i] for i in idx], p.labels))
+    return score
 
 
-# ---------------------------------------------------------------- entry point
+# ---------------------------------------------------------------- the strategy table
 
-def prompting_model(model_ref: str, folder, task: str, model, tokenizer, device, trust_remote_code: bool = False):
-    """(model to prompt, whether it is a decoder) for the base `model` loaded from `folder`. A decoder
-    classifier's labels are scored as text, so it is prompted through a copy of the base with its own
-    language-model head, loaded here; everything else is prompted as it is."""
-    from ..models import load_model
-    from ..models.loading import ENCODER_TYPES, model_type
+@dataclass(frozen=True)
+class Strategy:
+    score: Callable[[Prompted, list[Example]], dict]   # metrics of the untrained model shown `shots`
+    with_shots: bool = True                             # a k-shot variant exists
+    needs_lm_head: bool = False                         # prompted through the base as a causal LM
 
-    is_decoder = model_type(folder) not in ENCODER_TYPES
-    if task == "classification" and is_decoder:
-        model, _, _ = load_model(model_ref, task="causal-lm", device=device, tokenizer=tokenizer,
+
+STRATEGIES: dict[tuple[str, str], Strategy] = {
+    ("instruction", "decoder"): Strategy(instruction_answers),
+    ("lm", "decoder"): Strategy(plain_evaluation, with_shots=False),
+    ("classification", "decoder"): Strategy(class_scores(verbaliser_log_probs), needs_lm_head=True),
+    ("classification", "encoder"): Strategy(class_scores(centroid_log_probs)),
+}
+
+
+def prompting_model(schema: str, architecture: str, model_ref: str, model, tokenizer, runtime: Runtime,
+                    trust_remote_code: bool = False):
+    """The model the strategy prompts: `model` itself, or for a decoder classifier a copy of the base with its
+    own language-model head (its labels are scored as text), loaded here."""
+    if STRATEGIES[schema, architecture].needs_lm_head:
+        model, _, _ = load_model(model_ref, task="causal-lm", device=runtime.device, tokenizer=tokenizer,
                                  trust_remote_code=trust_remote_code)
-    return model, is_decoder
+    return model
 
 
-def prompting_baseline(model, tokenizer, split: Split, schema: str, train: list[Example], eval_cfg, device, *,
-                       autocast=contextlib.nullcontext, labels: list[str] | None = None, is_decoder: bool = True,
-                       seed: int = 0) -> dict:
-    """{"zero_shot": metrics, "<k>_shot": metrics} of the untrained `model` on `split`.
-
-    `model` is a causal LM for instruction / lm data and for decoder classification; for encoder
-    classification, any model whose forward returns hidden states."""
-    examples = split.examples[: eval_cfg.max_examples] if eval_cfg.max_examples else split.examples
-    if schema == "lm":
-        metrics, _ = evaluate_split(model, tokenizer, split, schema, eval_cfg, device, autocast=autocast,
-                                    label="baseline")
-        return {"zero_shot": metrics}
-    results = {}
-    for k in sorted({0, eval_cfg.shots}):
-        shots = pick_shots(train, k, seed)
-        if schema == "classification":
-            results[shot_name(k)] = classification_baseline(model, tokenizer, examples, shots, labels, is_decoder,
-                                                            eval_cfg, device, autocast)
-        elif k == 0:  # zero-shot is a plain evaluation: it also gives the reference answers' loss
-            results[shot_name(k)], _ = evaluate_split(model, tokenizer, split, schema, eval_cfg, device,
-                                                      autocast=autocast, label="baseline")
-        else:
-            results[shot_name(k)] = instruction_baseline(model, tokenizer, examples, shots, eval_cfg, device,
-                                                         autocast, f"baseline {k}-shot")
-    return results
-
-
-# ---------------------------------------------------------------- comparison
-
-LOWER_IS_BETTER = {"loss", "perplexity"}
-
-
-def headline_metric(schema: str, tuned: dict) -> str:
-    """The one number a run is judged by: accuracy; for instruction data the task metric's headline,
-    else exact match; perplexity when nothing was generated."""
-    if schema == "classification":
-        return "accuracy"
-    if schema == "instruction":
-        if tuned.get("task_metric_headline") in tuned:
-            return tuned["task_metric_headline"]
-        if "exact_match" in tuned:
-            return "exact_match"
-    return "perplexity"
-
-
-def compare(schema: str, tuned: dict, baselines: dict[str, dict]) -> dict:
-    """Tuned vs the best prompting baseline on the headline metric. gain > 0 means the tuned model is better
-    (for loss and perplexity, gain = baseline − tuned)."""
-    metric = headline_metric(schema, tuned)
-    lower = metric in LOWER_IS_BETTER
-    scored = {name: m[metric] for name, m in baselines.items() if metric in m and not math.isnan(m[metric])}
-    if not scored:
-        return {"metric": metric, "tuned": tuned.get(metric), "baseline": None, "gain": None, "beats_baseline": None}
-    best = (min if lower else max)(scored, key=scored.get)
-    gain = (scored[best] - tuned[metric]) if lower else (tuned[metric] - scored[best])
-    return {"metric": metric, "higher_is_better": not lower, "tuned": tuned[metric], "baseline": scored[best],
-            "baseline_prompt": best, "gain": gain, "beats_baseline": gain > 0}
+def prompting_baseline(prompted: Prompted, architecture: str, train: list[Example], seed: int = 0) -> dict:
+    """{"zero_shot": metrics, "<k>_shot": metrics} of the untrained model on the split; the k shots are
+    picked (seeded) from `train`."""
+    strategy = STRATEGIES[prompted.schema, architecture]
+    counts = sorted({0, prompted.eval_cfg.shots}) if strategy.with_shots else [0]
+    return {shot_name(k): strategy.score(prompted, pick_shots(train, k, seed)) for k in counts}

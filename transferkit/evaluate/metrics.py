@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 
 import torch
 
+from ..data.batching import collate
 from ..data.tokenize import Tokenized
+from ..objectives import collate_classes
+from ..objectives.loss import token_loss_per_row
+from ..runtime import Runtime, eval_mode
 
 
 def _batches(tokenized: list[Tokenized], batch_size: int):
@@ -18,28 +21,22 @@ def _batches(tokenized: list[Tokenized], batch_size: int):
         yield idx, [tokenized[i] for i in idx]
 
 
-def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
-              autocast=contextlib.nullcontext) -> dict:
+def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, runtime: Runtime) -> dict:
     """Causal LM: mean loss per labelled token, perplexity = exp(loss), and the token count."""
-    return loss_metrics(per_example_token_losses(model, tokenized, pad_id, batch_size, device, autocast))
+    return loss_metrics(per_example_token_losses(model, tokenized, pad_id, batch_size, runtime))
 
 
 @torch.no_grad()
-def per_example_token_losses(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
-                             autocast=contextlib.nullcontext) -> list[tuple[float, int]]:
+def per_example_token_losses(model, tokenized: list[Tokenized], pad_id: int, batch_size: int,
+                             runtime: Runtime) -> list[tuple[float, int]]:
     """(cross-entropy sum, labelled tokens) of each causal-LM example, in input order."""
-    from ..data.batching import collate
-    from ..train.loss import token_loss_per_row
-
-    was_training = model.training
-    model.eval()
     result: list[tuple[float, int]] = [(0.0, 0)] * len(tokenized)
-    for idx, items in _batches(tokenized, batch_size):
-        with autocast():
-            sums, counts = token_loss_per_row(model, collate(items, pad_id, device))
-        for i, loss_sum, count in zip(idx, sums.tolist(), counts.tolist()):
-            result[i] = (loss_sum, count)
-    model.train(was_training)
+    with eval_mode(model):
+        for idx, items in _batches(tokenized, batch_size):
+            with runtime.autocast():
+                sums, counts = token_loss_per_row(model, collate(items, pad_id, runtime.device))
+            for i, loss_sum, count in zip(idx, sums.tolist(), counts.tolist()):
+                result[i] = (loss_sum, count)
     return result
 
 
@@ -51,24 +48,20 @@ def loss_metrics(losses: list[tuple[float, int]]) -> dict:
 
 
 @torch.no_grad()
-def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, device,
-                    autocast=contextlib.nullcontext) -> tuple[list[int], list[list[float]]]:
+def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: int,
+                    runtime: Runtime) -> tuple[list[int], list[list[float]]]:
     """Arg-max class and class log-probabilities (fp32 log-softmax) for each example, in input order."""
-    from ..train.objectives import collate_classes
-
-    was_training = model.training
-    model.eval()
     predictions: list[int] = [0] * len(tokenized)
     log_probs: list[list[float]] = [[]] * len(tokenized)
-    for idx, items in _batches(tokenized, batch_size):
-        batch = collate_classes(items, pad_id, device)
-        with autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        batch_log_probs = logits.log_softmax(-1).cpu()
-        for row, i in enumerate(idx):
-            predictions[i] = int(batch_log_probs[row].argmax())
-            log_probs[i] = batch_log_probs[row].tolist()
-    model.train(was_training)
+    with eval_mode(model):
+        for idx, items in _batches(tokenized, batch_size):
+            batch = collate_classes(items, pad_id, runtime.device)
+            with runtime.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            batch_log_probs = logits.log_softmax(-1).cpu()
+            for row, i in enumerate(idx):
+                predictions[i] = int(batch_log_probs[row].argmax())
+                log_probs[i] = batch_log_probs[row].tolist()
     return predictions, log_probs
 
 

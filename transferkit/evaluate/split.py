@@ -12,7 +12,6 @@ functions give the whole split and every slice (`data.slice_column`) of it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable
 
@@ -20,9 +19,17 @@ from tqdm.auto import tqdm
 
 from ..data import Split
 from ..data.schema import Example, prompt_and_reference
+from ..options import EvalConfig
+from ..runtime import Runtime
 from .generation import generate_completions
-from .metrics import (classification_metrics, exact_match, loss_metrics, per_example_token_losses, predict_classes,
-                      token_f1)
+from .metrics import (
+    classification_metrics,
+    exact_match,
+    loss_metrics,
+    per_example_token_losses,
+    predict_classes,
+    token_f1,
+)
 from .task_metrics import TaskMetric, resolve_task_metric
 
 UNSLICED = "(no slice)"
@@ -58,17 +65,15 @@ def with_slices(examples: list[Example], score: Callable[[list[int]], dict]) -> 
     return metrics
 
 
-def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device, *,
-                   autocast=contextlib.nullcontext, label: str = "eval", labels: list[str] | None = None
-                   ) -> tuple[dict, list[dict]]:
-    """(metrics, per-example predictions)."""
+def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalConfig, runtime: Runtime, *,
+                   label: str = "eval", labels: list[str] | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, per-example predictions). `label` names the progress bar; `labels`: the class names."""
     examples, tokenized = split.examples, split.tokenized
     if eval_cfg.max_examples is not None:
         examples, tokenized = examples[: eval_cfg.max_examples], tokenized[: eval_cfg.max_examples]
     if schema == "classification":
         # One forward pass gives the loss (cross-entropy = −log p(gold)) and the predictions.
-        predicted, log_probs = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size,
-                                               device, autocast)
+        predicted, log_probs = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
         golds = [t.labels[0] for t in tokenized]
         names = labels or [str(i) for i in range(len(log_probs[0]))]
         metrics = with_slices(examples, lambda idx: classification_metrics(
@@ -78,15 +83,14 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
                        for ex, p, lp in zip(examples, predicted, log_probs)]
         return metrics, predictions
 
-    losses = per_example_token_losses(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, device, autocast)
+    losses = per_example_token_losses(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
     outputs: list[str] | None = None
     references: list[str] = []
     if schema == "instruction" and eval_cfg.exact_match:
         prompts, references = map(list, zip(*(prompt_and_reference(ex) for ex in examples)))
         with tqdm(total=len(prompts), desc=f"{label}: generating", unit="ex", leave=False) as bar:
             outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=eval_cfg.max_new_tokens,
-                                           batch_size=eval_cfg.batch_size, device=device, autocast=autocast,
-                                           progress=bar.update)
+                                           batch_size=eval_cfg.batch_size, runtime=runtime, progress=bar.update)
     task_metric = resolve_task_metric(eval_cfg.task_metric) if outputs is not None else None
 
     def score(idx: list[int]) -> dict:
@@ -101,3 +105,14 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg, device
          "match": o.strip() == r.strip(), **({"slice": ex.slice} if ex.slice is not None else {})}
         for ex, r, o in zip(examples, references, outputs)]
     return metrics, predictions
+
+
+def format_metrics(metrics: dict) -> str:
+    """One console line: loss, perplexity, exact match, the task metric's headline, accuracy, macro-F1."""
+    parts = [f"loss {metrics['loss']:.4f}"] if "loss" in metrics else []
+    headline = metrics.get("task_metric_headline")
+    for key, label in (("perplexity", "ppl"), ("exact_match", "exact match"), (headline, headline),
+                       ("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        if key in metrics:
+            parts.append(f"{label} {metrics[key]:.2f}" if key == "perplexity" else f"{label} {100 * metrics[key]:.1f}%")
+    return ", ".join(parts) + f" ({metrics['examples']} examples)"

@@ -7,9 +7,14 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from ..config import method_config_from_dict
-from . import count_parameters, get_method, method_names
-from .targets import task_head_name
+from ..models import (
+    architecture,
+    count_parameters,
+    load_model,
+    resolve_model,
+    task_head_name,
+)
+from .registry import Method, get_method, method_config_from_dict, method_names
 
 
 @dataclass
@@ -32,18 +37,28 @@ class MethodRow:
 
 def task_for(model_ref: str, method_tasks: tuple[str, ...]) -> str:
     """Causal LM for decoders where the method serves it; classification otherwise."""
-    from ..models.loading import ENCODER_TYPES, model_type, resolve_model
+    decoder = architecture(resolve_model(model_ref)) == "decoder"
+    return "causal-lm" if decoder and "causal-lm" in method_tasks else "classification"
 
-    encoder = model_type(resolve_model(model_ref)) in ENCODER_TYPES
-    return "causal-lm" if not encoder and "causal-lm" in method_tasks else "classification"
+
+def head_parameters(model) -> int:
+    return sum(p.numel() for p in getattr(model, task_head_name(model)).parameters())
+
+
+def trainable_by_formula(method: Method, base, cfg, task: str) -> int | None:
+    """The method's closed form on `base`, plus the new head where it trains beside the method's parameters."""
+    if method.closed_form is None:
+        return None
+    count = method.closed_form(base, cfg)
+    if count is not None and task == "classification" and method.separate_head:
+        count += head_parameters(base)
+    return count
 
 
 def parameter_table(model_ref: str, options: dict[str, dict] | None = None,
                     num_classes: int = 2) -> list[MethodRow]:
     """One row per registered method, each applied with its default config to a fresh base.
     Classification rows use a new head over `num_classes` classes."""
-    from ..models import load_model
-
     rows = []
     labels = [str(i) for i in range(num_classes)]
     for name in tqdm(method_names(), desc="instantiating methods", leave=False):
@@ -52,18 +67,12 @@ def parameter_table(model_ref: str, options: dict[str, dict] | None = None,
         task = task_for(model_ref, method.tasks)
         base, _, _ = load_model(model_ref, task=task, labels=labels)
         _, total = count_parameters(base)
-        closed = method.closed_form(base, cfg) if method.closed_form else None
-        if closed is not None and task == "classification" and name not in ("probe", "full", "freeze"):
-            closed += head_parameters(base)  # the new head trains alongside the method's own parameters
+        closed = trainable_by_formula(method, base, cfg, task)
         if method.quantize_base:
             base, _, _ = load_model(model_ref, task=task, labels=labels, quantize_4bit=True)
-        trainable, _ = count_parameters(method.apply(base, cfg))
+        trainable, _ = count_parameters(method.apply(base, cfg, task))
         rows.append(MethodRow(name, task, trainable, total, closed, method.summary))
     return rows
-
-
-def head_parameters(model) -> int:
-    return sum(p.numel() for p in getattr(model, task_head_name(model)).parameters())
 
 
 def format_table(rows: list[MethodRow]) -> str:

@@ -14,16 +14,17 @@ W_up and b_up start at zero, so the adapted model starts equal to the base.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ..config import MethodConfig, opt
-from . import Method, register
-from .selective import load_trainable, read_meta, save_trainable
-from .targets import adapter_sites, matching_modules, task_head_name
+from ..models.heads import task_head_name, task_of
+from ..options import MethodConfig, opt
+from .registry import Method, register
+from .selective import load_trainable, save_trainable, saved_config
+from .targets import adapter_sites, matching_modules
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -70,7 +71,7 @@ def sites(model: nn.Module, style: str) -> list[tuple[str, nn.Module]]:
     return sorted(found, key=lambda item: item[0])
 
 
-def apply(model: nn.Module, cfg: AdapterMethodConfig) -> nn.Module:
+def apply(model: nn.Module, cfg: AdapterMethodConfig, task: str) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     for name, projection in sites(model, cfg.style):
@@ -79,20 +80,13 @@ def apply(model: nn.Module, cfg: AdapterMethodConfig) -> nn.Module:
         weight = projection.weight
         adapter = Bottleneck(projection.out_features, cfg.r, cfg.activation).to(device=weight.device)
         setattr(parent, child, WithAdapter(projection, adapter))
-    head = task_head_name(model)
-    if head is not None:
-        getattr(model, head).requires_grad_(True)  # a new task head always trains
-    model.transferkit_adapter_config = cfg
+    if task == "classification":
+        getattr(model, task_head_name(model)).requires_grad_(True)  # a new task head always trains
     return model
 
 
-def save(model: nn.Module, adapter_dir) -> None:
-    save_trainable(model, adapter_dir, "adapter", asdict(model.transferkit_adapter_config))
-
-
 def load(base: nn.Module, adapter_dir) -> nn.Module:
-    options = read_meta(adapter_dir)["options"]
-    return load_trainable(apply(base, AdapterMethodConfig(**options)), adapter_dir)
+    return load_trainable(apply(base, saved_config(AdapterMethodConfig, adapter_dir), task_of(base)), adapter_dir)
 
 
 @contextlib.contextmanager
@@ -112,5 +106,5 @@ def closed_form(model: nn.Module, cfg: AdapterMethodConfig) -> int:
     return sum(2 * cfg.r * m.out_features + cfg.r + m.out_features for _, m in sites(model, cfg.style))
 
 
-register(Method("adapter", AdapterMethodConfig, apply=apply, save=save, load=load, disabled=disabled,
+register(Method("adapter", AdapterMethodConfig, apply=apply, save=save_trainable, load=load, disabled=disabled,
                 summary="bottleneck adapters after attention/MLP (Houlsby, Pfeiffer)", closed_form=closed_form))

@@ -10,10 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import MethodConfig, opt
 from ..errors import ConfigError
-from . import Method, register
-from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
+from ..models.params import unique_parameters
+from ..options import MethodConfig, opt
+from .registry import Method, register
+from .selective import (
+    block_index,
+    is_embedding,
+    load_trainable,
+    num_blocks,
+    save_trainable,
+    set_trainable,
+)
 
 
 @dataclass
@@ -38,21 +46,16 @@ def trains(name: str, first: int) -> bool:
     return not is_embedding(name)  # final norm, head, pooler
 
 
-def apply(model, cfg: FreezeMethodConfig):
+def apply(model, cfg: FreezeMethodConfig, task: str):
     first = first_trained_block(model, cfg)
     return set_trainable(model, lambda name: trains(name, first))
 
 
 def closed_form(model, cfg: FreezeMethodConfig) -> int:
     first = first_trained_block(model, cfg)
-    seen, total = set(), 0
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() if trains(name, first) else 0
-    return total
+    return sum(p.numel() for name, p in unique_parameters(model) if trains(name, first))
 
 
-register(Method("freeze", FreezeMethodConfig, apply=apply, save=lambda model, d: save_trainable(model, d, "freeze"),
-                load=load_trainable, summary="embeddings and lower blocks frozen, top blocks train",
+register(Method("freeze", FreezeMethodConfig, apply=apply, save=save_trainable, load=load_trainable,
+                summary="embeddings and lower blocks frozen, top blocks train", separate_head=False,
                 closed_form=closed_form))

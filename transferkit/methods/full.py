@@ -16,9 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import MethodConfig, opt
-from . import Method, register
-from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
+from ..options import MethodConfig, opt
+from .registry import Method, register
+from .selective import (
+    block_index,
+    is_embedding,
+    load_trainable,
+    num_blocks,
+    save_trainable,
+    set_trainable,
+)
 
 
 @dataclass
@@ -42,7 +49,7 @@ def param_groups(model: torch.nn.Module, cfg: FullMethodConfig, lr: float) -> li
     return [{"params": ps, "lr": lr * cfg.llrd ** depth, "depth": depth} for depth, ps in sorted(groups.items())]
 
 
-def apply(model, cfg: FullMethodConfig):
+def apply(model, cfg: FullMethodConfig, task: str):
     return set_trainable(model, lambda name: True)
 
 
@@ -50,7 +57,6 @@ def closed_form(model, cfg) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-register(Method("full", FullMethodConfig, apply=apply,
-                save=lambda model, d: save_trainable(model, d, "full"),
-                load=load_trainable, summary="every weight trains; optional layer-wise lr decay",
+register(Method("full", FullMethodConfig, apply=apply, save=save_trainable, load=load_trainable,
+                summary="every weight trains; optional layer-wise lr decay", separate_head=False,
                 param_groups=param_groups, closed_form=closed_form))

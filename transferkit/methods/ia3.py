@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig, opt
-from . import Method, register
+from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
+from .registry import Method, register
 from .targets import adapted_linears, default_ia3_targets
 
 
@@ -25,12 +25,12 @@ def _targets(model, cfg: IA3MethodConfig) -> tuple[list[str], list[str]]:
     return default_ia3_targets(model)
 
 
-def apply(model, cfg: IA3MethodConfig):
+def apply(model, cfg: IA3MethodConfig, task: str):
     from peft import IA3Config
 
     targets, feedforward = _targets(model, cfg)
     return wrap(model, IA3Config(target_modules=targets, feedforward_modules=feedforward,
-                                 task_type=peft_task_type(model), modules_to_save=classifier_modules(model)))
+                                 task_type=peft_task_type(task), modules_to_save=classifier_modules(model, task)))
 
 
 def closed_form(model, cfg: IA3MethodConfig) -> int:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import MethodConfig, opt
-from . import Method, register
+from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
+from .registry import Method, register
 from .targets import adapted_linears, default_lora_targets
 
 
@@ -30,13 +30,14 @@ class LoraMethodConfig(MethodConfig):
         [], "module names to adapt, e.g. [q_proj, v_proj]; empty: a default per architecture")
 
 
-def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig, *, use_dora: bool = False, use_rslora: bool = False):
+def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig, task: str, *, use_dora: bool = False,
+                     use_rslora: bool = False):
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules or default_lora_targets(model),
-        task_type=peft_task_type(model), modules_to_save=classifier_modules(model),
+        task_type=peft_task_type(task), modules_to_save=classifier_modules(model, task),
         use_dora=use_dora, use_rslora=use_rslora,
     )
 
@@ -54,7 +55,7 @@ def _variant(name: str, summary: str, **flags) -> Method:
     dora = flags.get("use_dora", False)
     return Method(
         name, LoraMethodConfig,
-        apply=lambda model, cfg: wrap(model, peft_lora_config(model, cfg, **flags)),
+        apply=lambda model, cfg, task: wrap(model, peft_lora_config(model, cfg, task, **flags)),
         summary=summary, merge=merge,
         closed_form=lambda model, cfg: lora_closed_form(model, cfg, dora=dora),
         **PEFT_FUNCTIONS,

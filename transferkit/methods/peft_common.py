@@ -1,4 +1,5 @@
-"""What every `peft`-backed method shares: task type, save, load, off switch, merge."""
+"""What every `peft`-backed method shares: task type, the new head as a module to save, save, load, off
+switch, merge."""
 
 from __future__ import annotations
 
@@ -7,49 +8,44 @@ from pathlib import Path
 
 import torch
 
-from .targets import task_head_name
+from ..models.heads import task_head_name
+from ..options import MethodConfig
 
 
-def peft_task_type(model: torch.nn.Module):
+def peft_task_type(task: str):
     from peft import TaskType
 
-    return TaskType.SEQ_CLS if getattr(model, "transferkit_task", "causal-lm") == "classification" else TaskType.CAUSAL_LM
+    return TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM
 
 
-def classifier_modules(model: torch.nn.Module) -> list[str] | None:
+def classifier_modules(model: torch.nn.Module, task: str) -> list[str] | None:
     """Names of a fresh classification head, which must train and be saved with the adapter."""
-    name = task_head_name(model)
+    name = task_head_name(model) if task == "classification" else None
     return [name] if name else None
 
 
 def wrap(model: torch.nn.Module, peft_config) -> torch.nn.Module:
     from peft import get_peft_model
 
-    task = getattr(model, "transferkit_task", "causal-lm")
-    wrapped = get_peft_model(model, peft_config)
-    wrapped.transferkit_task = task
-    return wrapped
+    return get_peft_model(model, peft_config)
 
 
-def wrap_prompt_learning(model: torch.nn.Module, config_cls, num_virtual_tokens: int) -> torch.nn.Module:
+def wrap_prompt_learning(model: torch.nn.Module, task: str, config_cls, num_virtual_tokens: int) -> torch.nn.Module:
     """Prompt and prefix tuning: same construction, different peft config class."""
-    config = config_cls(num_virtual_tokens=num_virtual_tokens, task_type=peft_task_type(model))
-    if classifier_modules(model):
-        config.modules_to_save = classifier_modules(model)
+    config = config_cls(num_virtual_tokens=num_virtual_tokens, task_type=peft_task_type(task))
+    if classifier_modules(model, task):
+        config.modules_to_save = classifier_modules(model, task)
     return wrap(model, config)
 
 
-def save(model: torch.nn.Module, adapter_dir: Path) -> None:
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+def save(model: torch.nn.Module, cfg: MethodConfig, adapter_dir: Path) -> None:
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)  # peft's adapter_config.json holds cfg
 
 
 def load(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
     from peft import PeftModel
 
-    task = getattr(base, "transferkit_task", "causal-lm")
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
-    model.transferkit_task = task
-    return model
+    return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
 @contextlib.contextmanager
@@ -67,4 +63,5 @@ def merge(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
-PEFT_FUNCTIONS = {"save": save, "load": load, "disabled": disabled}
+# The registry fields every peft-backed method shares.
+PEFT_FUNCTIONS = {"save": save, "load": load, "disabled": disabled, "peft_format": True}

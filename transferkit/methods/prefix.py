@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig, opt
-from . import Method, register
+from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, wrap_prompt_learning
+from .registry import Method, register
 
 
 @dataclass
@@ -16,10 +16,10 @@ class PrefixMethodConfig(MethodConfig):
     num_virtual_tokens: int = opt(20, "prefix length per layer", gt=0)
 
 
-def apply(model, cfg: PrefixMethodConfig):
+def apply(model, cfg: PrefixMethodConfig, task: str):
     from peft import PrefixTuningConfig
 
-    return wrap_prompt_learning(model, PrefixTuningConfig, cfg.num_virtual_tokens)
+    return wrap_prompt_learning(model, task, PrefixTuningConfig, cfg.num_virtual_tokens)
 
 
 def closed_form(model, cfg: PrefixMethodConfig) -> int:

@@ -11,17 +11,19 @@ a linear layer. Classification only.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..config import MethodConfig, opt
-from . import Method, register
-from .selective import load_trainable, read_meta, save_trainable
-from .targets import task_head_name
+from ..models.heads import task_head_name
+from ..options import MethodConfig, opt
+from ..runtime import eval_mode
+from .registry import Method, register
+from .selective import load_trainable, save_trainable, saved_config
+
 
 @dataclass
 class ProbeMethodConfig(MethodConfig):
@@ -43,7 +45,6 @@ class CachedFeatureProbe(nn.Module):
         super().__init__()
         self.model = model
         self.head_name = head
-        self.transferkit_task = "classification"
         self.config = model.config
         self._cache: dict[bytes, torch.Tensor] = {}
 
@@ -51,18 +52,20 @@ class CachedFeatureProbe(nn.Module):
     def head(self) -> nn.Module:
         return getattr(self.model, self.head_name)
 
+    def get_base_model(self) -> nn.Module:
+        """The classifier inside, as peft wrappers expose theirs."""
+        return self.model
+
     @torch.no_grad()
     def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled head inputs [B, H] from one frozen forward pass."""
         captured = {}
         hook = self.head.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
-        was_training = self.model.training
-        self.model.eval()  # features must not depend on dropout, or caching would change them
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask)
+            with eval_mode(self.model):  # features must not depend on dropout, or caching would change them
+                self.model(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             hook.remove()
-            self.model.train(was_training)
         x = captured["x"].float()
         if x.dim() == 3:  # decoder: hidden states [B, T, H]; take the last non-padding position
             last = attention_mask.long().cumsum(-1).argmax(-1)  # [B]
@@ -85,7 +88,7 @@ class CachedFeatureProbe(nn.Module):
         return SequenceClassifierOutput(logits=self.head(self.features(input_ids, attention_mask)))
 
 
-def apply(model: nn.Module, cfg: ProbeMethodConfig) -> nn.Module:
+def apply(model: nn.Module, cfg: ProbeMethodConfig, task: str) -> nn.Module:
     name = head_name(model)
     old = getattr(model, name)
     if cfg.head == "mlp":
@@ -94,17 +97,11 @@ def apply(model: nn.Module, cfg: ProbeMethodConfig) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     getattr(model, name).requires_grad_(True)
-    probe = CachedFeatureProbe(model, name)
-    probe.transferkit_probe_config = cfg
-    return probe
-
-
-def save(model: CachedFeatureProbe, adapter_dir) -> None:
-    save_trainable(model, adapter_dir, "probe", asdict(model.transferkit_probe_config))
+    return CachedFeatureProbe(model, name)
 
 
 def load(base: nn.Module, adapter_dir) -> nn.Module:
-    return load_trainable(apply(base, ProbeMethodConfig(**read_meta(adapter_dir)["options"])), adapter_dir)
+    return load_trainable(apply(base, saved_config(ProbeMethodConfig, adapter_dir), "classification"), adapter_dir)
 
 
 def closed_form(model: nn.Module, cfg: ProbeMethodConfig) -> int:
@@ -115,5 +112,6 @@ def closed_form(model: nn.Module, cfg: ProbeMethodConfig) -> int:
     return h * c + (c if head.bias is not None else 0)
 
 
-register(Method("probe", ProbeMethodConfig, apply=apply, save=save, load=load, tasks=("classification",),
-                summary="frozen backbone, cached features, only a new head trains", closed_form=closed_form))
+register(Method("probe", ProbeMethodConfig, apply=apply, save=save_trainable, load=load, tasks=("classification",),
+                summary="frozen backbone, cached features, only a new head trains", separate_head=False,
+                closed_form=closed_form))

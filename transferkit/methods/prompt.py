@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MethodConfig, opt
-from . import Method, register
+from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, wrap_prompt_learning
+from .registry import Method, register
 
 
 @dataclass
@@ -16,10 +16,10 @@ class PromptMethodConfig(MethodConfig):
     num_virtual_tokens: int = opt(20, "length of the learned soft prompt", gt=0)
 
 
-def apply(model, cfg: PromptMethodConfig):
+def apply(model, cfg: PromptMethodConfig, task: str):
     from peft import PromptTuningConfig
 
-    return wrap_prompt_learning(model, PromptTuningConfig, cfg.num_virtual_tokens)
+    return wrap_prompt_learning(model, task, PromptTuningConfig, cfg.num_virtual_tokens)
 
 
 def closed_form(model, cfg: PromptMethodConfig) -> int:

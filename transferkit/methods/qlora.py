@@ -10,20 +10,18 @@ The adapter is plain LoRA in PEFT format, so it also applies on the float base.
 
 from __future__ import annotations
 
-from . import Method, register
 from .lora import LoraMethodConfig, lora_closed_form, peft_lora_config
 from .peft_common import PEFT_FUNCTIONS, wrap
+from .registry import Method, register
 
 
-def apply(model, cfg: LoraMethodConfig):
+def apply(model, cfg: LoraMethodConfig, task: str):
     from peft import prepare_model_for_kbit_training
 
     if not getattr(model, "is_loaded_in_4bit", False):
         raise ValueError("qlora needs a base loaded in 4-bit (the loader does this when method.name is qlora)")
-    task = getattr(model, "transferkit_task", "causal-lm")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.transferkit_task = task
-    return wrap(model, peft_lora_config(model, cfg))
+    return wrap(model, peft_lora_config(model, cfg, task))
 
 
 register(Method("qlora", LoraMethodConfig, apply=apply, summary="LoRA over a 4-bit NF4 base (bitsandbytes + peft)",

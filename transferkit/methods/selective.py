@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..models.params import trainable_tensors, unique_parameters
+from ..options import MethodConfig
 
 LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 EMBEDDING_HINTS = ("embed", "embeddings", "wte", "wpe")
@@ -39,25 +42,27 @@ def is_embedding(name: str) -> bool:
 def set_trainable(model: torch.nn.Module, predicate) -> torch.nn.Module:
     """requires_grad = predicate(name) for every parameter. Tied tensors follow
     their first name (an input embedding tied to the output head is one tensor)."""
-    seen = set()
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
+    for name, param in unique_parameters(model):
         param.requires_grad_(bool(predicate(name)))
     return model
 
 
-def save_trainable(model: torch.nn.Module, adapter_dir: Path, method: str, options: dict | None = None) -> None:
-    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+def save_trainable(model: torch.nn.Module, cfg: MethodConfig, adapter_dir: Path) -> None:
+    """The trained tensors and, in `transferkit_method.json`, the method's name and options (what `load` needs)."""
+    tensors = trainable_tensors(model)
     save_file(tensors, str(adapter_dir / "trainable.safetensors"))
-    meta = {"method": method, "options": options or {}, "model_type": getattr(model.config, "model_type", None),
+    meta = {"method": cfg.name, "options": asdict(cfg), "model_type": getattr(model.config, "model_type", None),
             "shapes": {n: list(t.shape) for n, t in tensors.items()}}
     (adapter_dir / "transferkit_method.json").write_text(json.dumps(meta, indent=2))
 
 
 def read_meta(adapter_dir: Path) -> dict:
     return json.loads((adapter_dir / "transferkit_method.json").read_text())
+
+
+def saved_config(cls: type, adapter_dir: Path) -> MethodConfig:
+    """The method config an adapter was saved with."""
+    return cls(**read_meta(adapter_dir)["options"])
 
 
 def load_trainable(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:

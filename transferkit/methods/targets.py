@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from ..models.heads import is_head
+
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite")
 
 # LoRA: the attention projections.
@@ -26,9 +28,6 @@ IA3_TARGETS = {**{t: (["k_proj", "v_proj", "down_proj"], ["down_proj"]) for t in
 ADAPTER_SITES = {**{t: (r"\.self_attn\.o_proj$", r"\.mlp\.down_proj$") for t in LLAMA_LIKE},
                  "bert": (r"\.attention\.output\.dense$", r"\.layer\.\d+\.output\.dense$"),
                  "gpt2": (r"\.attn\.c_proj$", r"\.mlp\.c_proj$")}
-
-HEAD_NAMES = ("lm_head", "score", "classifier")
-TASK_HEAD_NAMES = ("score", "classifier")  # what transformers calls a sequence classifier's new head
 
 
 def model_type(model: torch.nn.Module) -> str:
@@ -53,22 +52,11 @@ def adapter_sites(model: torch.nn.Module) -> tuple[str, str]:
     return ADAPTER_SITES[kind]
 
 
-def task_head_name(model: torch.nn.Module) -> str | None:
-    """Attribute name of a classification model's new task head (None for a causal LM)."""
-    if getattr(model, "transferkit_task", "causal-lm") != "classification":
-        return None
-    return next((n for n in TASK_HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module)), None)
-
-
-def _is_head(name: str) -> bool:
-    return name.split(".")[-1] in HEAD_NAMES
-
-
 def adapted_linears(model: torch.nn.Module, targets: list[str] | str) -> list[torch.nn.Linear]:
     """The linear layers `peft` will adapt for `targets` (suffix match on module names)."""
     found = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or _is_head(name):
+        if not isinstance(module, torch.nn.Linear) or is_head(name):
             continue
         if targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets):
             found.append(module)

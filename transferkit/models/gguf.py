@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..files import write_dir_atomic
 
 
 def cache_root() -> Path:
@@ -54,18 +54,11 @@ def converted_folder(gguf_path: Path) -> Path:
     if config.tie_word_embeddings:
         plain.tie_weights()
 
-    # Write to a temporary folder next to the target and rename: a crash never
+    # Written to a temporary folder next to the target and renamed: a crash never
     # leaves a half-written checkpoint that a later run would trust.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         plain.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dir_atomic(target, write)
     return target

@@ -34,16 +34,16 @@ def resolve_model(ref: str) -> Path:
     return path
 
 
-def underlying_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft wrapper (the model itself when unwrapped)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def model_type(folder: Path) -> str:
     try:
         return json.loads((folder / "config.json").read_text())["model_type"]
     except (KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder / 'config.json'}: unreadable model config ({exc})") from None
+
+
+def architecture(folder: Path) -> str:
+    """"encoder" (bidirectional, no language-model head worth using) or "decoder"."""
+    return "encoder" if model_type(folder) in ENCODER_TYPES else "decoder"
 
 
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
@@ -96,10 +96,9 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder = resolve_model(ref)
-    kind = model_type(folder)
-    if task == "causal-lm" and kind in ENCODER_TYPES:
+    if task == "causal-lm" and architecture(folder) == "encoder":
         raise ModelError(
-            f"model '{ref}' is an encoder ({kind}); instruction and language-modeling tasks need a decoder "
+            f"model '{ref}' is an encoder ({model_type(folder)}); instruction and language-modeling tasks need a decoder "
             f"such as smollm2-135m")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder, trust_remote_code)
     extra = {"attn_implementation": attention} if attention else {}
@@ -119,5 +118,4 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
         keep_4bit_weights_trainable(model)
     else:
         model.to(device)
-    model.transferkit_task = task
     return model, tokenizer, folder

@@ -1,5 +1,14 @@
-"""Training: the fit() loop (`loop.py`), its loss, schedule, checkpoints and run directory.
+"""Training: `train(cfg)` = setup → fit → finish (`recipe.py`).
 
-Kept free of imports so `evaluate` can use `train.loss` without a cycle;
-the entry point is `transferkit.train.loop.train`.
+    setup.py        data, model, method, optimizer, run directory, the base's measurements
+    loop.py         the fit loop and one optimizer step
+    finish.py       adapter, evaluation, assessment, summary.json
+    optimizer.py    AdamW and its parameter groups;  schedule.py  warmup + cosine
+    checkpoint.py   resumable checkpoints, atomic;    signals.py   graceful stop
+    regularizers.py EWC / L2-SP;                     replay.py    general text mixed into batches
+    hardware.py     micro-batch, attention kernel, bf16 storage, gradient checkpointing by device
 """
+
+from .recipe import train
+
+__all__ = ["train"]

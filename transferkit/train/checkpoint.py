@@ -15,7 +15,6 @@ complete one; `latest()` only ever sees complete ones.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -25,6 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..files import write_dir_atomic
+from ..models.params import trainable_tensors
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -33,40 +35,6 @@ class TrainState:
     step: int          # optimizer steps completed
     epoch: int         # data position: epoch ...
     batch_index: int   # ... and index of the next batch within it
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic_dir(target: Path, write) -> None:
-    """Call write(tmp_dir), fsync its files, then rename tmp_dir to target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{os.getpid()}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, target)
-    fsync_dir(target.parent)
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -80,7 +48,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState) -> None:
     def write(tmp: Path) -> None:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(trainable_tensors(model), str(tmp / "trainable.safetensors"))
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch": torch.get_rng_state()}
@@ -96,7 +64,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState
         }
         (tmp / "state.json").write_text(json.dumps(meta))
 
-    write_atomic_dir(folder, write)
+    write_dir_atomic(folder, write)
 
 
 def checkpoint_dirs(checkpoints: Path) -> list[Path]:

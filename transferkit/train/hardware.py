@@ -1,54 +1,12 @@
-"""Device, precision and memory facts for the loop."""
+"""What training does differently by device: micro-batch size, attention kernel, weight storage, activation
+recomputation."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import resource
-import sys
-
 import torch
 
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            from ..errors import ConfigError
-
-            raise ConfigError("config key 'train.device' is 'cuda' but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast pays only with native bf16 math: AVX512-BF16/AMX on CPU, Ampere+ on GPU."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    return requested
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak RSS of this process on CPU (ru_maxrss is KiB on Linux, bytes on macOS); peak allocated on CUDA."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """A zero-argument context factory: bf16 autocast, or a no-op for fp32."""
-    if precision == "bf16":
-        return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+from ..errors import ConfigError
+from ..models.heads import underlying_model
 
 
 def store_frozen_in_bf16(model: torch.nn.Module) -> int:
@@ -78,9 +36,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Keep only each decoder layer's input in the forward pass and recompute the rest in
     backward (Chen et al. 2016, arXiv:1604.06174). Non-reentrant, so frozen inputs need no
     requires_grad trick and adapters inside the layers are recomputed too."""
-    from ..errors import ConfigError
-    from ..models.loading import underlying_model
-
     inner = underlying_model(model)
     if not getattr(inner, "supports_gradient_checkpointing", False):
         raise ConfigError(f"config key 'train.gradient_checkpointing': {type(inner).__name__} does not support it")

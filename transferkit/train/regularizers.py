@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..data.general import general_sequences
 from ..data.tokenize import Tokenized
+from ..models.params import trainable_parameters
+from ..objectives import Objective
+from ..options import ForgettingConfig
+from ..runtime import Runtime, eval_mode
 
 
 class AnchorPenalty:
@@ -51,51 +56,43 @@ class AnchorPenalty:
         return torch.zeros((), dtype=torch.float64) if total is None else total.cpu()
 
 
-def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def l2sp_penalty(model: torch.nn.Module, alpha: float) -> AnchorPenalty:
-    params = trainable(model)
+    params = trainable_parameters(model)
     return AnchorPenalty("l2sp", params, [alpha / 2] * len(params))
 
 
-def diagonal_fisher(model: torch.nn.Module, sequences: list[Tokenized], loss_sum, collate, pad_id: int, device,
-                    autocast) -> list[torch.Tensor]:
+def diagonal_fisher(model: torch.nn.Module, sequences: list[Tokenized], objective: Objective, pad_id: int,
+                    runtime: Runtime) -> list[torch.Tensor]:
     """Empirical diagonal Fisher F_i = mean over sequences x of (∂ log p(x) / ∂θ_i)², one sequence at a time
     (a batch would give the square of a sum, not the sum of squares). log p(x) sums the sequence's tokens."""
-    params = trainable(model)
+    params = trainable_parameters(model)
     fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    was_training = model.training
-    model.eval()  # no dropout: the Fisher of the model as it is
-    for item in tqdm(sequences, desc="EWC Fisher", unit="seq", leave=False):
-        batch = collate([item], pad_id, device)
-        with autocast():
-            nll, _ = loss_sum(model, batch)
-        grads = torch.autograd.grad(nll, params, allow_unused=True)
-        for f, g in zip(fisher, grads):
-            if g is not None:
-                f.add_(g.float() ** 2)
-    model.train(was_training)
+    with eval_mode(model):  # no dropout: the Fisher of the model as it is
+        for item in tqdm(sequences, desc="EWC Fisher", unit="seq", leave=False):
+            batch = objective.collate([item], pad_id, runtime.device)
+            with runtime.autocast():
+                nll, _ = objective.loss_sum(model, batch)
+            grads = torch.autograd.grad(nll, params, allow_unused=True)
+            for f, g in zip(fisher, grads):
+                if g is not None:
+                    f.add_(g.float() ** 2)
     return [f / max(len(sequences), 1) for f in fisher]
 
 
 def ewc_penalty(model: torch.nn.Module, lam: float, fisher: list[torch.Tensor]) -> AnchorPenalty:
-    params = trainable(model)
+    params = trainable_parameters(model)
     return AnchorPenalty("ewc", params, [lam * f for f in fisher])
 
 
-def build_penalties(cfg, model: torch.nn.Module, tokenizer, objective, device, autocast) -> tuple[AnchorPenalty, ...]:
-    """The penalties `cfg.forgetting` asks for, anchored at the model's current weights."""
-    from ..evaluate.forgetting import general_sequences
-
+def build_penalties(forgetting: ForgettingConfig, model: torch.nn.Module, tokenizer, objective: Objective,
+                    max_length: int, runtime: Runtime) -> tuple[AnchorPenalty, ...]:
+    """The penalties `forgetting` asks for, anchored at the model's current weights."""
     penalties = []
-    if cfg.forgetting.ewc:
-        sequences = general_sequences(tokenizer, cfg.forgetting.replay_data, "pool", cfg.data.max_length,
-                                      "forgetting.replay_data")
-        fisher = diagonal_fisher(model, sequences[: cfg.forgetting.ewc_samples], objective.loss_sum,
-                                 objective.collate, tokenizer.pad_token_id, device, autocast)
-        penalties.append(ewc_penalty(model, cfg.forgetting.ewc, fisher))
-    if cfg.forgetting.l2sp:
-        penalties.append(l2sp_penalty(model, cfg.forgetting.l2sp))
+    if forgetting.ewc:
+        sequences = general_sequences(tokenizer, forgetting.replay_data, "pool", max_length, "forgetting.replay_data")
+        fisher = diagonal_fisher(model, sequences[: forgetting.ewc_samples], objective, tokenizer.pad_token_id,
+                                 runtime)
+        penalties.append(ewc_penalty(model, forgetting.ewc, fisher))
+    if forgetting.l2sp:
+        penalties.append(l2sp_penalty(model, forgetting.l2sp))
     return tuple(penalties)

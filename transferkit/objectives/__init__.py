@@ -1,4 +1,4 @@
-"""What a batch looks like and what loss it gives, per model task.
+"""What a batch looks like and what loss it gives, per model task; shared by training and evaluation.
 
 An objective returns (sum of per-unit losses, number of units): units are
 labelled tokens for causal LM and examples for classification. The loop

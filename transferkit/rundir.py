@@ -3,20 +3,24 @@
     runs/<name>/config.yaml    resolved config, re-runnable as is
                 metrics.jsonl  one JSON object per event ("baseline", "general_base", "train", "eval", "test")
                 summary.json   final metrics, baseline and gain, forgetting, params, wall time, tokens/s, peak memory
-                test_reliability.png  classification: the tuned model's reliability diagram
+                labels.json    classification: class names by id
+                test_predictions.jsonl  the tuned model's answer to every test example
+                test_reliability.png    classification: the tuned model's reliability diagram
                 adapter/       what the method's `load` needs (PEFT format for PEFT methods)
-                checkpoints/   resumable state, written atomically
+                checkpoints/   resumable state, written atomically (`train/checkpoint.py`)
+
+`train` writes it; `runs.load_trained` and `eval` read it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
+from .errors import UserError
+from .files import append_jsonl, jsonl_text, write_file_atomic
 
 
 class RunDir:
@@ -73,12 +77,7 @@ class RunDir:
 
     def write_file_atomic(self, path: Path, write: Callable[[Path], object]) -> None:
         """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one step."""
-        self.inside(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_file_atomic(self.inside(path), write)
 
     def write_text_atomic(self, path: Path, text: str) -> None:
         self.write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -86,13 +85,18 @@ class RunDir:
     def write_json(self, path: Path, obj) -> None:
         self.write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
+    def write_jsonl(self, path: Path, rows: list[dict]) -> None:
+        self.write_text_atomic(path, jsonl_text(rows))
+
+    def read_labels(self) -> list[str] | None:
+        """A classification run's class names (index = class id); None for a language-model run."""
+        return json.loads(self.labels.read_text())["labels"] if self.labels.is_file() else None
+
     def log(self, event: dict) -> None:
         if not self._tail_checked:
             self._drop_partial_last_line()
             self._tail_checked = True
-        with open(self.metrics, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event) + "\n")
-            fh.flush()
+        append_jsonl(self.metrics, event)
 
     def _drop_partial_last_line(self) -> None:
         """A kill mid-write can leave the last line partial; appending after it would bury it mid-file."""
@@ -120,4 +124,4 @@ class RunDir:
     def truncate_events_after(self, step: int) -> None:
         """On resume: drop events logged after the checkpoint so none repeat."""
         kept = [e for e in self.read_events() if e.get("step", 0) <= step and e.get("event") != "test"]
-        self.write_text_atomic(self.metrics, "".join(json.dumps(e) + "\n" for e in kept))
+        self.write_text_atomic(self.metrics, jsonl_text(kept))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tokenize import IGNORE
-from ..models.loading import underlying_model
+from ..models.heads import underlying_model
 
 
 def _uses_virtual_tokens(model: torch.nn.Module) -> bool:

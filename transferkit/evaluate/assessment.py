@@ -1,0 +1,81 @@
+"""What a run measures besides its loss, done the same way by `train` and by `eval`:
+
+    base model    → prompting baseline on the scored split, zero- and k-shot       Assessment.baseline
+                  → general ability: general-text perplexity or a topic probe       Assessment.general
+    tuned model   → general ability                                                 Assessment.general
+    both          → forgetting (tuned vs base), comparison with the best baseline   Assessment.verdict
+                    on the headline metric, and flags for what the user must know
+
+`train` measures the base before its method touches the model and the tuned model after training;
+`eval RUN_DIR` loads the base beside the run's model. Both write the same entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import TASK_OF_SCHEMA, Split
+from ..data.schema import Example
+from ..options import EvalConfig
+from ..runtime import Runtime
+from .baseline import Prompted, prompting_baseline, prompting_model
+from .comparison import compare
+from .forgetting import forgetting, general_ability
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The untrained model a run starts from, as loaded for the run's task."""
+
+    ref: str                       # what the config names: short name, HF folder or GGUF file
+    architecture: str              # "decoder" | "encoder"
+    model: torch.nn.Module
+    tokenizer: object
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The settings every measurement around a run shares."""
+
+    schema: str
+    eval_cfg: EvalConfig
+    reference: str                 # forgetting.reference: 'general', a text file, or 'none'
+    max_length: int
+    runtime: Runtime
+    labels: list[str] | None = None
+
+    @property
+    def task(self) -> str:
+        return TASK_OF_SCHEMA[self.schema]
+
+    def general(self, model, tokenizer) -> dict | None:
+        """General ability (None when the reference is 'none')."""
+        return general_ability(model, tokenizer, self.task, self.reference, self.runtime, max_length=self.max_length,
+                               batch_size=self.eval_cfg.batch_size)
+
+    def baseline(self, base: BaseModel, split: Split, train: list[Example], seed: int) -> dict:
+        """{"zero_shot": metrics, "<k>_shot": metrics} of the untrained base on `split`, shots from `train`."""
+        prompter = prompting_model(self.schema, base.architecture, base.ref, base.model, base.tokenizer, self.runtime,
+                                   base.trust_remote_code)
+        prompted = Prompted(prompter, base.tokenizer, split, self.schema, self.eval_cfg, self.runtime, self.labels)
+        return prompting_baseline(prompted, base.architecture, train, seed)
+
+    def verdict(self, tuned: dict | None, baseline: dict | None, general_base: dict | None,
+                general_tuned: dict | None, no_baseline_reason: str | None = None) -> dict:
+        """{"forgetting", "comparison" (when there are tuned metrics), "flags"}. `baseline`: the prompts'
+        metrics; without one, `no_baseline_reason` (if given) becomes a flag."""
+        result: dict = {"forgetting": forgetting(general_base, general_tuned), "flags": []}
+        if tuned is None:
+            return result
+        result["comparison"] = None if baseline is None else compare(self.schema, tuned, baseline)
+        comparison = result["comparison"]
+        if comparison is not None and comparison["beats_baseline"] is False:
+            result["flags"].append(
+                f"the tuned model does not beat its prompting baseline: {comparison['metric']} "
+                f"{comparison['tuned']:.4g} vs {comparison['baseline']:.4g} ({comparison['baseline_prompt']})")
+        elif comparison is None and no_baseline_reason is not None:
+            result["flags"].append(f"no prompting baseline to compare with ({no_baseline_reason})")
+        return result

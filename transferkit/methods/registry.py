@@ -1,0 +1,100 @@
+"""The method registry: every adaptation method registers one `Method` here when its module is imported.
+
+Contract (DESIGN.md "Contracts"). A method is a name, a typed config (a `MethodConfig` subclass) and three
+functions; no state rides on model objects:
+
+    apply(model, cfg, task) -> model    freeze / wrap for `task` ("causal-lm" | "classification"); afterwards
+                                        exactly the intended parameters have requires_grad=True
+    save(model, cfg, adapter_dir)       write what `load` needs (PEFT format where possible)
+    load(base, adapter_dir) -> model    the trained model again, on a freshly loaded base
+
+Traits are fields, read by the rest of the package instead of method names: what tasks it serves, whether
+it quantizes the base, packs sequences, trains a new classification head beside its own parameters, saves
+in PEFT format; optional capabilities (layer-wise parameter groups, an off switch, merging, a closed form
+of its trainable-parameter count) are functions or None.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from ..errors import ConfigError
+from ..options import MethodConfig, from_dict
+
+Model = torch.nn.Module
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    apply: Callable[[Model, MethodConfig, str], Model]
+    save: Callable[[Model, MethodConfig, Path], None]
+    load: Callable[[Model, Path], Model]
+    summary: str
+    tasks: tuple[str, ...] = ("causal-lm", "classification")   # what it can train; checked at config time
+    quantize_base: bool = False                                # load the base in 4-bit NF4 (QLoRA)
+    packable: bool = True             # sequences may share a row (not where virtual tokens precede every sequence)
+    # Classification: a new task head trains beside the method's own parameters (peft's modules_to_save), so
+    # `closed_form` leaves it out. False where the head is one of the parameters the method selects itself.
+    separate_head: bool = True
+    peft_format: bool = False         # the adapter folder loads in stock `peft.PeftModel.from_pretrained`
+    # Optional capabilities; None where the method has none.
+    param_groups: Callable[[Model, MethodConfig, float], list[dict]] | None = None
+    disabled: Callable[[Model], ContextManager] | None = None   # yields a model acting as the base
+    merge: Callable[[Model], Model] | None = None               # fold into the base weights
+    closed_form: Callable[[Model, MethodConfig], int | None] | None = None  # trainable count by formula
+
+    @property
+    def has_off_switch(self) -> bool:
+        return self.disabled is not None
+
+    @property
+    def can_merge(self) -> bool:
+        return self.merge is not None
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(
+            f"unknown method '{name}' in config key 'method.name'{suggestion} Known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_task(method: Method, task: str) -> None:
+    if task not in method.tasks:
+        raise ConfigError(f"method '{method.name}' cannot train a {task} task (it serves: {', '.join(method.tasks)}); "
+                          f"choose another method.name")
+
+
+def method_config_from_dict(data: Any, prefix: str = "method.") -> MethodConfig:
+    """The `method` section (a mapping with a `name`, or just the name) as that method's own config class."""
+    if data is None:
+        data = {}
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key 'method' must be a mapping with a 'name', got {data!r}")
+    name = data.get("name", MethodConfig.name)
+    return from_dict(get_method(str(name)).config_cls, data, prefix)

@@ -1,0 +1,34 @@
+"""What a loaded model is for, read from its structure (never from attributes we set on it).
+
+transformers names a sequence classifier's new head `score` (decoders) or `classifier` (encoders); a causal
+LM has neither. peft wrappers forward attribute lookups to the model inside, so the same test works on a
+wrapped model; a linear probe exposes its classifier through `get_base_model()`, as peft does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+HEAD_NAMES = ("lm_head", "score", "classifier")
+TASK_HEAD_NAMES = ("score", "classifier")  # what transformers calls a sequence classifier's new head
+
+
+def underlying_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a wrapper (peft, the probe); the model itself when unwrapped."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def task_head_name(model: torch.nn.Module) -> str | None:
+    """Attribute name of a sequence classifier's task head (None for a causal LM)."""
+    inner = underlying_model(model)
+    return next((n for n in TASK_HEAD_NAMES if isinstance(getattr(inner, n, None), torch.nn.Module)), None)
+
+
+def task_of(model: torch.nn.Module) -> str:
+    """"classification" for a sequence classifier, else "causal-lm"."""
+    return "classification" if task_head_name(model) is not None else "causal-lm"
+
+
+def is_head(module_name: str) -> bool:
+    """Whether a module name is an output or task head (never adapted by LoRA or IA3)."""
+    return module_name.split(".")[-1] in HEAD_NAMES

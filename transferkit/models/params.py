@@ -1,0 +1,43 @@
+"""Counting and collecting a model's parameters, each tensor once.
+
+A tensor can sit under several names: SmolLM2's input embedding is its output head (`tie_word_embeddings`).
+Every count and every selection here sees such a tensor once, under its first name.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+
+def unique_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """(first name, parameter) for every distinct parameter tensor."""
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) not in seen:
+            seen.add(id(param))
+            yield name, param
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared (tied) tensors counted once."""
+    trainable = total = 0
+    for _, param in unique_parameters(model):
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
+
+
+def format_trainable(trainable: int, total: int) -> str:
+    """The line `peft`'s `print_trainable_parameters` prints."""
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the trainable parameters, by name: what adapters and checkpoints store."""
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,88 @@
+"""Where a model runs and in what precision: one `Runtime` instead of (device, autocast) pairs.
+
+    Runtime.resolve("auto", "auto")   CUDA when present, else CPU; bf16 autocast where the hardware has
+                                      native bf16 math (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else fp32
+    with runtime.autocast(): ...      bf16 autocast, or nothing for fp32
+    with eval_mode(model): ...        model.eval() for the block, its previous mode restored after
+
+Mixed precision is our own autocast context, not accelerate's: accelerate's process-wide state would
+forbid a second run with another precision in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from dataclasses import dataclass
+from typing import ContextManager, Iterator
+
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str = "fp32"  # "bf16": bf16 autocast around forward passes; "fp32": none
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto") -> "Runtime":
+        where = pick_device(device)
+        return cls(where, resolve_precision(precision, where))
+
+    def autocast(self) -> ContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+
+CPU = Runtime(torch.device("cpu"), "fp32")
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("config key 'train.device' is 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays only with native bf16 math: AVX512-BF16/AMX on CPU, Ampere+ on GPU."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return requested
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak RSS of this process on CPU (ru_maxrss is KiB on Linux, bytes on macOS); peak allocated on CUDA."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """model.eval() inside the block (no dropout); the mode it had is restored on the way out."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,100 @@
+"""After the last optimizer step: the final checkpoint, the adapter, the tuned model's evaluation, the
+assessment against the base, and `summary.json` (one `build_summary`)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..evaluate.plots import reliability_diagram
+from ..evaluate.split import evaluate_split, format_metrics
+from ..files import write_dir_atomic
+from ..methods import Method
+from ..models.fingerprint import write_fingerprint
+from ..options import MethodConfig
+from ..rundir import RunDir
+from ..runtime import peak_memory_bytes
+from .loop import FitStats, checkpoint_now
+from .setup import Session
+
+
+def finish(s: Session, stats: FitStats) -> dict:
+    """Save and measure the trained model; write and return the summary."""
+    checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)
+    model = s.parts.accelerator.unwrap_model(s.parts.model)
+    write_adapter(s.run, s.method, s.cfg.method, model)
+    evaluation = evaluate_tuned(s, model)
+    tuned = evaluation.get("test", evaluation.get("validation"))
+    general_tuned = s.assessment.general(model, s.tokenizer)
+    baseline = s.before.baseline
+    prompts = None if baseline is None else {k: v for k, v in baseline.items() if k != "split"}
+    why = "eval.baseline is false" if not s.cfg.eval.baseline else "no test or validation split"
+    verdict = s.assessment.verdict(tuned, prompts, s.before.general, general_tuned, no_baseline_reason=why)
+    if verdict.get("comparison") is not None:
+        verdict["comparison"] = {"split": baseline["split"], **verdict["comparison"]}
+    if verdict["forgetting"] is not None:
+        print(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
+    for flag in verdict["flags"]:
+        print(f"warning: {flag}")
+    summary = build_summary(s, stats, evaluation, general_tuned, verdict)
+    s.run.write_json(s.run.summary, summary)
+    print(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary})")
+    return summary
+
+
+def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: torch.nn.Module) -> None:
+    """adapter/: what the method's `load` needs, and the base's fingerprint; written atomically."""
+    def write(tmp) -> None:
+        method.save(model, method_cfg, tmp)
+        write_fingerprint(tmp, model)
+
+    write_dir_atomic(run.adapter, write)
+
+
+def evaluate_tuned(s: Session, model: torch.nn.Module) -> dict:
+    """{"validation": metrics, "test": metrics} of the trained model, for the splits that exist. The test
+    split's per-example predictions and (classification) reliability diagram go into the run directory."""
+    result = {}
+    validation = s.validate()
+    if validation is not None:
+        result["validation"] = validation
+        s.run.log({"event": "eval", "split": "validation", "step": s.state.step, **validation})
+    if s.splits.test is not None:
+        metrics, predictions = evaluate_split(model, s.tokenizer, s.splits.test, s.splits.schema, s.cfg.eval,
+                                              s.runtime, label="test", labels=s.splits.labels)
+        if predictions:
+            s.run.write_jsonl(s.run.path / "test_predictions.jsonl", predictions)
+        if "calibration" in metrics:
+            s.run.write_file_atomic(s.run.path / "test_reliability.png", lambda tmp: reliability_diagram(
+                metrics["calibration"], metrics["ece"], "test: reliability", tmp))
+        s.run.log({"event": "test", "step": s.state.step, "split": "test", "metrics": metrics})
+        print(f"tuned model on test: {format_metrics(metrics)}")
+        result["test"] = metrics
+    return result
+
+
+def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: dict | None, verdict: dict) -> dict:
+    """summary.json: what ran, on what data, how fast, how well, against what baseline, and what it forgot."""
+    cfg, (trainable, total) = s.cfg, s.params
+    summary: dict = {
+        "model": cfg.model, "model_path": str(s.model_folder), "method": cfg.method.name, "schema": s.splits.schema,
+        "device": s.runtime.device.type, "precision": s.runtime.precision,
+        "params": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
+        "steps": s.state.step, "epochs": s.state.epoch + s.state.batch_index / s.plan.steps_per_epoch,
+        "train_tokens": stats.train_tokens, "tokens_per_s": stats.train_tokens / max(stats.train_seconds, 1e-9),
+        "train_loss": {"first_logged": stats.first_logged_loss, "final": stats.final_train_loss},
+        "skipped_steps": stats.skipped_steps,
+        "resumed_from_step": None if s.resumed_from is None else int(s.resumed_from.name.split("-")[1]),
+        "data": {split.name: split.facts() for split in (s.splits.train, s.splits.validation, s.splits.test) if split},
+    }
+    if s.splits.labels is not None:
+        summary["labels"] = s.splits.labels
+    summary.update(evaluation)
+    summary["mitigations"] = {"replay": cfg.forgetting.replay, "ewc": cfg.forgetting.ewc, "l2sp": cfg.forgetting.l2sp}
+    summary["baseline"] = s.before.baseline
+    summary["general"] = {"base": s.before.general, "tuned": general_tuned}
+    summary.update(verdict)
+    summary["wall_time_s"] = time.perf_counter() - s.wall_start
+    summary["peak_memory_bytes"] = peak_memory_bytes(s.runtime.device)
+    return summary

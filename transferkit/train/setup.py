@@ -1,0 +1,291 @@
+"""Everything a run needs before its first optimizer step, in the order it happens:
+
+    check the run directory (resume / overwrite)           nothing written yet
+    read and validate the data, load tokenizer and model   a bad input fails here, leaving no folder behind
+    create the run directory; write config.yaml (labels.json)
+    measure the untouched base: prompting baseline, general ability     (read back from metrics.jsonl on resume)
+    apply the method; bf16 storage of frozen weights; gradient checkpointing
+    plan the steps; optimizer and schedule; EWC / L2-SP anchors; replay pool
+    restore the last checkpoint when resuming
+
+`setup` returns a `Session`: the prepared parts `fit` moves and the facts `finish` reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import dump_config
+from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_train
+from ..data.batching import collate_packed
+from ..data.general import PACKAGED, general_sequences, general_texts
+from ..data.tokenize import Tokenized
+from ..errors import ConfigError, UserError
+from ..evaluate.assessment import Assessment, BaseModel
+from ..evaluate.forgetting import check_reference
+from ..evaluate.split import evaluate_split, format_metrics
+from ..evaluate.task_metrics import resolve_task_metric
+from ..methods import Method, check_task, get_method
+from ..models import (
+    architecture,
+    count_parameters,
+    format_trainable,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from ..objectives import OBJECTIVES, Objective
+from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
+from ..rundir import RunDir
+from ..runtime import Runtime
+from . import checkpoint as ckpt
+from .hardware import (
+    default_micro_batch_size,
+    enable_gradient_checkpointing,
+    pick_attention,
+    store_frozen_in_bf16,
+)
+from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
+from .optimizer import build_optimizer
+from .regularizers import build_penalties
+from .replay import replay_count
+
+
+@dataclass
+class BaseMeasures:
+    """What the untouched base scored: its prompting baseline (None when off or nothing to score) and general
+    ability (None when forgetting.reference is 'none')."""
+
+    baseline: dict | None
+    general: dict | None
+
+
+@dataclass
+class Session:
+    """What `setup` prepared: the parts `fit` moves and the facts `finish` reports."""
+
+    cfg: RunConfig
+    run: RunDir
+    runtime: Runtime
+    method: Method
+    model_folder: Path
+    tokenizer: object
+    splits: Splits
+    assessment: Assessment
+    before: BaseMeasures
+    params: tuple[int, int]          # (trainable, total) after the method was applied
+    parts: Parts
+    plan: StepPlan
+    batches: Batches
+    state: ckpt.TrainState
+    resumed_from: Path | None
+    wall_start: float = field(default_factory=time.perf_counter)
+
+    def validate(self) -> dict | None:
+        """Validation metrics of the model as it is now (None without a validation split)."""
+        if self.splits.validation is None:
+            return None
+        return validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
+                                  self.cfg.eval, self.runtime, self.splits.labels)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> Session:
+    """Prepare a run described by `cfg` (see the module docstring)."""
+    from accelerate import Accelerator
+
+    wall_start = time.perf_counter()
+    run = RunDir(cfg.output_dir)
+    resume_from = check_run_dir(run, resume, overwrite)
+    runtime = Runtime.resolve(cfg.train.device, cfg.train.precision)
+    accelerator = Accelerator(cpu=runtime.device.type == "cpu")
+    method = get_method(cfg.method.name)
+    model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
+    task = TASK_OF_SCHEMA[splits.schema]
+    open_run(run, cfg, splits, resume, overwrite)
+    seed_everything(cfg.seed)
+
+    assessment = Assessment(splits.schema, cfg.eval, cfg.forgetting.reference, cfg.data.max_length, runtime,
+                            splits.labels)
+    base = BaseModel(cfg.model, architecture(folder), model, tokenizer, cfg.trust_remote_code)
+    before = measure_base(run, assessment, base, splits, cfg.seed)
+
+    seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
+    model = adapt(model, method, cfg.method, cfg.train, task, runtime)
+    params = count_parameters(model)
+    print(format_trainable(*params))
+    plan = plan_steps(cfg.train, cfg.forgetting.replay, len(splits.train.tokenized), runtime.device, cfg.seed)
+    optimizer, scheduler = build_optimizer(model, method, cfg.method, cfg.train, plan.steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    objective = OBJECTIVES[task]
+    # θ₀ (and the Fisher) are taken here, before a checkpoint is loaded: a resumed run anchors where the first began.
+    penalties = build_penalties(cfg.forgetting, model, tokenizer, objective, cfg.data.max_length, runtime)
+    parts = Parts(model, optimizer, scheduler, accelerator, objective, pick_collate(cfg.train, objective),
+                  tokenizer.pad_token_id, runtime, penalties)
+    state = restore(parts, run, resume, resume_from)
+    print(f"training {plan.steps} steps on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
+    batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
+    return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
+                   batches, state, resume_from, wall_start)
+
+
+def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (None: start at step 0); refuses to resume a folder that is no run, or to
+    write over a finished run without `overwrite`."""
+    if not resume:
+        run.check_writable(overwrite)
+        return None
+    if not run.config.is_file():
+        raise UserError(f"{run.path}: not a run directory (no config.yaml) to resume")
+    # None when the run was stopped before its first checkpoint: it restarts from step 0.
+    return ckpt.latest(run.checkpoints)
+
+
+def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
+    """(model, tokenizer, model folder, splits): the data read and validated, then the model loaded for its
+    task. Nothing is written yet, so bad input never leaves a half-made run directory behind."""
+    train_data = read_train(cfg.data)
+    task = TASK_OF_SCHEMA[train_data[0]]
+    check_task(method, task)
+    check_packing(cfg.train, method, task)
+    check_evaluation(cfg.eval, cfg.forgetting, cfg.train.batch_size, task)
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
+    splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
+    longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
+                  for t in split.tokenized)
+    model, tokenizer, folder = load_model(cfg.model, task=task, labels=splits.labels, device=runtime.device,
+                                          quantize_4bit=method.quantize_base, compute_dtype=runtime.compute_dtype,
+                                          attention=pick_attention(cfg.train.attention, runtime.device, longest),
+                                          tokenizer=tokenizer, trust_remote_code=cfg.trust_remote_code)
+    for note in splits.notes:
+        print(note)
+    return model, tokenizer, folder, splits
+
+
+def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, batch_size: int, task: str) -> None:
+    """Before anything is written: the task metric resolves, the general texts read, and replay and the
+    EWC Fisher (which train on general text, so need a language-model head) fit the task."""
+    resolve_task_metric(eval_cfg.task_metric)
+    for key, value in (("replay", forgetting.replay), ("ewc", forgetting.ewc)):
+        if value and task != "causal-lm":
+            raise ConfigError(f"config key 'forgetting.{key}' is {value} but the task is {task}: it uses general "
+                              f"text, which needs a causal-LM task; use forgetting.l2sp instead")
+    replay_count(batch_size, forgetting.replay)  # raises if the fraction does not fit the batch
+    check_reference(forgetting.reference, task)
+    if (forgetting.replay or forgetting.ewc) and forgetting.replay_data != PACKAGED:
+        general_texts(forgetting.replay_data, "pool", "forgetting.replay_data")
+
+
+def check_packing(train_cfg: TrainConfig, method: Method, task: str) -> None:
+    if train_cfg.pack_tokens and (task != "causal-lm" or not method.packable):
+        why = f"method '{method.name}' adds virtual tokens to every sequence" if task == "causal-lm" else \
+            f"the task is {task} (one label per sequence)"
+        raise ConfigError(f"config key 'train.pack_tokens' is {train_cfg.pack_tokens} but sequences cannot be "
+                          f"packed: {why}; set train.pack_tokens=0")
+
+
+def open_run(run: RunDir, cfg: RunConfig, splits: Splits, resume: bool, overwrite: bool) -> None:
+    """Create the run directory (a new run) and write the resolved config and the class names."""
+    if not resume:
+        inputs = [p for p in (cfg.data.train, cfg.data.validation, cfg.data.test, cfg.model) if p and Path(p).exists()]
+        run.create(overwrite, protected=inputs)
+    run.write_text_atomic(run.config, dump_config(cfg))
+    if splits.labels is not None:
+        run.write_json(run.labels, {"labels": splits.labels})
+
+
+def scored_split(splits: Splits) -> Split | None:
+    """The split the run is judged on: test when given, else validation."""
+    return splits.test if splits.test is not None else splits.validation
+
+
+def measure_base(run: RunDir, assessment: Assessment, base: BaseModel, splits: Splits, seed: int) -> BaseMeasures:
+    """The prompting baseline and the base's general ability, measured now or, on resume, read back from the
+    events the first attempt logged."""
+    events = {e["event"]: e["metrics"] for e in run.read_events() if e.get("event") in ("baseline", "general_base")}
+    split = scored_split(splits)
+    baseline = events.get("baseline")
+    if baseline is None and assessment.eval_cfg.baseline and split is not None:
+        baseline = {"split": split.name, **assessment.baseline(base, split, splits.train.examples, seed)}
+        run.log({"event": "baseline", "step": 0, "metrics": baseline})
+        for name, metrics in baseline.items():
+            if name != "split":
+                print(f"baseline (untrained {base.ref}, {name.replace('_', '-')}) on {split.name}: "
+                      f"{format_metrics(metrics)}")
+    general = events.get("general_base")
+    if "general_base" not in events:
+        general = assessment.general(base.model, base.tokenizer)
+        run.log({"event": "general_base", "step": 0, "metrics": general})
+    return BaseMeasures(baseline, general)
+
+
+def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, train_cfg: TrainConfig, task: str,
+          runtime: Runtime) -> torch.nn.Module:
+    """The method applied for `task`; frozen weights stored in bf16 and gradient checkpointing, as configured."""
+    model = method.apply(model, method_cfg, task)
+    if runtime.precision == "bf16" and train_cfg.frozen_bf16:
+        store_frozen_in_bf16(model)
+    if train_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def plan_steps(train_cfg: TrainConfig, replay: float, num_sequences: int, device: torch.device, seed: int
+               ) -> StepPlan:
+    """Optimizer steps and batch composition: `train.batch_size` sequences per step, of which
+    round(replay · batch) are general text (`forgetting.replay`)."""
+    replay_batch = replay_count(train_cfg.batch_size, replay)
+    task_batch = train_cfg.batch_size - replay_batch
+    per_epoch = steps_per_epoch(num_sequences, task_batch)
+    steps = train_cfg.max_steps if train_cfg.max_steps is not None else max(1, math.ceil(train_cfg.epochs * per_epoch))
+    micro = train_cfg.micro_batch_size or default_micro_batch_size(device, train_cfg.batch_size)
+    return StepPlan(steps, task_batch, replay_batch, micro, per_epoch, seed)
+
+
+def pick_collate(train_cfg: TrainConfig, objective: Objective) -> Collate:
+    if train_cfg.pack_tokens:
+        return functools.partial(collate_packed, row_tokens=train_cfg.pack_tokens)
+    return objective.collate
+
+
+def replay_pool(forgetting: ForgettingConfig, tokenizer, max_length: int) -> list[Tokenized]:
+    """General-text sequences replayed into training batches (empty without forgetting.replay)."""
+    if not forgetting.replay:
+        return []
+    return general_sequences(tokenizer, forgetting.replay_data, "pool", max_length, "forgetting.replay_data")
+
+
+def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None) -> ckpt.TrainState:
+    """Step 0, or the state of the checkpoint resumed from; events logged after it are dropped."""
+    state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, parts.accelerator.unwrap_model(parts.model), parts.optimizer,
+                                     parts.scheduler)
+        print(f"resumed from {resume_from} (step {state.step})")
+    elif resume:
+        print(f"no complete checkpoint in {run.checkpoints} yet: starting again from step 0")
+    if resume:
+        run.truncate_events_after(state.step)
+    return state
+
+
+def validation_metrics(model, tokenizer, split: Split, schema: str, eval_cfg: EvalConfig, runtime: Runtime,
+                       labels: list[str] | None) -> dict:
+    """Loss (and for classification accuracy / macro-F1) without generation: cheap enough to run often."""
+    quick = dataclasses.replace(eval_cfg, exact_match=False, max_examples=None)
+    metrics, _ = evaluate_split(model, tokenizer, split, schema, quick, runtime, label="validation", labels=labels)
+    return metrics
