@@ -172,6 +172,18 @@ def test_forgetting_is_zero_for_an_untouched_model(tiny_config):
     assert summary["general"]["base"]["tokens"] > 1000  # measured on real text, not an empty set
 
 
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_forgetting_compares_base_and_tuned_in_the_same_numerics(tiny_config, method):
+    """With bf16 precision the frozen weights are stored in bf16 for training; the base is measured with the same
+    storage (its adapted model, method switched off), so an adapter that did not move has forgotten nothing."""
+    from transferkit import train
+
+    summary = train(tiny_config(f"method={{name: {method}}}", "train.lr=1e-12", "train.precision=bf16",
+                                "train.frozen_bf16=true", "eval.baseline=false", "eval.exact_match=false"))
+    assert summary["precision"] == "bf16"
+    assert summary["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_forgetting_grows_when_the_model_changes(tiny_model_dir):
     from transferkit.models import load_model
 

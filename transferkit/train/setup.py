@@ -3,8 +3,9 @@
     check the run directory (resume / overwrite)           nothing written yet
     read and validate the data, load tokenizer and model   a bad input fails here, leaving no folder behind
     create the run directory; write config.yaml (labels.json)
-    measure the untouched base: prompting baseline, general ability     (read back from metrics.jsonl on resume)
+    measure the untouched base: its prompting baseline               (both read back from metrics.jsonl on resume)
     apply the method; bf16 storage of frozen weights; gradient checkpointing
+    measure the base's general ability: the adapted model, method switched off, before any step
     plan the steps; optimizer and schedule; EWC / L2-SP anchors; replay pool
     restore the last checkpoint when resuming
 
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -121,11 +123,15 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
 
     assessment = Assessment(splits.schema, cfg.eval, cfg.forgetting.reference, cfg.data.max_length, runtime,
                             splits.labels)
+    known = {e["event"]: e["metrics"] for e in run.read_events() if e.get("event") in ("baseline", "general_base")}
     base = BaseModel(cfg.model, architecture(folder), model, tokenizer, cfg.trust_remote_code)
-    before = measure_base(run, assessment, base, splits, cfg.seed)
+    baseline = known["baseline"] if "baseline" in known else measure_baseline(run, assessment, base, splits, cfg.seed)
 
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
     model = adapt(model, method, cfg.method, cfg.train, task, runtime)
+    general = known["general_base"] if "general_base" in known else measure_general_base(
+        run, assessment, method, model, tokenizer)
+    before = BaseMeasures(baseline, general)
     params = count_parameters(model)
     print(format_trainable(*params))
     plan = plan_steps(cfg.train, cfg.forgetting.replay, len(splits.train.tokenized), runtime.device, cfg.seed)
@@ -213,24 +219,30 @@ def scored_split(splits: Splits) -> Split | None:
     return splits.test if splits.test is not None else splits.validation
 
 
-def measure_base(run: RunDir, assessment: Assessment, base: BaseModel, splits: Splits, seed: int) -> BaseMeasures:
-    """The prompting baseline and the base's general ability, measured now or, on resume, read back from the
-    events the first attempt logged."""
-    events = {e["event"]: e["metrics"] for e in run.read_events() if e.get("event") in ("baseline", "general_base")}
+def measure_baseline(run: RunDir, assessment: Assessment, base: BaseModel, splits: Splits, seed: int) -> dict | None:
+    """The untrained base's prompting baseline on the scored split (None when eval.baseline is off or there is
+    no split to score), logged as a "baseline" event."""
     split = scored_split(splits)
-    baseline = events.get("baseline")
-    if baseline is None and assessment.eval_cfg.baseline and split is not None:
-        baseline = {"split": split.name, **assessment.baseline(base, split, splits.train.examples, seed)}
-        run.log({"event": "baseline", "step": 0, "metrics": baseline})
-        for name, metrics in baseline.items():
-            if name != "split":
-                print(f"baseline (untrained {base.ref}, {name.replace('_', '-')}) on {split.name}: "
-                      f"{format_metrics(metrics)}")
-    general = events.get("general_base")
-    if "general_base" not in events:
-        general = assessment.general(base.model, base.tokenizer)
-        run.log({"event": "general_base", "step": 0, "metrics": general})
-    return BaseMeasures(baseline, general)
+    if not assessment.eval_cfg.baseline or split is None:
+        return None
+    baseline = {"split": split.name, **assessment.baseline(base, split, splits.train.examples, seed)}
+    run.log({"event": "baseline", "step": 0, "metrics": baseline})
+    for name, metrics in baseline.items():
+        if name != "split":
+            print(f"baseline (untrained {base.ref}, {name.replace('_', '-')}) on {split.name}: {format_metrics(metrics)}")
+    return baseline
+
+
+def measure_general_base(run: RunDir, assessment: Assessment, method: Method, model: torch.nn.Module,
+                         tokenizer) -> dict | None:
+    """The base's general ability in the numerics the tuned model will be measured in: the adapted model
+    before its first step, with the method switched off (a method without an off switch starts equal to the
+    base), so both sides see the same weight storage (bf16 frozen weights, a 4-bit base). Logged as a
+    "general_base" event."""
+    with method.disabled(model) if method.has_off_switch else contextlib.nullcontext(model) as as_base:
+        general = assessment.general(as_base, tokenizer)
+    run.log({"event": "general_base", "step": 0, "metrics": general})
+    return general
 
 
 def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, train_cfg: TrainConfig, task: str,
