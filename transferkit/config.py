@@ -15,15 +15,7 @@ from pathlib import Path
 import yaml
 
 from .methods import get_method, method_config_from_dict, method_names
-from .options import (
-    MethodConfig,
-    RunConfig,
-    from_dict,
-    parse_overrides,
-    read_yaml,
-    set_dotted,
-    type_name,
-)
+from .options import MethodConfig, RunConfig, from_dict, parse_overrides, read_yaml, set_dotted, type_name
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:

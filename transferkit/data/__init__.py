@@ -12,14 +12,7 @@
 from ..errors import DataError
 from .readers import Row, read_rows
 from .schema import Example
-from .splits import (
-           TASK_OF_SCHEMA,
-           Split,
-           Splits,
-           load_splits,
-           read_examples,
-           read_train,
-)
+from .splits import TASK_OF_SCHEMA, Split, Splits, load_splits, read_examples, read_train
 
 __all__ = ["TASK_OF_SCHEMA", "read_train", "Row", "read_rows", "Example", "Split", "Splits", "load_splits",
            "read_examples", "DataError"]

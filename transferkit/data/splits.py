@@ -13,13 +13,7 @@ from functools import cached_property
 
 from ..options import DataConfig
 from .readers import read_rows
-from .schema import (
-    Example,
-    check_known_labels,
-    label_vocabulary,
-    schema_of,
-    to_examples,
-)
+from .schema import Example, check_known_labels, label_vocabulary, schema_of, to_examples
 from .tokenize import Tokenized, check_has_labels, tokenize_examples
 
 # The model task each data schema trains.

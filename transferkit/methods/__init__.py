@@ -7,13 +7,6 @@ below, and its rows in tests/test_methods_matrix.py.
 """
 
 from . import adapter, freeze, full, ia3, lora, prefix, probe, prompt, qlora  # noqa: F401  (each registers itself)
-from .registry import (
-    Method,
-    check_task,
-    get_method,
-    method_config_from_dict,
-    method_names,
-    register,
-)
+from .registry import Method, check_task, get_method, method_config_from_dict, method_names, register
 
 __all__ = ["Method", "check_task", "get_method", "method_config_from_dict", "method_names", "register"]

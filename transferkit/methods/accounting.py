@@ -7,13 +7,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from ..models import (
-    architecture,
-    count_parameters,
-    load_model,
-    resolve_model,
-    task_head_name,
-)
+from ..models import architecture, count_parameters, load_model, resolve_model, task_head_name
 from .registry import Method, get_method, method_config_from_dict, method_names
 
 

@@ -14,14 +14,7 @@ from ..errors import ConfigError
 from ..models.params import unique_parameters
 from ..options import MethodConfig, opt
 from .registry import Method, register
-from .selective import (
-    block_index,
-    is_embedding,
-    load_trainable,
-    num_blocks,
-    save_trainable,
-    set_trainable,
-)
+from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
 
 
 @dataclass

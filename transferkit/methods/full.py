@@ -18,14 +18,7 @@ import torch
 
 from ..options import MethodConfig, opt
 from .registry import Method, register
-from .selective import (
-    block_index,
-    is_embedding,
-    load_trainable,
-    num_blocks,
-    save_trainable,
-    set_trainable,
-)
+from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
 
 
 @dataclass

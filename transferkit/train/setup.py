@@ -37,25 +37,13 @@ from ..evaluate.forgetting import check_reference
 from ..evaluate.split import evaluate_split, format_metrics
 from ..evaluate.task_metrics import resolve_task_metric
 from ..methods import Method, check_task, get_method
-from ..models import (
-    architecture,
-    count_parameters,
-    format_trainable,
-    load_model,
-    load_tokenizer,
-    resolve_model,
-)
+from ..models import architecture, count_parameters, format_trainable, load_model, load_tokenizer, resolve_model
 from ..objectives import OBJECTIVES, Objective
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir
 from ..runtime import Runtime
 from . import checkpoint as ckpt
-from .hardware import (
-    default_micro_batch_size,
-    enable_gradient_checkpointing,
-    pick_attention,
-    store_frozen_in_bf16,
-)
+from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention, store_frozen_in_bf16
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .regularizers import build_penalties
