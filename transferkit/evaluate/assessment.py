@@ -65,13 +65,18 @@ class Assessment:
 
     def verdict(self, tuned: dict | None, baseline: dict | None, general_base: dict | None,
                 general_tuned: dict | None, no_baseline_reason: str | None = None) -> dict:
-        """{"forgetting", "comparison" (when there are tuned metrics), "flags"}. `baseline`: the prompts'
-        metrics; without one, `no_baseline_reason` (if given) becomes a flag."""
+        """{"forgetting", "comparison" (when there are tuned metrics), "flags"}. `baseline`: each prompt's
+        metrics, and the "split" they were measured on if known (the comparison then names it); without a
+        baseline, `no_baseline_reason` (if given) becomes a flag."""
         result: dict = {"forgetting": forgetting(general_base, general_tuned), "flags": []}
         if tuned is None:
             return result
-        result["comparison"] = None if baseline is None else compare(self.schema, tuned, baseline)
-        comparison = result["comparison"]
+        comparison = None
+        if baseline is not None:
+            prompts = {name: metrics for name, metrics in baseline.items() if name != "split"}
+            split = {"split": baseline["split"]} if "split" in baseline else {}
+            comparison = {**split, **compare(self.schema, tuned, prompts)}
+        result["comparison"] = comparison
         if comparison is not None and comparison["beats_baseline"] is False:
             result["flags"].append(
                 f"the tuned model does not beat its prompting baseline: {comparison['metric']} "

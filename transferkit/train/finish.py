@@ -27,12 +27,8 @@ def finish(s: Session, stats: FitStats) -> dict:
     evaluation = evaluate_tuned(s, model)
     tuned = evaluation.get("test", evaluation.get("validation"))
     general_tuned = s.assessment.general(model, s.tokenizer)
-    baseline = s.before.baseline
-    prompts = None if baseline is None else {k: v for k, v in baseline.items() if k != "split"}
     why = "eval.baseline is false" if not s.cfg.eval.baseline else "no test or validation split"
-    verdict = s.assessment.verdict(tuned, prompts, s.before.general, general_tuned, no_baseline_reason=why)
-    if verdict.get("comparison") is not None:
-        verdict["comparison"] = {"split": baseline["split"], **verdict["comparison"]}
+    verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why)
     if verdict["forgetting"] is not None:
         print(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
     for flag in verdict["flags"]:
