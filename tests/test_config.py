@@ -29,8 +29,8 @@ def test_overrides_and_types(tmp_path):
 def test_unknown_key_suggests_closest(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'train.max_step'; did you mean 'train.max_steps'"):
         load_config(write(tmp_path, BASE + "  max_step: 4\n"))
-    with pytest.raises(ConfigError, match=r"'method.rank'; did you mean 'method.r'|'method.rank'"):
-        load_config(write(tmp_path, BASE), ["method.rank=4"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.rank'; did you mean 'method.r'\?$"):
+        load_config(write(tmp_path, BASE), ["method.rank=4"])  # peft's name, mapped to ours
     with pytest.raises(ConfigError, match=r"unknown config key 'trian'; did you mean 'train'"):
         load_config(write(tmp_path, BASE), ["trian.lr=1"])
 

@@ -98,7 +98,8 @@ def test_sigkill_at_random_moments_loses_nothing(tiny_model_dir, quick_data, tmp
             break
         kills += 1
 
-    assert kills >= 10 and during_writes >= 4, (kills, during_writes)
+    # All 12 kills happened: one at start-up, six while a checkpoint was being written, five a few steps later.
+    assert kills == KILLS and during_writes == KILLS // 2, (kills, during_writes)
     final = subprocess.run(_command(config, killed_run), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
 

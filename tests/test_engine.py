@@ -34,20 +34,64 @@ def test_token_loss_matches_transformers_loss(tmp_path):
     torch.testing.assert_close(loss_sum / n, reference, rtol=1e-5, atol=1e-6)
 
 
+def _parts(model, tok, objective=None):
+    """The loop's parts around `model`, with SGD at lr 1 (the update is exactly the gradient)."""
+    from accelerate import Accelerator
+
+    from transferkit.objectives import OBJECTIVES
+    from transferkit.runtime import CPU
+    from transferkit.train.loop import Parts
+
+    objective = objective or OBJECTIVES["causal-lm"]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return Parts(model, optimizer, scheduler, Accelerator(cpu=True), objective, objective.collate, tok.pad_token_id, CPU)
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """The real optimizer step over 8 sequences: 4 micro-batches of 2 give the loss, gradient norm and update of
+    1 micro-batch of 8."""
+    from transferkit.train.loop import optimizer_step
+
     tok, items = _batch(tmp_path)
-    n_labels = sum(t.num_labels for t in items)
 
-    def grads(micro: int):
+    def step(micro: int):
         model = tiny_llama(len(tok), seed=3)
-        for start in range(0, len(items), micro):
-            loss_sum, _ = token_loss_sum(model, collate(items[start: start + micro], tok.pad_token_id))
-            (loss_sum / n_labels).backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = optimizer_step(_parts(model, tok), items, micro, 1e9)  # a clipping bound that never bites
+        return result, {n: before[n] - p.detach() for n, p in model.named_parameters()}
 
-    one, four = grads(8), grads(2)  # 1 × 8 vs 4 micro-batches × 2
-    for name in one:
-        torch.testing.assert_close(four[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+    (one, update_one), (four, update_four) = step(8), step(2)
+    assert one.applied and four.applied
+    assert one.labels == four.labels == sum(t.num_labels for t in items)
+    torch.testing.assert_close(four.loss_sum, one.loss_sum, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(four.grad_norm, one.grad_norm, rtol=1e-4, atol=1e-6)
+    assert max(float(u.abs().max()) for u in update_one.values()) > 0
+    for name in update_one:
+        torch.testing.assert_close(update_four[name], update_one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_a_finite_loss_with_non_finite_gradients_is_not_applied(tmp_path, max_grad_norm):
+    """0·sqrt(0) is 0 in the forward pass and NaN in the backward one: the loss stays finite, the gradients do
+    not, and the weights must not move, with or without clipping."""
+    from transferkit.objectives import OBJECTIVES, Objective
+    from transferkit.train.loop import optimizer_step
+
+    tok, items = _batch(tmp_path, n=4)
+    model = tiny_llama(len(tok), seed=4)
+    real = OBJECTIVES["causal-lm"]
+
+    def poisoned(m, batch):
+        loss, n = real.loss_sum(m, batch)
+        return loss + 0.0 * torch.sqrt(next(m.parameters()).sum() * 0.0), n
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = optimizer_step(_parts(model, tok, Objective(real.collate, poisoned)), items, 2, max_grad_norm)
+    assert bool(torch.isfinite(result.loss_sum)) and not bool(torch.isfinite(result.grad_norm))
+    assert not result.applied
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def _train_events(run_dir):
@@ -196,8 +240,9 @@ def test_packed_rows_give_each_sequence_its_unpacked_logits_and_loss(tmp_path, r
     model = tiny_llama(len(tok), seed=1)
     packed = collate_packed(items, tok.pad_token_id, row_tokens=row_tokens)
     lengths = [len(t.input_ids) for t in items]
-    assert packed["input_ids"].shape[0] == (1 if row_tokens >= sum(lengths) else packed["input_ids"].shape[0])
-    assert packed["input_ids"].shape[1] <= max(row_tokens, max(lengths))
+    capacity, rows = max(row_tokens, max(lengths)), packed["input_ids"].shape[0]
+    assert packed["input_ids"].shape[1] <= capacity
+    assert rows == 1 if row_tokens >= sum(lengths) else rows >= -(-sum(lengths) // capacity)  # ceil: no overfull row
     logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits  # [rows, T, V]
     # Walk the rows: every sequence restarts its position ids at 0.
     found = 0

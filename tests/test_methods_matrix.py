@@ -185,3 +185,25 @@ def test_freeze_bottom_and_train_top_agree():
     names = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
     assert names(a) == names(b)
     assert not any("embed" in n or "layers.0." in n or "layers.1." in n for n in names(a))
+
+
+def test_closed_form_layouts_match_the_published_model_sizes():
+    """Config arithmetic, checked against sizes worked out by hand for the packaged models' architectures."""
+    from transformers import BertConfig, LlamaConfig
+
+    from transferkit.methods.shapes import layout
+
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True)
+    # embeddings 49152·576 = 28,311,552; block: q, o 2·576² + k, v 2·576·192 = 884,736, MLP 3·576·1536 = 2,654,208,
+    # norms 1,152 → 3,540,096, × 30 = 106,202,880; final norm 576; head tied → SmolLM2-135M's 134,515,008
+    assert layout(smollm2, "causal-lm").total == 134_515_008
+    minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                        vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
+    # embeddings 31,036·384 + 768 = 11,918,592; block 4·(384² + 384) + 4·384 + (384·1536 + 1536) + (1536·384 + 384)
+    # = 1,774,464, × 6 = 10,646,784; pooler 147,840; classifier 384·2 + 2 = 770
+    assert layout(minilm, "classification", num_labels=2).total == 22_713_986
+    untied = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536, vocab_size=49152, tie_word_embeddings=False)
+    assert layout(untied, "causal-lm").head == 49152 * 576          # an untied head is a second V·h matrix
+    assert layout(smollm2, "classification", num_labels=4).head == 576 * 4  # `score` has no bias

@@ -50,6 +50,35 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(signum, tiny_model_dir
     assert json.loads((run / "summary.json").read_text())["steps"] == 40
 
 
+def test_a_second_signal_stops_at_once():
+    """The first signal is a request honoured after the step; a second one interrupts whatever runs."""
+    import os
+
+    from transferkit.train.signals import StopRequest
+
+    previous = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # Python runs the handler between bytecodes
+        assert stop.signum == signal.SIGTERM
+        started = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # a long step: the second signal must not wait for it
+        assert time.perf_counter() - started < 1
+    assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
+
+
+def test_an_interrupt_exits_130(monkeypatch, capsys):
+    from transferkit import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_keys", interrupted)
+    assert cli.main(["keys"]) == 130 and "interrupted" in capsys.readouterr().err
+
+
 def _nan_objective(monkeypatch, bad_calls):
     from transferkit import objectives
 

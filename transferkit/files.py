@@ -6,6 +6,7 @@
                                       renamed onto `target` (an old `target` is moved aside first, then removed)
     append_jsonl(path, row)           one JSON object per line, appended and flushed
     jsonl_text(rows)                  the text of a whole .jsonl file
+    cache_root()                      the one folder transferkit writes outside a run directory
 
 A rename within one folder is atomic on POSIX, so a reader (or a resumed run) sees either the old complete
 file or the new complete one.
@@ -18,6 +19,13 @@ import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable
+
+
+def cache_root() -> Path:
+    """$TRANSFERKIT_CACHE, else $XDG_CACHE_HOME/transferkit, else ~/.cache/transferkit: converted models and
+    the plotting library's font cache live here."""
+    root = os.environ.get("TRANSFERKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transferkit"
+    return Path(root)
 
 
 def fsync_file(path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .files import append_jsonl, jsonl_text, write_file_atomic
+from .files import append_jsonl, jsonl_text, write_dir_atomic, write_file_atomic
 
 
 class RunDir:
@@ -79,6 +79,10 @@ class RunDir:
         """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one step."""
         write_file_atomic(self.inside(path), write)
 
+    def write_dir_atomic(self, path: Path, write: Callable[[Path], object]) -> None:
+        """`write(tmp)` fills a temporary folder beside `path` (the adapter, a checkpoint), renamed onto `path`."""
+        write_dir_atomic(self.inside(path), write)
+
     def write_text_atomic(self, path: Path, text: str) -> None:
         self.write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
@@ -93,7 +97,8 @@ class RunDir:
         return json.loads(self.labels.read_text())["labels"] if self.labels.is_file() else None
 
     def log(self, event: dict) -> None:
-        if not self._tail_checked:
+        if not self._tail_checked:  # once, before the first append: the file is inside, its last line whole
+            self.inside(self.metrics)
             self._drop_partial_last_line()
             self._tail_checked = True
         append_jsonl(self.metrics, event)

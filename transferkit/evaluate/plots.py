@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from ..files import cache_root
 
 
 def _pyplot():
+    # matplotlib caches its font list in its config folder (~/.cache/matplotlib): keep it in transferkit's cache,
+    # the only place written outside a run directory, unless the user chose a folder.
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_root() / "matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ConfigError
-from ..models.params import unique_parameters
 from ..options import MethodConfig, opt
 from .registry import Method, register
-from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
+from .selective import (block_index, is_embedding, load_trainable, model_layout, num_blocks, save_trainable,
+                        set_trainable)
 
 
 @dataclass
@@ -23,8 +23,7 @@ class FreezeMethodConfig(MethodConfig):
     train_top: Optional[int] = opt(2, "train only the top K blocks, final norm and head (used when freeze_bottom is not set)", gt=0)
 
 
-def first_trained_block(model, cfg: FreezeMethodConfig) -> int:
-    blocks = num_blocks(model)
+def first_trained_block(blocks: int, cfg: FreezeMethodConfig) -> int:
     first = cfg.freeze_bottom if cfg.freeze_bottom is not None else blocks - cfg.train_top
     if not 0 <= first <= blocks:
         raise ConfigError(f"method.freeze_bottom/train_top leave {blocks - first} of the model's {blocks} blocks "
@@ -40,13 +39,17 @@ def trains(name: str, first: int) -> bool:
 
 
 def apply(model, cfg: FreezeMethodConfig, task: str):
-    first = first_trained_block(model, cfg)
+    first = first_trained_block(num_blocks(model), cfg)
     return set_trainable(model, lambda name: trains(name, first))
 
 
-def closed_form(model, cfg: FreezeMethodConfig) -> int:
-    first = first_trained_block(model, cfg)
-    return sum(p.numel() for name, p in unique_parameters(model) if trains(name, first))
+def closed_form(model, cfg: FreezeMethodConfig) -> int | None:
+    """The top blocks, the final norm (or pooler) and an untied head, by arithmetic on the config (`shapes.py`)."""
+    parts = model_layout(model)
+    if parts is None:
+        return None
+    first = first_trained_block(parts.blocks, cfg)
+    return (parts.blocks - first) * parts.block + parts.final + parts.head
 
 
 register(Method("freeze", FreezeMethodConfig, apply=apply, save=save_trainable, load=load_trainable,

@@ -18,7 +18,8 @@ import torch
 
 from ..options import MethodConfig, opt
 from .registry import Method, register
-from .selective import block_index, is_embedding, load_trainable, num_blocks, save_trainable, set_trainable
+from .selective import (block_index, is_embedding, load_trainable, model_layout, num_blocks, save_trainable,
+                        set_trainable)
 
 
 @dataclass
@@ -46,8 +47,10 @@ def apply(model, cfg: FullMethodConfig, task: str):
     return set_trainable(model, lambda name: True)
 
 
-def closed_form(model, cfg) -> int:
-    return sum(p.numel() for p in model.parameters())
+def closed_form(model, cfg) -> int | None:
+    """Every parameter, by arithmetic on the config (`shapes.py`)."""
+    parts = model_layout(model)
+    return None if parts is None else parts.total
 
 
 register(Method("full", FullMethodConfig, apply=apply, save=save_trainable, load=load_trainable,

@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..models.heads import task_of
 from ..models.params import trainable_tensors, unique_parameters
 from ..options import MethodConfig
+from .shapes import Layout, layout
 
 LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 EMBEDDING_HINTS = ("embed", "embeddings", "wte", "wpe")
@@ -33,6 +35,12 @@ def block_index(name: str) -> int | None:
 def num_blocks(model: torch.nn.Module) -> int:
     indices = {block_index(n) for n, _ in model.named_parameters()} - {None}
     return max(indices) + 1 if indices else 0
+
+
+def model_layout(model: torch.nn.Module) -> Layout | None:
+    """The parameter layout of `model` from its config alone (None for a family `shapes.py` does not know)."""
+    task = task_of(model)
+    return layout(model.config, task, model.config.num_labels if task == "classification" else 0)
 
 
 def is_embedding(name: str) -> bool:

@@ -15,12 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import write_dir_atomic
-
-
-def cache_root() -> Path:
-    root = os.environ.get("TRANSFERKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transferkit"
-    return Path(root)
+from ..files import cache_root, write_dir_atomic
 
 
 def _fingerprint(gguf_path: Path) -> str:

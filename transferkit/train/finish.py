@@ -9,7 +9,6 @@ import torch
 
 from ..evaluate.plots import reliability_diagram
 from ..evaluate.split import evaluate_split, format_metrics
-from ..files import write_dir_atomic
 from ..methods import Method
 from ..models.fingerprint import write_fingerprint
 from ..options import MethodConfig
@@ -45,7 +44,7 @@ def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: 
         method.save(model, method_cfg, tmp)
         write_fingerprint(tmp, model)
 
-    write_dir_atomic(run.adapter, write)
+    run.write_dir_atomic(run.adapter, write)
 
 
 def evaluate_tuned(s: Session, model: torch.nn.Module) -> dict:

@@ -76,7 +76,7 @@ def steps_per_epoch(num_sequences: int, batch_size: int) -> int:
 class StepResult:
     loss_sum: torch.Tensor          # Σ loss over the step's labelled units, on the device (no sync)
     labels: int                     # labelled tokens (causal LM) or examples (classification)
-    grad_norm: torch.Tensor | None  # before clipping; None when clipping is off
+    grad_norm: torch.Tensor         # of all trainable gradients, before clipping
     applied: bool                   # False: a non-finite loss or gradient, the step was skipped
     penalty: float                  # EWC / L2-SP value
 
@@ -132,9 +132,12 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         loss_total += loss_sum.detach()
     penalty = sum((p.add_gradient() for p in parts.penalties), torch.zeros((), dtype=torch.float64))
     params = trainable_parameters(model)
-    grad_norm = parts.accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
+    if max_grad_norm > 0:
+        grad_norm = parts.accelerator.clip_grad_norm_(params, max_grad_norm)
+    else:  # no clipping, but a non-finite gradient must still be caught
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     # One host sync per step (free on CPU): a non-finite loss or gradient must not reach the weights.
-    finite = bool(torch.isfinite(loss_total)) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+    finite = bool(torch.isfinite(loss_total)) and bool(torch.isfinite(grad_norm))
     if finite:
         parts.optimizer.step()
         parts.scheduler.step()
@@ -234,8 +237,7 @@ def train_event(state: ckpt.TrainState, lr: float, figures: dict, last: StepResu
     replayed sequences."""
     event = {"event": "train", "step": state.step, "epoch": state.epoch, "loss": figures["loss"], "lr": lr,
              "tokens_per_s": figures["tokens_per_s"], "labelled_tokens": figures["labelled_tokens"]}
-    if last.grad_norm is not None:
-        event["grad_norm"] = float(last.grad_norm)
+    event["grad_norm"] = float(last.grad_norm)
     if penalties:
         event["penalty"] = last.penalty  # EWC / L2-SP value at this step
     if replayed is not None:
@@ -251,6 +253,6 @@ def too_many_bad_steps(step: int, in_a_row: int, run: RunDir, where: str) -> Use
 
 
 def checkpoint_now(parts: Parts, run: RunDir, state: ckpt.TrainState, keep: int) -> None:
-    folder = run.checkpoints / f"step-{state.step:06d}"
+    folder = run.inside(run.checkpoints / f"step-{state.step:06d}")
     ckpt.save_checkpoint(folder, parts.accelerator.unwrap_model(parts.model), parts.optimizer, parts.scheduler, state)
     ckpt.prune(run.checkpoints, keep)
