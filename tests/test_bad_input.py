@@ -109,6 +109,10 @@ CASES = [
     Case("preference schema configured", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW])),
                                                      "schema": "preference"}, []),
          ["data.schema", "must be one of", "'preference'"]),
+    Case("test rows seen in training", lambda t: ({
+        "train": str(write_jsonl(t / "train.jsonl", [GOOD_ROW, {"prompt": "other", "completion": "x"}])),
+        "test": str(write_jsonl(t / "test.jsonl", [{"prompt": "new", "completion": "y"}, {**GOOD_ROW, "prompt": " HI "}])),
+        "overlap": "error"}, []), ["test.jsonl:2", "also occurs in train", "train.jsonl:1"]),
     Case("yaml syntax error", None, ["bad.yaml:", "invalid YAML", "line 2"]),
 ]
 

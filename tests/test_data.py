@@ -166,3 +166,60 @@ def test_quickstart_data_matches_generator(tmp_path):
     train = {json.loads(l)["prompt"] for l in (shipped / "train.jsonl").read_text().splitlines()}
     test = {json.loads(l)["prompt"] for l in (shipped / "test.jsonl").read_text().splitlines()}
     assert not train & test
+
+
+def test_shipped_tasks_share_no_example_between_splits():
+    from pathlib import Path
+
+    from transferkit.data.overlap import split_overlap
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    for task in ("quickstart", "topics"):
+        splits = {s: read_examples(str(data / task / f"{s}.jsonl"))[1] for s in ("train", "validation", "test")}
+        overlap = split_overlap(splits)
+        assert set(overlap) == {"train/validation", "train/test", "validation/test"}
+        assert all(counts["normalised"] == 0 for counts in overlap.values()), (task, overlap)
+
+
+def _ex(line: int, text: str = "", prompt: str | None = None, answer: str = "a"):
+    from transferkit.data.schema import Example
+
+    if prompt is not None:
+        return Example("f.jsonl", line, messages=({"role": "user", "content": prompt},
+                                                  {"role": "assistant", "content": answer}))
+    return Example("f.jsonl", line, text=text, label="x")
+
+
+def test_overlap_counts_exact_and_normalised_matches():
+    from transferkit.data.overlap import count_overlap
+
+    train = [_ex(1, "The cat sat."), _ex(2, "A dog ran"), _ex(3, prompt="Name a colour")]
+    later = [_ex(1, "The cat sat."),          # exact
+             _ex(2, "  a DOG   ran "),         # after case and whitespace normalisation
+             _ex(3, "A dog ran away"),         # different text
+             _ex(4, prompt="name a colour", answer="blue")]  # the same prompt, another answer: still a leak
+    counts = count_overlap(train, later)
+    assert counts == {"exact": 1, "normalised": 3, "first": "f.jsonl:1 = f.jsonl:1"}
+    assert count_overlap(train, [_ex(1, "nothing shared")])["normalised"] == 0
+
+
+def test_runs_report_overlap_and_can_refuse_it(tiny_config, quick_data, tmp_path):
+    from tiny import write_jsonl
+
+    from transferkit import train
+    from transferkit.data.synthetic import person_records
+
+    rows = person_records(40, seed=1)  # the training rows of `quick_data`
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", rows[:3] + person_records(3, seed=9))
+    summary = train(tiny_config(f"data.test={leaky}", "train.max_steps=1", "eval.baseline=false",
+                                "eval.exact_match=false"))
+    assert summary["data"]["overlap"]["train/test"]["normalised"] == 3
+    assert summary["data"]["overlap"]["train/validation"]["normalised"] == 0
+    assert any("3 test examples also occur in train" in flag for flag in summary["flags"])
+    from transferkit import evaluate_run  # `eval` checks a file against the run's training data the same way
+    result, _ = evaluate_run(str(leaky), run_dir=str(tmp_path / "run"), precision="fp32", reference="none")
+    assert result["overlap"]["train/evaluated"]["normalised"] == 3
+    assert any("3 evaluated examples also occur in train" in flag for flag in result["flags"])
+    with pytest.raises(DataError, match=r"leaky.jsonl:1: this test example also occurs in train"):
+        train(tiny_config(f"data.test={leaky}", "data.overlap=error", f"output_dir={tmp_path / 'refused'}"))
+    assert not (tmp_path / "refused").exists()

@@ -21,7 +21,7 @@ import torch
 import yaml
 from tiny import save_tiny_model_folder, write_jsonl
 
-from transferkit.data.synthetic import topic_examples
+from transferkit.data.synthetic import topic_splits
 from transferkit.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +37,8 @@ def test_a_run_writes_only_its_run_directory_and_the_cache(tmp_path):
     model = save_tiny_model_folder(tmp_path / "model", family="bert")
     data = tmp_path / "data"
     data.mkdir()
-    for split, (n, seed) in {"train": (32, 1), "test": (8, 3)}.items():
-        write_jsonl(data / f"{split}.jsonl", topic_examples(n, seed))
+    for split, rows in topic_splits({"train": 32, "test": 8}, seed=1).items():
+        write_jsonl(data / f"{split}.jsonl", rows)
     for name in ("home", "work", "tmp", "cache"):
         (tmp_path / name).mkdir()
     config = {"model": str(model), "data": {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl")},

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .data import Split, read_examples
+from .data.overlap import count_overlap, overlap_warnings
 from .data.schema import check_known_labels
 from .data.tokenize import tokenize_examples
 from .errors import UserError
@@ -113,5 +114,14 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     result: dict = {"data": data, "metrics": metrics, "general": general, "forgetting": verdict["forgetting"]}
     if baseline:
         result.update(baseline=prompts, comparison=verdict["comparison"])
-    result["flags"] = verdict["flags"]
+    result["overlap"] = overlap_with_training(ev, examples)
+    result["flags"] = verdict["flags"] + overlap_warnings(result["overlap"])
     return result, predictions
+
+
+def overlap_with_training(ev: Evaluated, examples: list) -> dict[str, dict]:
+    """{"train/evaluated": counts} for a run whose training file is still there: evaluated examples the run
+    trained on."""
+    if ev.run_dir is None or not ev.train_data or not Path(ev.train_data).exists():
+        return {}
+    return {"train/evaluated": count_overlap(read_examples(ev.train_data)[1], examples)}

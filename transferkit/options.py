@@ -40,6 +40,9 @@ class DataConfig:
     overlong: Literal["truncate", "error"] = opt(
         "truncate", "what to do with an example longer than max_length: truncate it (counted and reported) or stop with an error")
     validation_fraction: float = opt(0.05, "fraction of train split off for validation when no validation file is given", ge=0.0, le=0.5)
+    overlap: Literal["warn", "error"] = opt(
+        "warn", "an example of validation or test that also occurs in train (or of test in validation), exactly or "
+                "after case/whitespace normalisation: `warn` counts it in summary.json and flags it, `error` refuses")
     slice_column: str = opt("slice", "column naming each row's held-out slice (domain, source, ...); when present, "
                                      "every evaluation metric is also reported per slice")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..options import DataConfig
+from .overlap import overlap_warnings, refuse_overlap, split_overlap
 from .readers import read_rows
 from .schema import Example, check_known_labels, label_vocabulary, schema_of, to_examples
 from .tokenize import Tokenized, check_has_labels, tokenize_examples
@@ -61,6 +62,12 @@ class Splits:
     test: Split | None
     notes: list[str] = field(default_factory=list)  # human-readable facts worth printing
     labels: list[str] | None = None                 # classification: class names, index = class id
+    overlap: dict[str, dict] = field(default_factory=dict)  # examples shared by two splits (`overlap.py`)
+
+    def facts(self) -> dict:
+        """summary.json's "data": each split's facts and the overlap between splits."""
+        splits = (self.train, self.validation, self.test)
+        return {**{split.name: split.facts() for split in splits if split is not None}, "overlap": self.overlap}
 
 
 def read_examples(path: str, schema: str = "auto", split: str | None = None,
@@ -103,6 +110,10 @@ def load_splits(data_cfg: DataConfig, tokenizer, seed: int, train: tuple[str, li
         train_examples = [ex for i, ex in enumerate(train_examples) if i not in held]
         notes.append(f"validation: {n_val} examples split off train (data.validation_fraction)")
     test_examples = read_examples(data_cfg.test, schema, "test", data_cfg.slice_column)[1] if data_cfg.test else None
+    overlap = split_overlap({"train": train_examples, "validation": validation_examples, "test": test_examples})
+    if data_cfg.overlap == "error":
+        refuse_overlap(overlap)
+    notes.extend(f"warning: {line}" for line in overlap_warnings(overlap))
 
     train = _tokenize_split("train", train_examples, tokenizer, schema, data_cfg, labels)
     labelled = check_has_labels(train.tokenized, data_cfg.train)
@@ -121,5 +132,5 @@ def load_splits(data_cfg: DataConfig, tokenizer, seed: int, train: tuple[str, li
                          f"line {original.line})")
         if split is not None and split.num_truncated:
             notes.append(f"{split.name}: {split.num_truncated} examples truncated to data.max_length={data_cfg.max_length}")
-    return Splits(schema, train, validation, test, notes, labels)
+    return Splits(schema, train, validation, test, notes, labels, overlap)
 

@@ -86,45 +86,78 @@ def write_quickstart(folder: str | Path) -> list[Path]:
 # ---------------------------------------------------------------- topic classification
 
 TOPICS = {
-    "sport": ["The {team} won the final after extra time.", "She ran the marathon in under three hours.",
-              "Our coach wants more passing and less dribbling.", "The referee showed two yellow cards before half time.",
-              "He finally beat his personal best on the track.", "The {team} signed a new goalkeeper this summer."],
-    "food": ["The soup needs more salt and a little lemon.", "We baked bread with rye flour and seeds.",
-             "This curry is too spicy for the children.", "She grilled the fish with garlic and butter.",
-             "The bakery on the corner sells the best croissants.", "Add the onions once the oil is hot."],
+    "sport": ["The {team} won the final after extra time.", "{name} ran the marathon in under three hours.",
+              "Our coach wants the {team} to pass more and dribble less.",
+              "The referee showed {name} two yellow cards before half time.",
+              "{name} finally beat a personal best on the track.", "The {team} signed a new goalkeeper this summer.",
+              "The {team} lost at home for the first time this season.", "{name} swims forty lengths every morning.",
+              "Tickets for the {team} derby sold out in an hour.", "{name} scored twice in the second half."],
+    "food": ["{name} says the soup needs more salt and a little lemon.", "We baked rye bread with seeds for {name}.",
+             "This curry from {city} is too spicy for the children.", "{name} grilled the fish with garlic and butter.",
+             "The bakery on the corner sells the best croissants in {city}.", "{name} adds the onions once the oil is hot.",
+             "The market in {city} has the ripest tomatoes.", "{name} makes pancakes with buttermilk on Sundays.",
+             "Let the dough rest before {name} rolls it out.", "The restaurant in {city} serves dumplings all night."],
     "travel": ["Our train to {city} leaves at seven in the morning.", "We lost our luggage on the way to {city}.",
-               "The hostel near the harbour was cheap and clean.", "He booked a window seat for the long flight.",
-               "Remember to renew your passport before the trip.", "The ferry to the island was cancelled by the storm."],
-    "weather": ["Heavy rain is expected over {city} tonight.", "The fog did not lift until noon.",
-                "It was the hottest July on record.", "Strong winds knocked down trees along the coast.",
-                "Snow is likely on the hills by the weekend.", "A cold front will bring clear skies tomorrow."],
+               "The hostel near the harbour in {city} was cheap and clean.", "{name} booked a window seat for the flight.",
+               "{name} must renew the passport before the trip.", "The ferry from {city} was cancelled by the storm.",
+               "{name} took the night bus across the border.", "The queue at passport control in {city} took an hour.",
+               "{name} rented a bicycle to explore the old town.", "Our guide in {city} spoke four languages."],
+    "weather": ["Heavy rain is expected over {city} tonight.", "The fog over {city} did not lift until noon.",
+                "It was the hottest July on record in {city}.", "Strong winds knocked down trees near {city}.",
+                "Snow is likely on the hills above {city} by the weekend.", "A cold front will bring clear skies to {city}.",
+                "{name} got soaked in the thunderstorm on the way home.", "Frost covered the fields outside {city}.",
+                "The forecast for {city} promises sunshine all week.", "{name} checked the forecast: hail by evening."],
 }
-TEAMS = ["Lions", "Rovers", "Falcons", "Harriers", "United", "Wanderers"]
+TEAMS = ["Lions", "Rovers", "Falcons", "Harriers", "United", "Wanderers", "Comets", "Pirates", "Dragons", "Rangers"]
 OPENERS = ["", "Apparently, ", "My friend said that ", "In the news today: ", "Honestly, ", "As expected, "]
 
 
-def topic_examples(n: int, seed: int) -> list[dict]:
-    """Sentences labelled with one of four topics (sport, food, travel, weather)."""
+def topic_sentences(topic: str) -> list[str]:
+    """Every distinct sentence of `topic`: each template with each filler and opener, in a fixed order."""
+    sentences = []
+    for template in TOPICS[topic]:
+        fillers = TEAMS if "{team}" in template else FIRST if "{name}" in template else CITIES
+        for filler, opener in ((f, o) for f in fillers for o in OPENERS):
+            sentence = template.format(team=filler, name=filler, city=filler)
+            lower = opener and not template.startswith("{")  # "Apparently, the Lions …", but "Apparently, Ines …"
+            sentences.append(opener + (sentence[0].lower() + sentence[1:] if lower else sentence))
+    return list(dict.fromkeys(sentences))
+
+
+def topic_splits(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
+    """Balanced topic classification splits ({split: rows}) that share no sentence: each topic's sentences are
+    shuffled once and dealt out in disjoint runs, a quarter of every split per topic."""
     rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(sorted(TOPICS))
-        sentence = rng.choice(TOPICS[label]).format(team=rng.choice(TEAMS), city=rng.choice(CITIES))
-        opener = rng.choice(OPENERS)
-        text = opener + (sentence[0].lower() + sentence[1:] if opener else sentence)
-        rows.append({"text": text, "label": label})
-    return rows
+    topics = sorted(TOPICS)
+    pools = {topic: rng.sample(topic_sentences(topic), len(topic_sentences(topic))) for topic in topics}
+    splits: dict[str, list[dict]] = {}
+    for name, n in sizes.items():
+        rows = []
+        for i, topic in enumerate(topics):
+            take = n // len(topics) + (i < n % len(topics))
+            rows += [{"text": text, "label": topic} for text in pools[topic][:take]]
+            pools[topic] = pools[topic][take:]
+        rng.shuffle(rows)
+        splits[name] = rows
+    return splits
 
 
-TOPIC_SPLITS = {"train": (400, 11), "validation": (40, 12), "test": (100, 13)}
+def topic_examples(n: int, seed: int) -> list[dict]:
+    """n sentences labelled with one of four topics (sport, food, travel, weather), balanced, no repeats."""
+    return topic_splits({"rows": n}, seed)["rows"]
+
+
+TOPIC_SPLITS = {"train": 400, "validation": 40, "test": 100}
+TOPIC_SEED = 11
 
 
 def write_topics(folder: str | Path) -> list[Path]:
+    """Write data/topics/{train,validation,test}.jsonl: no sentence occurs in two splits."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for split, (n, seed) in TOPIC_SPLITS.items():
+    for split, rows in topic_splits(TOPIC_SPLITS, TOPIC_SEED).items():
         path = folder / f"{split}.jsonl"
-        path.write_text(jsonl_text(topic_examples(n, seed)), encoding="utf-8")
+        path.write_text(jsonl_text(rows), encoding="utf-8")
         written.append(path)
     return written

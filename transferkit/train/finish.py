@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from ..data.overlap import overlap_warnings
 from ..evaluate.plots import reliability_diagram
 from ..evaluate.split import evaluate_split, format_metrics
 from ..methods import Method
@@ -28,6 +29,7 @@ def finish(s: Session, stats: FitStats) -> dict:
     general_tuned = s.assessment.general(model, s.tokenizer)
     why = "eval.baseline is false" if not s.cfg.eval.baseline else "no test or validation split"
     verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why)
+    verdict["flags"] += overlap_warnings(s.splits.overlap)
     if verdict["forgetting"] is not None:
         print(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
     for flag in verdict["flags"]:
@@ -81,7 +83,7 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
         "train_loss": {"first_logged": stats.first_logged_loss, "final": stats.final_train_loss},
         "skipped_steps": stats.skipped_steps,
         "resumed_from_step": None if s.resumed_from is None else int(s.resumed_from.name.split("-")[1]),
-        "data": {split.name: split.facts() for split in (s.splits.train, s.splits.validation, s.splits.test) if split},
+        "data": s.splits.facts(),
     }
     if s.splits.labels is not None:
         summary["labels"] = s.splits.labels
