@@ -196,10 +196,12 @@ def test_adapter_loads_in_stock_peft_with_identical_logits(tiny_config, tiny_mod
     from transferkit import load_trained, train
 
     cfg = tiny_config("train.max_steps=4", "eval.baseline=false")
-    train(cfg)
+    summary = train(cfg)
     ids = torch.tensor([[1, 5, 9, 42, 7, 100]])
     ours, _, _ = load_trained(cfg.output_dir)
-    stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+    assert ours.config._attn_implementation == summary["attention"]  # the kernel the run trained with
+    attention = {"attn_implementation": summary["attention"]}
+    stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), **attention),
                                       str(Path(cfg.output_dir) / "adapter")).eval()
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     with torch.no_grad():
@@ -222,10 +224,12 @@ def test_bf16_and_fp32_reach_the_same_loss(tiny_config, tmp_path):
 
 def test_frozen_weights_stored_in_bf16_trained_ones_stay_fp32():
     from transferkit.methods import get_method, method_config_from_dict
-    from transferkit.train.hardware import store_frozen_in_bf16
+    from transferkit.runtime import Runtime, store_frozen_weights
 
     model = get_method("lora").apply(tiny_llama(400), method_config_from_dict({"name": "lora", "r": 4}), "causal-lm")
-    moved = store_frozen_in_bf16(model)
+    assert store_frozen_weights(model, Runtime(torch.device("cpu"), "fp32")) == 0  # fp32: nothing moves
+    assert store_frozen_weights(model, Runtime(torch.device("cpu"), "bf16"), in_bf16=False) == 0
+    moved = store_frozen_weights(model, Runtime(torch.device("cpu"), "bf16"))
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert moved == sum(p.numel() for p in frozen) > 0
     assert all(p.dtype == torch.bfloat16 for p in frozen)

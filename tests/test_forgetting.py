@@ -172,16 +172,23 @@ def test_forgetting_is_zero_for_an_untouched_model(tiny_config):
     assert summary["general"]["base"]["tokens"] > 1000  # measured on real text, not an empty set
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter"])
+@pytest.mark.parametrize("method", ["lora", "adapter", "full"])
 def test_forgetting_compares_base_and_tuned_in_the_same_numerics(tiny_config, method):
     """With bf16 precision the frozen weights are stored in bf16 for training; the base is measured with the same
     storage (its adapted model, method switched off), so an adapter that did not move has forgotten nothing."""
-    from transferkit import train
+    from transferkit import evaluate_run, train
 
-    summary = train(tiny_config(f"method={{name: {method}}}", "train.lr=1e-12", "train.precision=bf16",
-                                "train.frozen_bf16=true", "eval.baseline=false", "eval.exact_match=false"))
+    cfg = tiny_config(f"method={{name: {method}}}", "train.lr=1e-12", "train.precision=bf16", "train.frozen_bf16=true",
+                      "eval.baseline=false", "eval.exact_match=false")
+    summary = train(cfg)
     assert summary["precision"] == "bf16"
     assert summary["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
+    # `eval` measures the same two models the same way (weight storage, attention kernel): the same numbers,
+    # not merely the same verdict.
+    result, _ = evaluate_run(cfg.data.test, run_dir=cfg.output_dir, precision="bf16", eval_cfg=cfg.eval)
+    assert result["general"]["base"]["loss"] == summary["general"]["base"]["loss"]
+    assert result["general"]["evaluated"]["loss"] == summary["general"]["tuned"]["loss"]
+    assert result["forgetting"]["forgetting"] == summary["forgetting"]["forgetting"]
 
 
 def test_forgetting_grows_when_the_model_changes(tiny_model_dir):

@@ -207,3 +207,13 @@ def test_closed_form_layouts_match_the_published_model_sizes():
                          intermediate_size=1536, vocab_size=49152, tie_word_embeddings=False)
     assert layout(untied, "causal-lm").head == 49152 * 576          # an untied head is a second V·h matrix
     assert layout(smollm2, "classification", num_labels=4).head == 576 * 4  # `score` has no bias
+
+
+@pytest.mark.parametrize("name, family", CASES)
+def test_load_marks_what_apply_trained(name, family, tmp_path):
+    """A loaded adapter has the trainable parameters `apply` gave it: what decides which weights training stored
+    in bf16, so `eval` can store them the same way."""
+    method, model = trained(name, family)
+    method.save(model, method_cfg(name), tmp_path)
+    reloaded = method.load(make_base(family), tmp_path)
+    assert count_parameters(reloaded)[0] == count_parameters(model)[0] > 0

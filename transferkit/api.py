@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,12 @@ from .data.schema import check_known_labels
 from .data.tokenize import tokenize_examples
 from .errors import UserError
 from .evaluate import evaluate_split, generate_completions
-from .evaluate.assessment import Assessment, BaseModel
+from .evaluate.assessment import Assessment, BaseModel, switched_off
 from .methods import get_method
 from .models import architecture, load_model, resolve_model, task_of
-from .options import EvalConfig
+from .options import EvalConfig, RunConfig
 from .runs import load_trained
-from .runtime import Runtime
+from .runtime import Runtime, store_frozen_weights
 from .train import train
 
 __all__ = ["train", "generate", "evaluate_run", "load_trained"]
@@ -42,34 +43,39 @@ def generate(prompts: list[str], *, model: str | None = None, adapter: str | Non
 
 @dataclass
 class Evaluated:
-    """The model `eval` scores and where it came from."""
+    """The model `eval` scores: a finished run's (with its config) or a base model's."""
 
     model: torch.nn.Module
     tokenizer: object
-    base_ref: str                  # the base model: the run's `model`, or the evaluated model itself
-    run_dir: str | None = None
+    base_ref: str                       # the base model: the run's `model`, or the evaluated model itself
+    cfg: RunConfig | None = None        # the run's resolved config; None for a base model
     labels: list[str] | None = None
     max_length: int = 1024
-    trust_remote_code: bool = False
-    seed: int = 0
-    quantized_base: bool = False   # QLoRA: compared with the 4-bit base it trained on
-    train_data: str | None = None  # where k-shot examples come from by default
 
-    def load_base(self, runtime: Runtime) -> torch.nn.Module:
+    def base(self, runtime: Runtime) -> contextlib.AbstractContextManager:
+        """A context giving the untrained base as `train` measured it: the run's method applied to a fresh base
+        in the same weight storage, switched off (for a base model: the model itself)."""
+        if self.cfg is None:
+            return contextlib.nullcontext(self.model)
+        method = get_method(self.cfg.method.name)
         task = "classification" if self.labels else "causal-lm"
         base, _, _ = load_model(self.base_ref, task=task, labels=self.labels, device=runtime.device,
-                                tokenizer=self.tokenizer, quantize_4bit=self.quantized_base,
-                                trust_remote_code=self.trust_remote_code)
-        return base
+                                tokenizer=self.tokenizer, quantize_4bit=method.quantize_base,
+                                attention=self.model.config._attn_implementation,
+                                trust_remote_code=self.cfg.trust_remote_code)
+        base = method.apply(base, self.cfg.method, task)
+        store_frozen_weights(base, runtime, self.cfg.train.frozen_bf16)
+        return switched_off(method, base)
 
 
 def load_evaluated(run_dir: str | None, model: str | None, runtime: Runtime, max_length: int) -> Evaluated:
+    """The run's trained model in the weight storage it trained with, or a base model."""
     if run_dir is not None:
         lm, tokenizer, cfg = load_trained(run_dir, runtime.device)
+        store_frozen_weights(lm, runtime, cfg.train.frozen_bf16)
         labels = ([lm.config.id2label[i] for i in range(lm.config.num_labels)]
                   if task_of(lm) == "classification" else None)
-        return Evaluated(lm, tokenizer, cfg.model, run_dir, labels, cfg.data.max_length, cfg.trust_remote_code,
-                         cfg.seed, get_method(cfg.method.name).quantize_base, cfg.data.train)
+        return Evaluated(lm, tokenizer, cfg.model, cfg, labels, cfg.data.max_length)
     if model is not None:
         lm, tokenizer, _ = load_model(model, device=runtime.device)
         return Evaluated(lm, tokenizer, model, max_length=max_length)
@@ -81,11 +87,11 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
                  baseline: bool = False, shots_from: str | None = None, reference: str = "general"
                  ) -> tuple[dict, list[dict]]:
     """Evaluate a run (or a base model) on a data file: ({"metrics", "general", "forgetting"[, "baseline",
-    "comparison"], "flags"}, per-example predictions).
+    "comparison"], "overlap", "flags"}, per-example predictions).
 
-    A run is compared with its base model: general ability of both and forgetting. `baseline` adds the
-    base model's zero- and k-shot prompting scores (shots from `shots_from`, default the run's training data)
-    and the comparison with the evaluated model. The same assessment as at the end of `train`."""
+    A run is compared with its base model: general ability of both and forgetting, measured as `train` measures
+    them. `baseline` adds the base model's zero- and k-shot prompting scores (shots from `shots_from`, default
+    the run's training data) and the comparison with the evaluated model."""
     eval_cfg = eval_cfg or EvalConfig()
     runtime = Runtime.resolve("auto", precision)
     ev = load_evaluated(run_dir, model, runtime, max_length)
@@ -100,16 +106,16 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
                                           labels=ev.labels)
     assessment = Assessment(schema, eval_cfg, reference, ev.max_length, runtime, ev.labels)
     general = {"evaluated": assessment.general(ev.model, ev.tokenizer)}
-    base = ev.load_base(runtime) if ev.run_dir is not None else None
-    if base is not None:
-        general["base"] = assessment.general(base, ev.tokenizer)
     prompts = None
-    if baseline:
-        untrained = BaseModel(ev.base_ref, architecture(resolve_model(ev.base_ref)),
-                              base if base is not None else ev.model, ev.tokenizer, ev.trust_remote_code)
-        shots_from = shots_from or ev.train_data
-        shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
-        prompts = assessment.baseline(untrained, split, shots, ev.seed)
+    with ev.base(runtime) as base:
+        if ev.cfg is not None:
+            general["base"] = assessment.general(base, ev.tokenizer)
+        if baseline:
+            untrained = BaseModel(ev.base_ref, architecture(resolve_model(ev.base_ref)), base, ev.tokenizer,
+                                  ev.cfg is not None and ev.cfg.trust_remote_code)
+            shots_from = shots_from or (ev.cfg.data.train if ev.cfg else None)
+            shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
+            prompts = assessment.baseline(untrained, split, shots, ev.cfg.seed if ev.cfg else 0)
     verdict = assessment.verdict(metrics, prompts, general.get("base"), general["evaluated"])
     result: dict = {"data": data, "metrics": metrics, "general": general, "forgetting": verdict["forgetting"]}
     if baseline:
@@ -122,6 +128,6 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
 def overlap_with_training(ev: Evaluated, examples: list) -> dict[str, dict]:
     """{"train/evaluated": counts} for a run whose training file is still there: evaluated examples the run
     trained on."""
-    if ev.run_dir is None or not ev.train_data or not Path(ev.train_data).exists():
+    if ev.cfg is None or not Path(ev.cfg.data.train).exists():
         return {}
-    return {"train/evaluated": count_overlap(read_examples(ev.train_data)[1], examples)}
+    return {"train/evaluated": count_overlap(read_examples(ev.cfg.data.train)[1], examples)}

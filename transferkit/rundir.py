@@ -92,6 +92,10 @@ class RunDir:
     def write_jsonl(self, path: Path, rows: list[dict]) -> None:
         self.write_text_atomic(path, jsonl_text(rows))
 
+    def read_summary(self) -> dict:
+        """summary.json of a finished run ({} before the run finished)."""
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
     def read_labels(self) -> list[str] | None:
         """A classification run's class names (index = class id); None for a language-model run."""
         return json.loads(self.labels.read_text())["labels"] if self.labels.is_file() else None

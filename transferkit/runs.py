@@ -22,8 +22,10 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
     cfg = load_config(run.config)
     method = get_method(cfg.method.name)
     labels = run.read_labels()
+    # The attention kernel training ran with: the same kernel gives the same numbers to the last digit.
     model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
                                      device=device, quantize_4bit=method.quantize_base,
+                                     attention=run.read_summary().get("attention"),
                                      trust_remote_code=cfg.trust_remote_code)
     check_adapter_folder(run.adapter, model, cfg.model)
     try:

@@ -77,6 +77,25 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def store_frozen_weights(model: torch.nn.Module, runtime: Runtime, in_bf16: bool = True) -> int:
+    """The weight storage of training, for training and for every measurement that compares with it: with bf16
+    precision (and `train.frozen_bf16`), frozen floating-point parameters are cast to bf16; returns how many
+    elements moved.
+
+    Under bf16 autocast every matmul reads its weight as bf16 anyway, so a frozen fp32 copy only costs memory
+    and a cast per use. Trainable parameters keep fp32 master weights for the optimizer. Norms and embeddings
+    are not autocast: their bf16 storage changes results slightly, which is why a base and a tuned model are
+    only compared under the same storage."""
+    if runtime.precision != "bf16" or not in_bf16:
+        return 0
+    moved = 0
+    for param in model.parameters():
+        if not param.requires_grad and param.is_floating_point() and param.dtype != torch.bfloat16:
+            param.data = param.data.to(torch.bfloat16)
+            moved += param.numel()
+    return moved
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """model.eval() inside the block (no dropout); the mode it had is restored on the way out."""

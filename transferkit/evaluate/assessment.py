@@ -12,17 +12,28 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from ..data import TASK_OF_SCHEMA, Split
 from ..data.schema import Example
+from ..methods import Method
 from ..options import EvalConfig
 from ..runtime import Runtime
 from .baseline import Prompted, prompting_baseline, prompting_model
 from .comparison import compare
 from .forgetting import forgetting, general_ability
+
+
+@contextlib.contextmanager
+def switched_off(method: Method, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model`, adapted by `method` but not yet trained (or trained), acting as the base: through the method's
+    off switch, or the model itself for the methods that start equal to their base (full, freeze, probe)."""
+    with method.disabled(model) if method.has_off_switch else contextlib.nullcontext(model) as base:
+        yield base
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,16 @@ def save(model: torch.nn.Module, cfg: MethodConfig, adapter_dir: Path) -> None:
 
 
 def load(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-    from peft import PeftModel
+    """The adapter on `base`, its parameters marked trainable as after `apply`, so that the loaded model's weight
+    storage can match training's (frozen weights in bf16, trained ones fp32)."""
+    from peft import PeftConfig, PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+    prompt_learning = PeftConfig.from_pretrained(str(adapter_dir)).is_prompt_learning
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=not prompt_learning)
+    if prompt_learning:  # peft refuses is_trainable here: mark what `apply` trained, the soft prompt and a new head
+        for name, param in model.named_parameters():
+            param.requires_grad_("prompt_encoder" in name or "modules_to_save" in name)
+    return model
 
 
 @contextlib.contextmanager

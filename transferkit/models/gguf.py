@@ -10,7 +10,6 @@ cache, and load that afterwards (~0.3 s instead of ~3 s per load).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch

@@ -103,7 +103,7 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(folder, trust_remote_code)
     extra = {"attn_implementation": attention} if attention else {}
     if quantize_4bit:
-        extra = {"quantization_config": nf4_config(compute_dtype), "device_map": str(torch.device(device))}
+        extra.update(quantization_config=nf4_config(compute_dtype), device_map=str(torch.device(device)))
     if task == "classification":
         if not labels:
             raise ValueError("a classification model needs its labels")

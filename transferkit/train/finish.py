@@ -12,6 +12,7 @@ from ..evaluate.plots import reliability_diagram
 from ..evaluate.split import evaluate_split, format_metrics
 from ..methods import Method
 from ..models.fingerprint import write_fingerprint
+from ..models.heads import underlying_model
 from ..options import MethodConfig
 from ..rundir import RunDir
 from ..runtime import peak_memory_bytes
@@ -77,6 +78,7 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
     summary: dict = {
         "model": cfg.model, "model_path": str(s.model_folder), "method": cfg.method.name, "schema": s.splits.schema,
         "device": s.runtime.device.type, "precision": s.runtime.precision,
+        "attention": underlying_model(s.parts.model).config._attn_implementation,
         "params": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
         "steps": s.state.step, "epochs": s.state.epoch + s.state.batch_index / s.plan.steps_per_epoch,
         "train_tokens": stats.train_tokens, "tokens_per_s": stats.train_tokens / max(stats.train_seconds, 1e-9),

@@ -1,5 +1,4 @@
-"""What training does differently by device: micro-batch size, attention kernel, weight storage, activation
-recomputation."""
+"""What training does differently by device: micro-batch size, attention kernel, activation recomputation."""
 
 from __future__ import annotations
 
@@ -7,20 +6,6 @@ import torch
 
 from ..errors import ConfigError
 from ..models.heads import underlying_model
-
-
-def store_frozen_in_bf16(model: torch.nn.Module) -> int:
-    """Cast frozen floating-point parameters to bf16; returns how many elements moved.
-
-    Under bf16 autocast every matmul reads its weight as bf16 anyway, so a frozen
-    fp32 copy only costs memory and a cast per use. Trainable parameters keep fp32
-    master weights for the optimizer."""
-    moved = 0
-    for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point() and param.dtype != torch.bfloat16:
-            param.data = param.data.to(torch.bfloat16)
-            moved += param.numel()
-    return moved
 
 
 CPU_MICRO_BATCH = 4

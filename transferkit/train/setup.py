@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -32,7 +31,7 @@ from ..data.batching import collate_packed
 from ..data.general import PACKAGED, general_sequences, general_texts
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError, UserError
-from ..evaluate.assessment import Assessment, BaseModel
+from ..evaluate.assessment import Assessment, BaseModel, switched_off
 from ..evaluate.forgetting import check_reference
 from ..evaluate.split import evaluate_split, format_metrics
 from ..evaluate.task_metrics import resolve_task_metric
@@ -41,9 +40,9 @@ from ..models import architecture, count_parameters, format_trainable, load_mode
 from ..objectives import OBJECTIVES, Objective
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir
-from ..runtime import Runtime
+from ..runtime import Runtime, store_frozen_weights
 from . import checkpoint as ckpt
-from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention, store_frozen_in_bf16
+from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .regularizers import build_penalties
@@ -227,8 +226,8 @@ def measure_general_base(run: RunDir, assessment: Assessment, method: Method, mo
     before its first step, with the method switched off (a method without an off switch starts equal to the
     base), so both sides see the same weight storage (bf16 frozen weights, a 4-bit base). Logged as a
     "general_base" event."""
-    with method.disabled(model) if method.has_off_switch else contextlib.nullcontext(model) as as_base:
-        general = assessment.general(as_base, tokenizer)
+    with switched_off(method, model) as base:
+        general = assessment.general(base, tokenizer)
     run.log({"event": "general_base", "step": 0, "metrics": general})
     return general
 
@@ -237,8 +236,7 @@ def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, trai
           runtime: Runtime) -> torch.nn.Module:
     """The method applied for `task`; frozen weights stored in bf16 and gradient checkpointing, as configured."""
     model = method.apply(model, method_cfg, task)
-    if runtime.precision == "bf16" and train_cfg.frozen_bf16:
-        store_frozen_in_bf16(model)
+    store_frozen_weights(model, runtime, train_cfg.frozen_bf16)
     if train_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
