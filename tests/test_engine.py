@@ -8,7 +8,7 @@ from tiny import tiny_llama, tiny_tokenizer
 
 from transferkit.data import read_examples
 from transferkit.data.batching import collate
-from transferkit.data.tokenize import tokenize_examples
+from transferkit.data.tokenize import Tokenized, tokenize_examples
 from transferkit.errors import UserError
 from transferkit.objectives.loss import token_loss_sum
 
@@ -32,6 +32,18 @@ def test_token_loss_matches_transformers_loss(tmp_path):
     reference = model(**batch).loss  # transformers shifts labels and averages over labelled tokens
     assert int(n) == sum(t.num_labels for t in items)
     torch.testing.assert_close(loss_sum / n, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_units_are_the_tokens_the_loss_predicts(tmp_path):
+    """What the loop divides by (Tokenized.num_labels, known on the host) is what the loss counts: for plain text
+    every token but the first (nothing predicts it), for instruction data the completion tokens."""
+    tok, chats = _batch(tmp_path, n=4)
+    texts = [Tokenized(ids, list(ids), "t") for ids in (tok(t)["input_ids"] for t in ["hello world", "the quick fox"])]
+    model = tiny_llama(len(tok))
+    for items in (chats, texts):
+        _, count = token_loss_sum(model, collate(items, tok.pad_token_id))
+        assert int(count) == sum(t.num_labels for t in items)
+    assert [t.num_labels for t in texts] == [len(t.input_ids) - 1 for t in texts]
 
 
 def _parts(model, tok, objective=None):

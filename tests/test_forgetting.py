@@ -11,7 +11,7 @@ from transferkit.runtime import CPU
 from transferkit.data.general import general_paragraphs, probe_sentences
 from transferkit.evaluate.forgetting import forgetting, general_ability
 from transferkit.train.regularizers import AnchorPenalty, diagonal_fisher, ewc_penalty, l2sp_penalty
-from transferkit.train.replay import replay_count, replay_indices
+from transferkit.train.replay import replay_sequences, replay_units
 
 
 def test_reference_and_pool_are_disjoint_halves_of_every_topic():
@@ -104,38 +104,40 @@ def test_diagonal_fisher_is_the_mean_squared_per_sequence_gradient(tiny_model_di
     assert any(float(f.sum()) > 0 for f in fisher)
 
 
-def test_replay_count_and_indices():
-    assert replay_count(8, 0.0) == 0 and replay_count(8, 0.25) == 2 and replay_count(10, 0.3) == 3
-    with pytest.raises(ConfigError, match="forgetting.replay"):
-        replay_count(2, 0.1)  # rounds to no general sequence
-    with pytest.raises(ConfigError, match="forgetting.replay"):
-        replay_count(4, 0.9)  # leaves no task sequence
-    picks = replay_indices(7, 3, 10, seed=1)
-    assert picks == replay_indices(7, 3, 10, seed=1) and len(set(picks)) == 3  # deterministic: resumable
-    assert replay_indices(8, 3, 10, seed=1) != picks
-    assert len(replay_indices(0, 5, 2, seed=0)) == 5  # a small pool repeats
+def test_replay_adds_exactly_the_share_of_labelled_tokens():
+    from transferkit.data.tokenize import Tokenized
+
+    assert replay_units(300, 0.0) == 0 and replay_units(300, 0.25) == 100 and replay_units(90, 0.5) == 90
+    pool = [Tokenized(list(range(n)), list(range(n)), f"g:{i}") for i, n in enumerate([11, 21, 31, 41])]  # 10..40 units
+    chosen = replay_sequences(pool, step=7, units=45, seed=1)
+    assert sum(t.num_labels for t in chosen) == 45 and chosen[-1].truncated  # exact: the last one is cut
+    assert chosen == replay_sequences(pool, 7, 45, seed=1)  # a pure function of (seed, step): resumable
+    assert [t.where for t in replay_sequences(pool, 8, 100, seed=1)] != [t.where for t in replay_sequences(
+        pool, 7, 100, seed=1)]
+    assert sum(t.num_labels for t in replay_sequences(pool, 0, 500, seed=0)) == 500  # a small pool cycles
+    assert replay_sequences(pool, 0, 0, seed=0) == []
 
 
-def test_training_mixes_the_stated_fraction_of_general_text(tiny_config, monkeypatch):
+def test_training_keeps_its_task_examples_and_adds_the_stated_share_of_general_tokens(tiny_config, monkeypatch):
     from transferkit import train
     from transferkit.train import loop
 
-    seen: list[list[str]] = []
+    seen: list[tuple[int, int, int]] = []  # per step: task sequences, task tokens, general tokens
     real_step = loop.optimizer_step
 
     def recording_step(parts, items, *args):
-        seen.append([t.where for t in items])
+        general = [t for t in items if t.where.startswith("<packaged general text, pool>")]
+        task = [t for t in items if t not in general]
+        seen.append((len(task), sum(t.num_labels for t in task), sum(t.num_labels for t in general)))
         return real_step(parts, items, *args)
 
     monkeypatch.setattr(loop, "optimizer_step", recording_step)
     cfg = tiny_config("train.max_steps=8", "train.batch_size=8", "forgetting.replay=0.25", "eval.baseline=false")
     train(cfg)
-    assert len(seen) == 8
-    general = [sum(w.startswith("<packaged general text, pool>") for w in wheres) for wheres in seen]
-    # 40 task rows in batches of 6 + 2 general (25 %); the epoch's one smaller batch has 4 task rows + round(4·2/6) = 1.
-    assert sorted(zip(map(len, seen), general)) == [(5, 1)] + [(8, 2)] * 7
+    assert len(seen) == 8 and all(n == 8 for n, _, _ in seen)  # the task budget of a run without replay
+    assert all(general == round(task * 0.25 / 0.75) > 0 for _, task, general in seen)  # 25 % of the loss terms
     events = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    assert [e["replayed_sequences"] for e in events if e["event"] == "train"] == general
+    assert [e["replayed_tokens"] for e in events if e["event"] == "train"] == [g for _, _, g in seen]
 
 
 def _distance_from_start(run_dir: Path, start: dict) -> float:

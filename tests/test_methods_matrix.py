@@ -52,7 +52,7 @@ def batch_for(family: str):
     tok = tiny_tokenizer()
     ids = [tok(t)["input_ids"] for t in TEXTS]
     if TASK[family] == "classification":
-        items = [Tokenized(i, [c], "t:1") for i, c in zip(ids, (0, 2))]
+        items = [Tokenized(i, [c], "t:1", per_example=True) for i, c in zip(ids, (0, 2))]
     else:
         items = [Tokenized(i, i, "t:1") for i in ids]
     return OBJECTIVES[TASK[family]].collate(items, tok.pad_token_id, "cpu")

@@ -99,7 +99,8 @@ class ForgettingConfig:
     reference: str = opt(
         "general", "what forgetting is measured on: `general` (packaged general English written for transferkit: "
                    "perplexity for decoders, a topic probe for classifiers), a text file (decoders), or `none`")
-    replay: float = opt(0.0, "fraction of every training batch drawn from general text (causal LM only)", ge=0, le=0.9)
+    replay: float = opt(0.0, "share of every step's labelled tokens drawn from general text, added to the step's "
+                             "task examples (which stay train.batch_size); causal LM only", ge=0, le=0.9)
     replay_data: str = opt("general", "general text for replay and the EWC Fisher: `general` (the packaged pool, "
                                       "disjoint from the reference) or a text file")
     ewc: float = opt(0.0, "EWC strength λ: loss += λ·Σ F·(θ−θ₀)², F = diagonal Fisher of general text at the "

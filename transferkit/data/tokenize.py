@@ -29,10 +29,15 @@ class Tokenized:
     labels: list[int]          # causal LM: same length, IGNORE where no loss is taken; classification: [class]
     where: str                 # "file:line" of the source row
     truncated: bool = False
+    per_example: bool = False  # classification: one label for the whole sequence
 
     @property
     def num_labels(self) -> int:
-        return sum(1 for t in self.labels if t != IGNORE)
+        """The loss units this sequence adds: 1 for a classification example; for causal LM the predicted tokens.
+        Token t is predicted from position t − 1, so a label on the first position is never a loss term."""
+        if self.per_example:
+            return 1
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
 
 
 def ensure_chat_template(tokenizer) -> None:
@@ -97,7 +102,7 @@ def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_lengt
             ids = tokenizer(ex.text, ex.text_pair, add_special_tokens=True)["input_ids"]
             truncated = check_length(ex, len(ids), max_length, overlong)
             # One label per example: the class index (loss is normalised by examples).
-            out.append(Tokenized(ids[:max_length], [index[ex.label]], ex.where, truncated))
+            out.append(Tokenized(ids[:max_length], [index[ex.label]], ex.where, truncated, per_example=True))
     else:
         raise ValueError(f"cannot tokenize schema {schema!r}")
     return out

@@ -35,7 +35,7 @@ from ..rundir import RunDir
 from ..runtime import Runtime
 from . import checkpoint as ckpt
 from .regularizers import AnchorPenalty
-from .replay import replay_for, replay_indices
+from .replay import replay_sequences, replay_units
 from .signals import Stopped, StopRequest
 
 Collate = Callable[[list[Tokenized], int, torch.device], dict[str, torch.Tensor]]
@@ -62,7 +62,7 @@ class StepPlan:
 
     steps: int             # optimizer steps in the whole run
     task_batch: int        # task sequences per step
-    replay_batch: int      # general sequences added to a full step's batch (forgetting.replay; 0: none)
+    replay_share: float    # share of a step's labelled tokens from general text (forgetting.replay; 0: none)
     micro_batch: int       # sequences per forward pass
     steps_per_epoch: int   # task batches in one pass over the training data
     seed: int
@@ -105,16 +105,14 @@ class Batches:
             self._order = length_grouped_batches(self.lengths, self.plan.task_batch, self.plan.seed, epoch)
         return self._order
 
-    def next(self, state: ckpt.TrainState) -> tuple[list[Tokenized], int]:
-        """(the next step's sequences, how many of them are replayed general text); advances the position."""
+    def next(self, state: ckpt.TrainState) -> tuple[list[Tokenized], list[Tokenized]]:
+        """(the next step's task sequences, its replayed general sequences); advances the data position."""
         while state.batch_index >= len(self.epoch_order(state.epoch)):
             state.epoch, state.batch_index = state.epoch + 1, 0
         items = [self.data[i] for i in self.epoch_order(state.epoch)[state.batch_index]]
         state.batch_index += 1
-        per_full_batch = self.plan.replay_batch if self.replay_pool else 0
-        k = replay_for(len(items), per_full_batch, self.plan.task_batch)
-        replayed = [self.replay_pool[i] for i in replay_indices(state.step, k, len(self.replay_pool), self.plan.seed)]
-        return items + replayed, k
+        units = replay_units(sum(t.num_labels for t in items), self.plan.replay_share) if self.replay_pool else 0
+        return items, replay_sequences(self.replay_pool, state.step, units, self.plan.seed)
 
 
 def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float) -> StepResult:
@@ -189,7 +187,8 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
     parts.model.train()
     bar = tqdm(total=plan.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     while state.step < plan.steps:
-        items, replayed = batches.next(state)
+        task, replayed = batches.next(state)
+        items = task + replayed
         lr = parts.optimizer.param_groups[0]["lr"]
         result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm)
         if not result.applied:
@@ -232,16 +231,17 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
 
 
 def train_event(state: ckpt.TrainState, lr: float, figures: dict, last: StepResult,
-                penalties: tuple[AnchorPenalty, ...], replayed: int | None) -> dict:
+                penalties: tuple[AnchorPenalty, ...], replayed: list[Tokenized] | None) -> dict:
     """A "train" event of metrics.jsonl: the window's figures and the last step's gradient norm, penalty and
-    replayed sequences."""
+    replayed general text (sequences, labelled tokens)."""
     event = {"event": "train", "step": state.step, "epoch": state.epoch, "loss": figures["loss"], "lr": lr,
              "tokens_per_s": figures["tokens_per_s"], "labelled_tokens": figures["labelled_tokens"]}
     event["grad_norm"] = float(last.grad_norm)
     if penalties:
         event["penalty"] = last.penalty  # EWC / L2-SP value at this step
     if replayed is not None:
-        event["replayed_sequences"] = replayed
+        event["replayed_sequences"] = len(replayed)
+        event["replayed_tokens"] = sum(t.num_labels for t in replayed)
     return event
 
 

@@ -46,7 +46,6 @@ from .hardware import default_micro_batch_size, enable_gradient_checkpointing, p
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .regularizers import build_penalties
-from .replay import replay_count
 
 
 @dataclass
@@ -155,7 +154,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
     check_packing(cfg.train, method, task)
-    check_evaluation(cfg.eval, cfg.forgetting, cfg.train.batch_size, task)
+    check_evaluation(cfg.eval, cfg.forgetting, task)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
@@ -169,7 +168,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     return model, tokenizer, folder, splits
 
 
-def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, batch_size: int, task: str) -> None:
+def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, task: str) -> None:
     """Before anything is written: the task metric resolves, the general texts read, and replay and the
     EWC Fisher (which train on general text, so need a language-model head) fit the task."""
     resolve_task_metric(eval_cfg.task_metric)
@@ -177,7 +176,6 @@ def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, batch_s
         if value and task != "causal-lm":
             raise ConfigError(f"config key 'forgetting.{key}' is {value} but the task is {task}: it uses general "
                               f"text, which needs a causal-LM task; use forgetting.l2sp instead")
-    replay_count(batch_size, forgetting.replay)  # raises if the fraction does not fit the batch
     check_reference(forgetting.reference, task)
     if (forgetting.replay or forgetting.ewc) and forgetting.replay_data != PACKAGED:
         general_texts(forgetting.replay_data, "pool", "forgetting.replay_data")
@@ -244,14 +242,12 @@ def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, trai
 
 def plan_steps(train_cfg: TrainConfig, replay: float, num_sequences: int, device: torch.device, seed: int
                ) -> StepPlan:
-    """Optimizer steps and batch composition: `train.batch_size` sequences per step, of which
-    round(replay · batch) are general text (`forgetting.replay`)."""
-    replay_batch = replay_count(train_cfg.batch_size, replay)
-    task_batch = train_cfg.batch_size - replay_batch
-    per_epoch = steps_per_epoch(num_sequences, task_batch)
+    """Optimizer steps and batch composition: `train.batch_size` task sequences per step, plus general text
+    holding `forgetting.replay` of the step's labelled tokens (`replay.py`)."""
+    per_epoch = steps_per_epoch(num_sequences, train_cfg.batch_size)
     steps = train_cfg.max_steps if train_cfg.max_steps is not None else max(1, math.ceil(train_cfg.epochs * per_epoch))
     micro = train_cfg.micro_batch_size or default_micro_batch_size(device, train_cfg.batch_size)
-    return StepPlan(steps, task_batch, replay_batch, micro, per_epoch, seed)
+    return StepPlan(steps, train_cfg.batch_size, replay, micro, per_epoch, seed)
 
 
 def pick_collate(train_cfg: TrainConfig, objective: Objective) -> Collate:
