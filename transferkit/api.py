@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .data import Split, read_examples
+from .data.general import PACKAGED
 from .data.overlap import count_overlap, overlap_warnings
 from .data.schema import check_known_labels
 from .data.tokenize import tokenize_examples
@@ -84,14 +85,15 @@ def load_evaluated(run_dir: str | None, model: str | None, runtime: Runtime, max
 
 def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = None,
                  eval_cfg: EvalConfig | None = None, max_length: int = 1024, precision: str = "auto",
-                 baseline: bool = False, shots_from: str | None = None, reference: str = "general"
+                 baseline: bool = False, shots_from: str | None = None, reference: str | None = None
                  ) -> tuple[dict, list[dict]]:
     """Evaluate a run (or a base model) on a data file: ({"metrics", "general", "forgetting"[, "baseline",
     "comparison"], "overlap", "flags"}, per-example predictions).
 
     A run is compared with its base model: general ability of both and forgetting, measured as `train` measures
     them. `baseline` adds the base model's zero- and k-shot prompting scores (shots from `shots_from`, default
-    the run's training data) and the comparison with the evaluated model."""
+    the run's training data) and the comparison with the evaluated model. `reference`: the general text
+    forgetting is measured on (default: the run's `forgetting.reference`, else 'general')."""
     eval_cfg = eval_cfg or EvalConfig()
     runtime = Runtime.resolve("auto", precision)
     ev = load_evaluated(run_dir, model, runtime, max_length)
@@ -104,6 +106,7 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
                                                                labels=ev.labels))
     metrics, predictions = evaluate_split(ev.model, ev.tokenizer, split, schema, eval_cfg, runtime, label="eval",
                                           labels=ev.labels)
+    reference = reference or (ev.cfg.forgetting.reference if ev.cfg else PACKAGED)
     assessment = Assessment(schema, eval_cfg, reference, ev.max_length, runtime, ev.labels)
     general = {"evaluated": assessment.general(ev.model, ev.tokenizer)}
     prompts = None

@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=4, help="examples in the k-shot prompt (0: zero-shot only)")
     p.add_argument("--shots-from", help="data file the k-shot examples come from (default: the run's training data)")
     p.add_argument("--task-metric", help="`json` or package.module:function (see `transferkit keys`)")
-    p.add_argument("--reference", default="general",
-                   help="general text for forgetting: `general` (packaged), a text file, or `none`")
+    p.add_argument("--reference",
+                   help="general text for forgetting: `general` (packaged), `general-validation`, a text file, or "
+                        "`none` (default: the run's forgetting.reference)")
     p.add_argument("--reliability-plot", metavar="PNG", help="classification: write the reliability diagram here")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-examples", type=int)

@@ -97,8 +97,10 @@ class EvalConfig:
 @dataclass
 class ForgettingConfig:
     reference: str = opt(
-        "general", "what forgetting is measured on: `general` (packaged general English written for transferkit: "
-                   "perplexity for decoders, a topic probe for classifiers), a text file (decoders), or `none`")
+        "general", "what forgetting is measured on: `general` (decoders: perplexity on Jane Austen's Persuasion from "
+                   "Debian's r-cran-janeaustenr, else on general English written for transferkit; classifiers: a "
+                   "topic probe), `general-validation` (Northanger Abbey: for choosing a mitigation's strength), "
+                   "a text file (decoders), or `none`")
     replay: float = opt(0.0, "share of every step's labelled tokens drawn from general text, added to the step's "
                              "task examples (which stay train.batch_size); causal LM only", ge=0, le=0.9)
     replay_data: str = opt("general", "general text for replay and the EWC Fisher: `general` (the packaged pool, "

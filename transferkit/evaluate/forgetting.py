@@ -5,8 +5,8 @@
 
 The probe is a logistic regression on mean-pooled last hidden states that predicts the topic of general
 sentences (5-fold cross-validated, fixed folds), so it asks whether the body still encodes general meaning
-after its head was trained for something else. The text is the reference half of `data/general.py`'s
-packaged paragraphs (never trained on), or a user's own text file for decoders.
+after its head was trained for something else. The texts are `data/general.py`'s: for decoders Jane Austen's
+Persuasion (or the written fallback, or a user's own file), for the probe the written topic paragraphs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.general import PACKAGED, general_sequences, general_texts, probe_sentences
+from ..data.general import PACKAGED, describe_reference, general_sequences, general_texts, probe_sentences
 from ..errors import ConfigError
 from ..runtime import Runtime, eval_mode
 from .metrics import mean_loss
@@ -50,11 +50,13 @@ def probe_accuracy(features: np.ndarray, topics: list[str], folds: int = 5) -> f
 
 def check_reference(reference: str, task: str) -> None:
     """Refuse a reference the task cannot be measured on, and read a user's file now (its errors name it)."""
-    if reference in (PACKAGED, "none"):
+    if reference == "none":
         return
     if task != "causal-lm":
-        raise ConfigError("config key 'forgetting.reference': classifiers are probed on the packaged topic "
-                          "task; set it to 'general' or 'none'")
+        if reference != PACKAGED:
+            raise ConfigError("config key 'forgetting.reference': classifiers are probed on the packaged topic "
+                              "task; set it to 'general' or 'none'")
+        return
     general_texts(reference, "reference")
 
 
@@ -67,7 +69,7 @@ def general_ability(model, tokenizer, task: str, reference: str, runtime: Runtim
     if task == "causal-lm":
         sequences = general_sequences(tokenizer, reference, "reference", max_length)
         result = mean_loss(model, sequences, tokenizer.pad_token_id, batch_size, runtime)
-        return {"kind": "perplexity", "reference": reference, **result}
+        return {"kind": "perplexity", "reference": reference, "text": describe_reference(reference), **result}
     check_reference(reference, task)
     sentences, topics = probe_sentences()
     features = pooled_hidden_states(model, tokenizer, sentences, runtime, batch_size)
