@@ -40,7 +40,7 @@ def test_classifier_trains_and_reloads(family, method, lr, tiny_config, topics, 
     from transferkit import evaluate_run, load_trained, train
 
     folder = tiny_bert_dir if family == "bert" else tiny_qwen_dir
-    cfg = tiny_config(f"model={folder}", f"method={{name: {method}}}", f"data.train={topics['train']}",
+    cfg = tiny_config(f"model={folder}", "forgetting.reference=general", f"method={{name: {method}}}", f"data.train={topics['train']}",
                       f"data.validation={topics['validation']}", f"data.test={topics['test']}",
                       "train.max_steps=40", "train.batch_size=8", f"train.lr={lr}", "train.eval_every=0", "train.save_every=0")
     summary = train(cfg)
@@ -75,7 +75,7 @@ def test_eval_cli_baseline_and_reliability_plot(tiny_config, topics, tiny_qwen_d
     from transferkit import train
     from transferkit.cli import main
 
-    cfg = tiny_config(f"model={tiny_qwen_dir}", "method={name: lora}", f"data.train={topics['train']}",
+    cfg = tiny_config(f"model={tiny_qwen_dir}", "forgetting.reference=general", "method={name: lora}", f"data.train={topics['train']}",
                       f"data.validation={topics['validation']}", f"data.test={topics['test']}",
                       "train.max_steps=2", "eval.baseline=false", "train.eval_every=0", "train.save_every=0")
     summary = train(cfg)
@@ -121,7 +121,7 @@ def test_unseen_eval_label_is_an_error(tiny_config, topics, tmp_path, tiny_bert_
     from transferkit import train
 
     bad = write_jsonl(tmp_path / "test.jsonl", [{"text": "a fine day", "label": "finance"}])
-    cfg = tiny_config(f"model={tiny_bert_dir}", f"data.train={topics['train']}", f"data.test={bad}",
+    cfg = tiny_config(f"model={tiny_bert_dir}", "forgetting.reference=general", f"data.train={topics['train']}", f"data.test={bad}",
                       f"data.validation={topics['validation']}")
     with pytest.raises(DataError, match=r"test.jsonl:1: field 'label': label 'finance' does not occur in the training"):
         train(cfg)

@@ -261,7 +261,7 @@ def test_probe_drop_is_zero_for_the_same_encoder(tiny_bert_dir):
 def test_mitigations_that_need_general_text_refuse_classification(tiny_config, tiny_bert_dir, topics):
     from transferkit import train
 
-    cfg = tiny_config(f"model={tiny_bert_dir}", f"data.train={topics['train']}", f"data.validation={topics['validation']}",
+    cfg = tiny_config(f"model={tiny_bert_dir}", "forgetting.reference=general", f"data.train={topics['train']}", f"data.validation={topics['validation']}",
                       f"data.test={topics['test']}", "forgetting.ewc=10")
     with pytest.raises(ConfigError, match="forgetting.ewc"):
         train(cfg)

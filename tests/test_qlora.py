@@ -100,7 +100,7 @@ def test_qlora_classifier_keeps_its_head_in_float(tiny_config, tmp_path):
     bert = save_tiny_model_folder(tmp_path / "bert", family="bert")
     data = {s: write_jsonl(tmp_path / f"{s}.jsonl", rows)
             for s, rows in topic_splits({"train": 32, "validation": 8, "test": 8}, seed=0).items()}
-    cfg = tiny_config(f"model={bert}", "method={name: qlora, r: 4}", "train.max_steps=3",
+    cfg = tiny_config(f"model={bert}", "forgetting.reference=general", "method={name: qlora, r: 4}", "train.max_steps=3",
                       *[f"data.{s}={p}" for s, p in data.items()])
     train(cfg)
     model, _, _ = load_trained(cfg.output_dir)

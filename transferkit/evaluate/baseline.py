@@ -120,7 +120,8 @@ def instruction_answers(p: Prompted, shots: list[Example]) -> dict:
     prompts = [fitting_prompt(p.model, p.tokenizer, ex, shots, p.eval_cfg.max_new_tokens) for ex in examples]
     references = [prompt_and_reference(ex)[1] for ex in examples]
     outputs = generate_completions(p.model, p.tokenizer, prompts, max_new_tokens=p.eval_cfg.max_new_tokens,
-                                   batch_size=p.eval_cfg.batch_size, runtime=p.runtime)
+                                   batch_size=p.eval_cfg.batch_size, runtime=p.runtime,
+                                   desc=f"baseline {len(shots)}-shot: generating")
     task_metric = resolve_task_metric(p.eval_cfg.task_metric)
     return with_slices(examples, lambda idx: {"examples": len(idx), **generation_metrics(
         [outputs[i] for i in idx], [references[i] for i in idx], task_metric)})

@@ -16,7 +16,7 @@ import torch
 
 from ..data.general import PACKAGED, describe_reference, general_sequences, general_texts, probe_sentences
 from ..errors import ConfigError
-from ..runtime import Runtime, eval_mode
+from ..runtime import Runtime, for_inference
 from .metrics import mean_loss
 
 
@@ -24,7 +24,7 @@ from .metrics import mean_loss
 def pooled_hidden_states(model, tokenizer, texts: list[str], runtime: Runtime, batch_size: int = 16) -> np.ndarray:
     """Mean of the last layer's hidden states over real tokens, one row per text: [N, hidden]."""
     rows = []
-    with eval_mode(model):
+    with for_inference(model):
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start: start + batch_size], padding=True, return_tensors="pt").to(runtime.device)
             with runtime.autocast():
@@ -68,7 +68,7 @@ def general_ability(model, tokenizer, task: str, reference: str, runtime: Runtim
         return None
     if task == "causal-lm":
         sequences = general_sequences(tokenizer, reference, "reference", max_length)
-        result = mean_loss(model, sequences, tokenizer.pad_token_id, batch_size, runtime)
+        result = mean_loss(model, sequences, tokenizer.pad_token_id, batch_size, runtime, desc="general text: perplexity")
         return {"kind": "perplexity", "reference": reference, "text": describe_reference(reference), **result}
     check_reference(reference, task)
     sentences, topics = probe_sentences()

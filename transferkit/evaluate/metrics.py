@@ -6,33 +6,49 @@ import math
 from collections import Counter
 
 import torch
+from tqdm.auto import tqdm
 
 from ..data.batching import collate
 from ..data.tokenize import Tokenized
 from ..objectives import collate_classes
 from ..objectives.loss import token_loss_per_row
-from ..runtime import Runtime, eval_mode
+from ..runtime import Runtime, for_inference
+
+
+MAX_BATCH_TOKENS = 2048  # padded tokens per forward pass (4096: 7 % slower, 8192: 42 % on 2 CPU cores)
 
 
 def _batches(tokenized: list[Tokenized], batch_size: int):
-    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))  # less padding
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        yield idx, [tokenized[i] for i in idx]
+    """(indices, items) batches in order of length: at most `batch_size` rows and, past one row, at most
+    MAX_BATCH_TOKENS padded tokens, so that long sequences do not drag short ones into their padding (on 20k
+    tokens of Austen's paragraphs, 27 to 450 tokens long, batches of 25 were 30 % padding)."""
+    order = sorted(range(len(tokenized)), key=lambda i: len(tokenized[i].input_ids))
+    batch: list[int] = []
+    for i in order:
+        width = len(tokenized[i].input_ids)  # the longest so far: the order is ascending
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * width > MAX_BATCH_TOKENS):
+            yield batch, [tokenized[j] for j in batch]
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch, [tokenized[j] for j in batch]
 
 
-def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, runtime: Runtime) -> dict:
+def mean_loss(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, runtime: Runtime,
+              desc: str | None = None) -> dict:
     """Causal LM: mean loss per labelled token, perplexity = exp(loss), and the token count."""
-    return loss_metrics(per_example_token_losses(model, tokenized, pad_id, batch_size, runtime))
+    return loss_metrics(per_example_token_losses(model, tokenized, pad_id, batch_size, runtime, desc))
 
 
 @torch.no_grad()
 def per_example_token_losses(model, tokenized: list[Tokenized], pad_id: int, batch_size: int,
-                             runtime: Runtime) -> list[tuple[float, int]]:
-    """(cross-entropy sum, labelled tokens) of each causal-LM example, in input order."""
+                             runtime: Runtime, desc: str | None = None) -> list[tuple[float, int]]:
+    """(cross-entropy sum, labelled tokens) of each causal-LM example, in input order; `desc` names a progress
+    bar."""
     result: list[tuple[float, int]] = [(0.0, 0)] * len(tokenized)
-    with eval_mode(model):
-        for idx, items in _batches(tokenized, batch_size):
+    batches = tqdm(list(_batches(tokenized, batch_size)), desc=desc, unit="batch", leave=False, disable=desc is None)
+    with for_inference(model):
+        for idx, items in batches:
             with runtime.autocast():
                 sums, counts = token_loss_per_row(model, collate(items, pad_id, runtime.device))
             for i, loss_sum, count in zip(idx, sums.tolist(), counts.tolist()):
@@ -53,7 +69,7 @@ def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: 
     """Arg-max class and class log-probabilities (fp32 log-softmax) for each example, in input order."""
     predictions: list[int] = [0] * len(tokenized)
     log_probs: list[list[float]] = [[]] * len(tokenized)
-    with eval_mode(model):
+    with for_inference(model):
         for idx, items in _batches(tokenized, batch_size):
             batch = collate_classes(items, pad_id, runtime.device)
             with runtime.autocast():

@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from tqdm.auto import tqdm
-
 from ..data import Split
 from ..data.schema import Example, prompt_and_reference
 from ..options import EvalConfig
@@ -88,9 +86,8 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalCo
     references: list[str] = []
     if schema == "instruction" and eval_cfg.exact_match:
         prompts, references = map(list, zip(*(prompt_and_reference(ex) for ex in examples)))
-        with tqdm(total=len(prompts), desc=f"{label}: generating", unit="ex", leave=False) as bar:
-            outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=eval_cfg.max_new_tokens,
-                                           batch_size=eval_cfg.batch_size, runtime=runtime, progress=bar.update)
+        outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=eval_cfg.max_new_tokens,
+                                       batch_size=eval_cfg.batch_size, runtime=runtime, desc=f"{label}: generating")
     task_metric = resolve_task_metric(eval_cfg.task_metric) if outputs is not None else None
 
     def score(idx: list[int]) -> dict:

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..models.heads import task_head_name
 from ..options import MethodConfig, opt
-from ..runtime import eval_mode
+from ..runtime import for_inference
 from .registry import Method, register
 from .selective import load_trainable, save_trainable, saved_config
 
@@ -62,7 +62,7 @@ class CachedFeatureProbe(nn.Module):
         captured = {}
         hook = self.head.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
         try:
-            with eval_mode(self.model):  # features must not depend on dropout, or caching would change them
+            with for_inference(self.model):  # features must not depend on dropout, or caching would change them
                 self.model(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             hook.remove()

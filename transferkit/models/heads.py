@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..runtime import underlying_model
+
 HEAD_NAMES = ("lm_head", "score", "classifier")
 TASK_HEAD_NAMES = ("score", "classifier")  # what transformers calls a sequence classifier's new head
-
-
-def underlying_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a wrapper (peft, the probe); the model itself when unwrapped."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def task_head_name(model: torch.nn.Module) -> str | None:
@@ -27,6 +24,12 @@ def task_head_name(model: torch.nn.Module) -> str | None:
 def task_of(model: torch.nn.Module) -> str:
     """"classification" for a sequence classifier, else "causal-lm"."""
     return "classification" if task_head_name(model) is not None else "causal-lm"
+
+
+def uses_virtual_tokens(model: torch.nn.Module) -> bool:
+    """Prompt and prefix tuning: peft injects virtual tokens in its own forward, before every sequence."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def is_head(module_name: str) -> bool:

@@ -13,18 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tokenize import IGNORE
-from ..models.heads import underlying_model
-
-
-def _uses_virtual_tokens(model: torch.nn.Module) -> bool:
-    """Prompt / prefix tuning inject their tokens in the PeftModel's own forward."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
+from ..models.heads import underlying_model, uses_virtual_tokens
 
 
 def _body_and_head(model: torch.nn.Module):
     """(decoder body returning last_hidden_state, output head) or None."""
-    if _uses_virtual_tokens(model):
+    if uses_virtual_tokens(model):
         return None
     inner = underlying_model(model)
     get_decoder = getattr(inner, "get_decoder", None)

@@ -22,12 +22,15 @@ from .setup import Session
 
 def finish(s: Session, stats: FitStats) -> dict:
     """Save and measure the trained model; write and return the summary."""
-    checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)
     model = s.parts.accelerator.unwrap_model(s.parts.model)
-    write_adapter(s.run, s.method, s.cfg.method, model)
-    evaluation = evaluate_tuned(s, model)
+    with s.clock("save"):
+        checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)
+        write_adapter(s.run, s.method, s.cfg.method, model)
+    with s.clock("evaluate"):
+        evaluation = evaluate_tuned(s, model)
     tuned = evaluation.get("test", evaluation.get("validation"))
-    general_tuned = s.assessment.general(model, s.tokenizer)
+    with s.clock("general_tuned"):
+        general_tuned = s.assessment.general(model, s.tokenizer)
     why = "eval.baseline is false" if not s.cfg.eval.baseline else "no test or validation split"
     verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why)
     verdict["flags"] += overlap_warnings(s.splits.overlap)
@@ -95,5 +98,6 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
     summary["general"] = {"base": s.before.general, "tuned": general_tuned}
     summary.update(verdict)
     summary["wall_time_s"] = time.perf_counter() - s.wall_start
+    summary["timings_s"] = s.clock.seconds  # where the wall time went, by phase
     summary["peak_memory_bytes"] = peak_memory_bytes(s.runtime.device)
     return summary

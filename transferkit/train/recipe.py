@@ -18,7 +18,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     """Run a whole training job described by `cfg`; returns the summary."""
     session = setup(cfg, resume=resume, overwrite=overwrite)
     validate = session.validate if session.splits.validation is not None else None
-    with StopRequest() as stop:
+    with StopRequest() as stop, session.clock("train"):
         stats = fit(session.parts, session.batches, session.plan, session.run, session.state, cfg.train, validate,
                     stop)
     return finish(session, stats)

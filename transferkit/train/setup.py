@@ -40,7 +40,7 @@ from ..models import architecture, count_parameters, format_trainable, load_mode
 from ..objectives import OBJECTIVES, Objective
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir
-from ..runtime import Runtime, store_frozen_weights
+from ..runtime import Runtime, Stopwatch, store_frozen_weights
 from . import checkpoint as ckpt
 from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
@@ -76,6 +76,7 @@ class Session:
     batches: Batches
     state: ckpt.TrainState
     resumed_from: Path | None
+    clock: Stopwatch                 # seconds per phase, reported in summary.json
     wall_start: float = field(default_factory=time.perf_counter)
 
     def validate(self) -> dict | None:
@@ -96,13 +97,14 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     """Prepare a run described by `cfg` (see the module docstring)."""
     from accelerate import Accelerator
 
-    wall_start = time.perf_counter()
+    wall_start, clock = time.perf_counter(), Stopwatch()
     run = RunDir(cfg.output_dir)
     resume_from = check_run_dir(run, resume, overwrite)
     runtime = Runtime.resolve(cfg.train.device, cfg.train.precision)
     accelerator = Accelerator(cpu=runtime.device.type == "cpu")
     method = get_method(cfg.method.name)
-    model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
+    with clock("load"):
+        model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
     task = TASK_OF_SCHEMA[splits.schema]
     open_run(run, cfg, splits, resume, overwrite)
     seed_everything(cfg.seed)
@@ -111,12 +113,14 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
                             splits.labels)
     known = {e["event"]: e["metrics"] for e in run.read_events() if e.get("event") in ("baseline", "general_base")}
     base = BaseModel(cfg.model, architecture(folder), model, tokenizer, cfg.trust_remote_code)
-    baseline = known["baseline"] if "baseline" in known else measure_baseline(run, assessment, base, splits, cfg.seed)
-
+    with clock("baseline"):
+        baseline = known["baseline"] if "baseline" in known else measure_baseline(run, assessment, base, splits,
+                                                                                  cfg.seed)
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
     model = adapt(model, method, cfg.method, cfg.train, task, runtime)
-    general = known["general_base"] if "general_base" in known else measure_general_base(
-        run, assessment, method, model, tokenizer)
+    with clock("general_base"):
+        general = known["general_base"] if "general_base" in known else measure_general_base(
+            run, assessment, method, model, tokenizer)
     before = BaseMeasures(baseline, general)
     params = count_parameters(model)
     print(format_trainable(*params))
@@ -132,7 +136,7 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     print(f"training {plan.steps} steps on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
     batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
     return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
-                   batches, state, resume_from, wall_start)
+                   batches, state, resume_from, clock, wall_start)
 
 
 def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> Path | None:
