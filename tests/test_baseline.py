@@ -103,7 +103,9 @@ def test_instruction_baseline_has_zero_and_k_shot(tiny_model_dir, quick_data):
     train = read_examples(str(quick_data["train"]))[1]
     split = Split("test", test, tokenize_examples(tok, test, schema, 256))
     eval_cfg = EvalConfig(max_new_tokens=4, shots=2, task_metric="json")
-    result = prompting_baseline(Prompted(model, tok, split, schema, eval_cfg, CPU), "decoder", train)
-    assert set(result) == {"zero_shot", "2_shot"}
+    result, predictions = prompting_baseline(Prompted(model, tok, split, schema, eval_cfg, CPU), "decoder", train)
+    assert set(result) == set(predictions) == {"zero_shot", "2_shot"}
+    assert [p["where"] for p in predictions["2_shot"]] == [ex.where for ex in test]
+    assert {"prompt", "reference", "prediction", "match"} <= set(predictions["2_shot"][0])
     assert "loss" in result["zero_shot"] and result["2_shot"]["examples"] == len(test)
     assert {"exact_match", "token_f1", "json_field_accuracy", "json_valid"} <= set(result["2_shot"])

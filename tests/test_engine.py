@@ -126,6 +126,10 @@ def test_train_writes_the_run_directory(tiny_config):
     assert [e["step"] for e in train_events] == list(range(1, 13))
     assert all({"step", "loss", "lr", "tokens_per_s"} <= set(e) for e in train_events)
     assert {e["event"] for e in events} >= {"baseline", "general_base", "train", "eval", "test"}
+    for prompt in ("zero_shot", "4_shot"):  # the untrained model's answers, kept like the tuned model's
+        answers = [json.loads(l) for l in (run / f"baseline_{prompt}_predictions.jsonl").read_text().splitlines()]
+        assert [a["where"] for a in answers] == [json.loads(l)["where"] for l in
+                                                 (run / "test_predictions.jsonl").read_text().splitlines()]
     assert train_events[-1]["loss"] < train_events[0]["loss"]
     for key in ("params", "wall_time_s", "tokens_per_s", "peak_memory_bytes", "test", "baseline", "comparison",
                 "forgetting", "general", "validation"):

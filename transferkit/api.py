@@ -118,7 +118,7 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
                                   ev.cfg is not None and ev.cfg.trust_remote_code)
             shots_from = shots_from or (ev.cfg.data.train if ev.cfg else None)
             shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
-            prompts = assessment.baseline(untrained, split, shots, ev.cfg.seed if ev.cfg else 0)
+            prompts, _ = assessment.baseline(untrained, split, shots, ev.cfg.seed if ev.cfg else 0)
     verdict = assessment.verdict(metrics, prompts, general.get("base"), general["evaluated"])
     result: dict = {"data": data, "metrics": metrics, "general": general, "forgetting": verdict["forgetting"]}
     if baseline:

@@ -5,6 +5,7 @@
                 summary.json   final metrics, baseline and gain, forgetting, params, wall time, tokens/s, peak memory
                 labels.json    classification: class names by id
                 test_predictions.jsonl  the tuned model's answer to every test example
+                baseline_<prompt>_predictions.jsonl  the untrained model's, zero-shot and k-shot
                 test_reliability.png    classification: the tuned model's reliability diagram
                 adapter/       what the method's `load` needs (PEFT format for PEFT methods)
                 checkpoints/   resumable state, written atomically (`train/checkpoint.py`)

@@ -67,8 +67,9 @@ class Assessment:
         return general_ability(model, tokenizer, self.task, self.reference, self.runtime, max_length=self.max_length,
                                batch_size=self.eval_cfg.batch_size)
 
-    def baseline(self, base: BaseModel, split: Split, train: list[Example], seed: int) -> dict:
-        """{"zero_shot": metrics, "<k>_shot": metrics} of the untrained base on `split`, shots from `train`."""
+    def baseline(self, base: BaseModel, split: Split, train: list[Example], seed: int) -> tuple[dict, dict]:
+        """({"zero_shot": metrics, "<k>_shot": metrics}, the same keys: per-example predictions) of the untrained
+        base on `split`, shots from `train`."""
         prompter = prompting_model(self.schema, base.architecture, base.ref, base.model, base.tokenizer, self.runtime,
                                    base.trust_remote_code)
         prompted = Prompted(prompter, base.tokenizer, split, self.schema, self.eval_cfg, self.runtime, self.labels)

@@ -32,8 +32,8 @@ from ..options import EvalConfig
 from ..runtime import Runtime
 from .forgetting import pooled_hidden_states
 from .generation import generate_completions
-from .metrics import classification_metrics, per_example_token_losses
-from .split import evaluate_split, generation_metrics, with_slices
+from .metrics import per_example_token_losses
+from .split import answer_predictions, class_results, evaluate_split, generation_metrics, with_slices
 from .task_metrics import resolve_task_metric
 
 COSINE_TEMPERATURE = 0.05
@@ -103,14 +103,16 @@ def fitting_prompt(model, tokenizer, example: Example, shots: list[Example], max
     return prompt
 
 
-def plain_evaluation(p: Prompted, shots: list[Example]) -> dict:
+Scored = tuple[dict, list[dict]]  # (metrics, per-example predictions)
+
+
+def plain_evaluation(p: Prompted, shots: list[Example]) -> Scored:
     """The untrained model evaluated like a tuned one: loss, perplexity (and for instruction data the
     zero-shot answers' exact match, token F1 and task metric)."""
-    metrics, _ = evaluate_split(p.model, p.tokenizer, p.split, p.schema, p.eval_cfg, p.runtime, label="baseline")
-    return metrics
+    return evaluate_split(p.model, p.tokenizer, p.split, p.schema, p.eval_cfg, p.runtime, label="baseline zero-shot")
 
 
-def instruction_answers(p: Prompted, shots: list[Example]) -> dict:
+def instruction_answers(p: Prompted, shots: list[Example]) -> Scored:
     """Zero-shot: a plain evaluation. k-shot: exact match, token F1 and the task metric of greedy answers to
     prompts that show the shots first."""
     if not shots:
@@ -123,8 +125,9 @@ def instruction_answers(p: Prompted, shots: list[Example]) -> dict:
                                    batch_size=p.eval_cfg.batch_size, runtime=p.runtime,
                                    desc=f"baseline {len(shots)}-shot: generating")
     task_metric = resolve_task_metric(p.eval_cfg.task_metric)
-    return with_slices(examples, lambda idx: {"examples": len(idx), **generation_metrics(
+    metrics = with_slices(examples, lambda idx: {"examples": len(idx), **generation_metrics(
         [outputs[i] for i in idx], [references[i] for i in idx], task_metric)})
+    return metrics, answer_predictions(examples, references, outputs)
 
 
 # ---------------------------------------------------------------- classification
@@ -187,14 +190,12 @@ def centroid_log_probs(model, tokenizer, examples: list[Example], shots: list[Ex
     return (cosine / COSINE_TEMPERATURE).log_softmax(-1).tolist()
 
 
-def class_scores(log_probs_of: Callable[..., list[list[float]]]) -> Callable[[Prompted, list[Example]], dict]:
+def class_scores(log_probs_of: Callable[..., list[list[float]]]) -> Callable[[Prompted, list[Example]], Scored]:
     """A classification strategy: class log-probabilities from `log_probs_of`, scored like a tuned classifier."""
-    def score(p: Prompted, shots: list[Example]) -> dict:
+    def score(p: Prompted, shots: list[Example]) -> Scored:
         examples = p.examples
         log_probs = log_probs_of(p.model, p.tokenizer, examples, shots, p.labels, p.eval_cfg.batch_size, p.runtime)
-        golds = [p.labels.index(ex.label) for ex in examples]
-        return with_slices(examples, lambda idx: classification_metrics(
-            [log_probs[i] for i in idx], [golds[i] for i in idx], p.labels))
+        return class_results(examples, log_probs, p.labels)
     return score
 
 
@@ -202,7 +203,7 @@ def class_scores(log_probs_of: Callable[..., list[list[float]]]) -> Callable[[Pr
 
 @dataclass(frozen=True)
 class Strategy:
-    score: Callable[[Prompted, list[Example]], dict]   # metrics of the untrained model shown `shots`
+    score: Callable[[Prompted, list[Example]], Scored]   # the untrained model shown `shots`
     with_shots: bool = True                             # a k-shot variant exists
     needs_lm_head: bool = False                         # prompted through the base as a causal LM
 
@@ -225,9 +226,11 @@ def prompting_model(schema: str, architecture: str, model_ref: str, model, token
     return model
 
 
-def prompting_baseline(prompted: Prompted, architecture: str, train: list[Example], seed: int = 0) -> dict:
-    """{"zero_shot": metrics, "<k>_shot": metrics} of the untrained model on the split; the k shots are
-    picked (seeded) from `train`."""
+def prompting_baseline(prompted: Prompted, architecture: str, train: list[Example], seed: int = 0
+                       ) -> tuple[dict, dict]:
+    """({"zero_shot": metrics, "<k>_shot": metrics}, {the same keys: per-example predictions}) of the untrained
+    model on the split; the k shots are picked (seeded) from `train`."""
     strategy = STRATEGIES[prompted.schema, architecture]
     counts = sorted({0, prompted.eval_cfg.shots}) if strategy.with_shots else [0]
-    return {shot_name(k): strategy.score(prompted, pick_shots(train, k, seed)) for k in counts}
+    scored = {shot_name(k): strategy.score(prompted, pick_shots(train, k, seed)) for k in counts}
+    return {name: s[0] for name, s in scored.items()}, {name: s[1] for name, s in scored.items()}

@@ -64,10 +64,9 @@ def loss_metrics(losses: list[tuple[float, int]]) -> dict:
 
 
 @torch.no_grad()
-def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: int,
-                    runtime: Runtime) -> tuple[list[int], list[list[float]]]:
-    """Arg-max class and class log-probabilities (fp32 log-softmax) for each example, in input order."""
-    predictions: list[int] = [0] * len(tokenized)
+def class_log_probs(model, tokenized: list[Tokenized], pad_id: int, batch_size: int,
+                    runtime: Runtime) -> list[list[float]]:
+    """Class log-probabilities (fp32 log-softmax) of each example, in input order."""
     log_probs: list[list[float]] = [[]] * len(tokenized)
     with for_inference(model):
         for idx, items in _batches(tokenized, batch_size):
@@ -76,9 +75,8 @@ def predict_classes(model, tokenized: list[Tokenized], pad_id: int, batch_size: 
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             batch_log_probs = logits.log_softmax(-1).cpu()
             for row, i in enumerate(idx):
-                predictions[i] = int(batch_log_probs[row].argmax())
                 log_probs[i] = batch_log_probs[row].tolist()
-    return predictions, log_probs
+    return log_probs
 
 
 def accuracy(predictions: list[int], golds: list[int]) -> float:

@@ -20,14 +20,8 @@ from ..data.schema import Example, prompt_and_reference
 from ..options import EvalConfig
 from ..runtime import Runtime
 from .generation import generate_completions
-from .metrics import (
-    classification_metrics,
-    exact_match,
-    loss_metrics,
-    per_example_token_losses,
-    predict_classes,
-    token_f1,
-)
+from .metrics import (class_log_probs, classification_metrics, exact_match, loss_metrics, normalise_answer,
+                      per_example_token_losses, token_f1)
 from .task_metrics import TaskMetric, resolve_task_metric
 
 UNSLICED = "(no slice)"
@@ -63,6 +57,25 @@ def with_slices(examples: list[Example], score: Callable[[list[int]], dict]) -> 
     return metrics
 
 
+def class_results(examples: list[Example], log_probs: list[list[float]], names: list[str]) -> tuple[dict, list[dict]]:
+    """(metrics, per-example predictions) of class log-probabilities [examples][classes]."""
+    golds = [names.index(ex.label) for ex in examples]
+    metrics = with_slices(examples, lambda idx: classification_metrics(
+        [log_probs[i] for i in idx], [golds[i] for i in idx], names))
+    predicted = [max(range(len(lp)), key=lp.__getitem__) for lp in log_probs]
+    predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": math.exp(lp[p]),
+                    "match": names[p] == ex.label, **({"slice": ex.slice} if ex.slice is not None else {})}
+                   for ex, p, lp in zip(examples, predicted, log_probs)]
+    return metrics, predictions
+
+
+def answer_predictions(examples: list[Example], references: list[str], outputs: list[str]) -> list[dict]:
+    """Per-example records of generated answers beside their references."""
+    return [{"where": ex.where, "prompt": ex.messages[-2]["content"], "reference": r, "prediction": o,
+             "match": normalise_answer(o) == normalise_answer(r), **({"slice": ex.slice} if ex.slice is not None else {})}
+            for ex, r, o in zip(examples, references, outputs)]
+
+
 def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalConfig, runtime: Runtime, *,
                    label: str = "eval", labels: list[str] | None = None) -> tuple[dict, list[dict]]:
     """(metrics, per-example predictions). `label` names the progress bar; `labels`: the class names."""
@@ -71,15 +84,8 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalCo
         examples, tokenized = examples[: eval_cfg.max_examples], tokenized[: eval_cfg.max_examples]
     if schema == "classification":
         # One forward pass gives the loss (cross-entropy = −log p(gold)) and the predictions.
-        predicted, log_probs = predict_classes(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
-        golds = [t.labels[0] for t in tokenized]
-        names = labels or [str(i) for i in range(len(log_probs[0]))]
-        metrics = with_slices(examples, lambda idx: classification_metrics(
-            [log_probs[i] for i in idx], [golds[i] for i in idx], names))
-        predictions = [{"where": ex.where, "label": ex.label, "prediction": names[p], "confidence": math.exp(max(lp)),
-                        "match": names[p] == ex.label, **({"slice": ex.slice} if ex.slice is not None else {})}
-                       for ex, p, lp in zip(examples, predicted, log_probs)]
-        return metrics, predictions
+        log_probs = class_log_probs(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
+        return class_results(examples, log_probs, labels)
 
     losses = per_example_token_losses(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
     outputs: list[str] | None = None
@@ -96,12 +102,7 @@ def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalCo
             metrics.update(generation_metrics([outputs[i] for i in idx], [references[i] for i in idx], task_metric))
         return metrics
 
-    metrics = with_slices(examples, score)
-    predictions = [] if outputs is None else [
-        {"where": ex.where, "prompt": ex.messages[-2]["content"], "reference": r, "prediction": o,
-         "match": o.strip() == r.strip(), **({"slice": ex.slice} if ex.slice is not None else {})}
-        for ex, r, o in zip(examples, references, outputs)]
-    return metrics, predictions
+    return with_slices(examples, score), [] if outputs is None else answer_predictions(examples, references, outputs)
 
 
 def format_metrics(metrics: dict) -> str:

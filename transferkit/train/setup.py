@@ -214,7 +214,11 @@ def measure_baseline(run: RunDir, assessment: Assessment, base: BaseModel, split
     split = scored_split(splits)
     if not assessment.eval_cfg.baseline or split is None:
         return None
-    baseline = {"split": split.name, **assessment.baseline(base, split, splits.train.examples, seed)}
+    metrics, predictions = assessment.baseline(base, split, splits.train.examples, seed)
+    for name, rows in predictions.items():
+        if rows:
+            run.write_jsonl(run.path / f"baseline_{name}_predictions.jsonl", rows)
+    baseline = {"split": split.name, **metrics}
     run.log({"event": "baseline", "step": 0, "metrics": baseline})
     for name, metrics in baseline.items():
         if name != "split":
