@@ -1,18 +1,27 @@
 """Does full fine-tuning make SmolLM2 forget general English, and which mitigation helps?
 
-Runs recipes/forgetting-full.yaml five times on the same task and budget: no mitigation, replay,
-EWC at two strengths and L2-SP (below), then prints a table of task score vs forgetting and draws
-docs/forgetting.png. Every run directory is kept under --out for inspection.
+Runs recipes/forgetting-full.yaml (full fine-tune of SmolLM2-135M on the quickstart task) in two stages:
 
-    .venv/bin/python experiments/forgetting.py            # about 20 minutes on 2 CPU cores
-    .venv/bin/python experiments/forgetting.py --steps 5  # a quick smoke run
-    .venv/bin/python experiments/forgetting.py --results runs/forgetting/results.json  # redraw only
+1. choose (seed 0): every candidate strength of each mitigation, judged on *validation* data only — the task
+   on the quickstart validation split, forgetting on `general-validation` (Jane Austen's Northanger Abbey).
+   Per mitigation the chosen strength is the one with the least validation forgetting among those whose
+   validation JSON field accuracy is within 2 points of the unmitigated run's (else the best task score);
+2. report: no mitigation and each chosen strength, seeds 0, 1, 2, on the *test* data — the quickstart test
+   split and `general` (Persuasion): mean and range over the seeds.
+
+It prints both tables, writes results.json under --out and draws docs/forgetting.png. Every run directory
+is kept under --out.
+
+    .venv/bin/python experiments/forgetting.py            # about 70 minutes on 2 CPU cores
+    .venv/bin/python experiments/forgetting.py --steps 5 --seeds 0  # a quick smoke run
+    .venv/bin/python experiments/forgetting.py --results docs/data/forgetting_results.json  # redraw only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -21,57 +30,91 @@ from transferkit.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "forgetting-full.yaml"
-MITIGATIONS = {
-    "none": [],
-    "replay 25%": ["forgetting.replay=0.25"],
-    "EWC λ=10": ["forgetting.ewc=10"],
-    "EWC λ=1000": ["forgetting.ewc=1000"],
-    "L2-SP α=1": ["forgetting.l2sp=1"],
+CANDIDATES = {
+    "none": {"none": []},
+    "replay": {f"replay {r:.0%}": [f"forgetting.replay={r}"] for r in (0.1, 0.25, 0.5)},
+    "EWC": {f"EWC λ={lam:g}": [f"forgetting.ewc={lam}"] for lam in (1, 10, 100, 1000)},
+    "L2-SP": {f"L2-SP α={a:g}": [f"forgetting.l2sp={a}"] for a in (0.1, 1, 10)},
 }
+VALIDATION = ["data.test=data/quickstart/validation.jsonl", "forgetting.reference=general-validation"]
+TASK_SLACK = 0.02  # a chosen strength may cost at most this much validation JSON field accuracy
 
 
-def run_all(out: Path, steps: int | None) -> list[dict]:
-    rows = []
-    for name, overrides in MITIGATIONS.items():
-        run_dir = out / name.lower().replace(" ", "-").replace("%", "").replace("λ=", "").replace("α=", "")
-        extra = [f"output_dir={run_dir}"] + ([f"train.max_steps={steps}"] if steps else [])
-        started = time.perf_counter()
-        summary = train(load_config(RECIPE, overrides + extra), overwrite=True)
-        rows.append({"mitigation": name, "task": summary["test"]["json_field_accuracy"],
-                     "exact_match": summary["test"]["exact_match"],
-                     "base_ppl": summary["forgetting"]["base_perplexity"],
-                     "tuned_ppl": summary["forgetting"]["tuned_perplexity"],
-                     "forgetting": summary["forgetting"]["forgetting"], "minutes": (time.perf_counter() - started) / 60})
-    return rows
+def one_run(name: str, overrides: list[str], out: Path, seed: int, steps: int | None) -> dict:
+    run_dir = out / f"{name.lower().replace(' ', '-').replace('%', '').replace('=', '')}-seed{seed}"
+    extra = [f"output_dir={run_dir}", f"seed={seed}"] + ([f"train.max_steps={steps}"] if steps else [])
+    started = time.perf_counter()
+    summary = train(load_config(RECIPE, overrides + extra), overwrite=True)
+    return {"mitigation": name, "seed": seed, "task": summary["test"]["json_field_accuracy"],
+            "exact_match": summary["test"]["exact_match"], "base_ppl": summary["forgetting"]["base_perplexity"],
+            "tuned_ppl": summary["forgetting"]["tuned_perplexity"], "forgetting": summary["forgetting"]["forgetting"],
+            "reference": summary["general"]["base"]["text"], "minutes": (time.perf_counter() - started) / 60}
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| mitigation | JSON field accuracy | exact match | general ppl (base → tuned) | forgetting | minutes |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['mitigation']} | {100 * r['task']:.1f} % | {100 * r['exact_match']:.1f} % | "
-                     f"{r['base_ppl']:.2f} → {r['tuned_ppl']:.2f} | {100 * r['forgetting']:+.1f} % | {r['minutes']:.1f} |")
+def choose(out: Path, steps: int | None) -> tuple[list[dict], dict[str, str]]:
+    """Stage 1: every candidate on validation data; the chosen name per mitigation."""
+    rows = [one_run(name, overrides + VALIDATION, out / "choose", 0, steps)
+            for group in CANDIDATES.values() for name, overrides in group.items()]
+    none = next(r for r in rows if r["mitigation"] == "none")
+    chosen = {}
+    for group, candidates in CANDIDATES.items():
+        scored = [r for r in rows if r["mitigation"] in candidates]
+        keeping = [r for r in scored if r["task"] >= none["task"] - TASK_SLACK]
+        best = min(keeping, key=lambda r: r["forgetting"]) if keeping else max(scored, key=lambda r: r["task"])
+        chosen[group] = best["mitigation"]
+    return rows, chosen
+
+
+def report(out: Path, chosen: dict[str, str], seeds: list[int], steps: int | None) -> list[dict]:
+    """Stage 2: the chosen settings on test data, one run per seed."""
+    overrides = {name: o for group in CANDIDATES.values() for name, o in group.items()}
+    return [one_run(name, overrides[name], out / "report", seed, steps) for name in chosen.values() for seed in seeds]
+
+
+def spread(rows: list[dict], key: str) -> tuple[float, float, float]:
+    values = [r[key] for r in rows]
+    return statistics.mean(values), min(values), max(values)
+
+
+def tables(results: dict) -> str:
+    lines = ["Stage 1, validation data (seed 0): task = quickstart validation split, forgetting on Northanger Abbey",
+             "", "| candidate | JSON field accuracy | general ppl (base → tuned) | forgetting | chosen |", "|---|---|---|---|---|"]
+    for r in results["choose"]:
+        mark = "yes" if r["mitigation"] in results["chosen"].values() else ""
+        lines.append(f"| {r['mitigation']} | {100 * r['task']:.1f} % | {r['base_ppl']:.2f} → {r['tuned_ppl']:.2f} | "
+                     f"{100 * r['forgetting']:+.1f} % | {mark} |")
+    seeds = sorted({r["seed"] for r in results["report"]})
+    lines += ["", f"Stage 2, test data (seeds {', '.join(map(str, seeds))}): mean (min – max)", "",
+              "| mitigation | JSON field accuracy | exact match | forgetting | minutes |", "|---|---|---|---|---|"]
+    for name in results["chosen"].values():
+        rows = [r for r in results["report"] if r["mitigation"] == name]
+        task, em, forgot = spread(rows, "task"), spread(rows, "exact_match"), spread(rows, "forgetting")
+        lines.append(f"| {name} | {100 * task[0]:.1f} % ({100 * task[1]:.1f} – {100 * task[2]:.1f}) | "
+                     f"{100 * em[0]:.1f} % ({100 * em[1]:.1f} – {100 * em[2]:.1f}) | {100 * forgot[0]:+.1f} % "
+                     f"({100 * forgot[1]:+.1f} – {100 * forgot[2]:+.1f}) | {spread(rows, 'minutes')[0]:.1f} |")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Two bar panels sharing the mitigation axis: task score (higher is better), forgetting (lower is better)."""
+def plot(results: dict, path: Path) -> None:
+    """Test task score and forgetting per chosen mitigation: mean bars, the seeds' range as error bars."""
     from transferkit.evaluate.plots import _pyplot
 
     plt = _pyplot()
-    names = [r["mitigation"] for r in rows][::-1]
-    fig, (task, forgot) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    task.barh(names, [100 * r["task"] for r in rows][::-1], color="tab:blue")
-    task.set_xlabel("task: JSON field accuracy (%)  → better")
-    task.set_xlim(0, 100)
-    forgot.barh(names, [100 * r["forgetting"] for r in rows][::-1], color="tab:red")
-    forgot.set_xlabel("forgetting: general-English perplexity increase (%)  ← better")
-    for ax, key in ((task, "task"), (forgot, "forgetting")):
-        for y, r in enumerate(rows[::-1]):
-            ax.annotate(f"{100 * r[key]:+.1f}" if key == "forgetting" else f"{100 * r[key]:.1f}",
-                        (max(100 * r[key], 0), y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    names = list(results["chosen"].values())[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, key, color, label in ((axes[0], "task", "tab:blue", "test: JSON field accuracy (%)  → better"),
+                                  (axes[1], "forgetting", "tab:red", "forgetting on Persuasion (%)  ← better")):
+        stats = [spread([r for r in results["report"] if r["mitigation"] == n], key) for n in names]
+        means = [100 * s[0] for s in stats]
+        errors = [[100 * (s[0] - s[1]) for s in stats], [100 * (s[2] - s[0]) for s in stats]]
+        ax.barh(names, means, xerr=errors, color=color, capsize=3)
+        for y, mean in enumerate(means):
+            ax.annotate(f"{mean:+.1f}" if key == "forgetting" else f"{mean:.1f}", (max(mean, 0), y), xytext=(4, 6),
+                        textcoords="offset points", fontsize=8)
+        ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("SmolLM2-135M, full fine-tune, 40 steps at lr 1e-3: what each mitigation keeps")
+    axes[0].set_xlim(0, 105)
+    fig.suptitle("SmolLM2-135M, full fine-tune, 40 steps at lr 1e-3: mean over seeds, bars = range")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,16 +124,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="where the runs go")
     parser.add_argument("--steps", type=int, help="override train.max_steps (default: the recipe's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the report stage")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "forgetting.png")
-    parser.add_argument("--results", type=Path, help="redraw the table and plot from a saved results.json, no training")
+    parser.add_argument("--results", type=Path, help="redraw the tables and plot from a saved results.json")
     args = parser.parse_args()
     if args.results:
-        rows = json.loads(args.results.read_text())
+        results = json.loads(args.results.read_text())
     else:
-        rows = run_all(args.out, args.steps)
-        (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(table(rows))
-    plot(rows, args.plot)
+        rows, chosen = choose(args.out, args.steps)
+        results = {"choose": rows, "chosen": chosen, "report": report(args.out, chosen, args.seeds, args.steps)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(tables(results))
+    plot(results, args.plot)
     print(f"plot: {args.plot}")
 
 

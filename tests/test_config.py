@@ -91,3 +91,17 @@ def test_every_key_has_help():
     rows = describe_keys()
     assert {"train.max_steps", "data.train", "eval.baseline", "output_dir", "method.name"} <= {r[0] for r in rows}
     assert all(r[3] for r in rows)
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.max_steps=5.0", "max_steps", 5), ("train.lr=1", "lr", 1.0), ("train.lr=2e-4", "lr", 2e-4),
+    ("train.batch_size='16'", "batch_size", 16)])
+def test_numbers_are_read_exactly(tmp_path, override, key, value):
+    cfg = load_config(write(tmp_path, BASE), [override])
+    assert getattr(cfg.train, key) == value and type(getattr(cfg.train, key)) is type(value)
+
+
+@pytest.mark.parametrize("override", ["train.max_steps=5.5", "train.max_steps=true", "train.lr=fast", "train.lr=[1]"])
+def test_numbers_that_are_not_are_refused(tmp_path, override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(write(tmp_path, BASE), [override])

@@ -185,24 +185,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+    elif tp in (int, float):
+        number = _number(value, tp)
+        if number is not None:
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -211,6 +197,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     else:
         raise TypeError(f"unsupported config annotation {tp!r} for {key}")
     raise ConfigError(f"config key '{key}' must be {type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _number(value: Any, tp: type) -> int | float | None:
+    """`value` as `tp` (int or float) when it is one: a number that is not a bool (for int, a float with no
+    fractional part), or a string that parses (YAML reads `2e-4` as a string); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            return None
+    if tp is int and isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return tp(value) if isinstance(value, (int, float)) else None
 
 
 def _check_bounds(value: Any, f: dataclasses.Field, key: str) -> None:

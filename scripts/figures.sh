@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Regenerate every figure that README.md and docs/ quote (not run in CI: about 100 minutes on 2 CPU cores).
+# Each command prints what the docs quote, and the docs name the command beside each figure; paste the new
+# output, with the date and the CPU, where it belongs. Run `bash scripts/setup.sh` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+echo "== README: the quickstart (table, comparison, forgetting, time per phase)"
+$PY benchmarks/quickstart_phases.py
+echo "== README: Performance (the fair comparison with Trainer + peft)"
+$PY benchmarks/train_throughput.py
+echo "== README: Performance (the lever table and the profile)"
+$PY benchmarks/levers.py
+echo "== docs/forgetting.md and README: the mitigation experiment (writes runs/forgetting/results.json, docs/forgetting.png)"
+$PY experiments/forgetting.py --out runs/forgetting
+cp runs/forgetting/results.json docs/data/forgetting_results.json
+echo "== docs/methods.md: trainable parameters of every method"
+.venv/bin/transferkit methods --model smollm2-135m
+.venv/bin/transferkit methods --model minilm-l6
+echo "== README: Tests (count and time of the test suite)"
+time $PY -m pytest -q
