@@ -33,13 +33,14 @@ def test_probe_on_minilm_classifies_topics(tmp_path):
 
 def test_lora_classifier_on_smollm2(tmp_path):
     run = tmp_path / "cls"
-    # A new head on a decoder needs a dozen steps before its batch losses trend clearly (6 were noise).
-    cli("train", "recipes/classify-lora-smollm2.yaml", "train.max_steps=12", "train.batch_size=8", "train.log_every=1",
+    # Batch losses of 8 examples are noisy (CI once saw the last 3 of 12 steps above the first 3 on a run that
+    # learned); the held-out accuracy is the signal: an unlearned head scores ~25 % on four balanced classes.
+    cli("train", "recipes/classify-lora-smollm2.yaml", "train.max_steps=16", "train.batch_size=8", "train.log_every=1",
         f"output_dir={run}")
     summary = json.loads((run / "summary.json").read_text())
     losses = [e["loss"] for e in events(run) if e["event"] == "train"]
-    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
-    assert summary["labels"] == ["food", "sport", "travel", "weather"] and summary["test"]["accuracy"] > 0.4
+    assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4]), losses
+    assert summary["labels"] == ["food", "sport", "travel", "weather"] and summary["test"]["accuracy"] > 0.5
     # Baseline: each label's verbalisation scored by the untrained SmolLM2; forgetting: the topic probe.
     assert {"zero_shot", "4_shot"} <= set(summary["baseline"]) and summary["comparison"]["metric"] == "accuracy"
     assert summary["forgetting"]["base_probe_accuracy"] > 0.5
