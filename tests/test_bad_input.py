@@ -86,6 +86,8 @@ CASES = [
          ["method.r", "> 0"]),
     Case("learning rate not positive", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["train.lr=-1e-4"]),
          ["train.lr", "> 0"]),
+    Case("head lr without a head", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["train.head_lr=1e-3"]),
+         ["train.head_lr", "task is causal-lm", "no new head"]),
     Case("negative steps", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["train.max_steps=-5"]),
          ["train.max_steps", "> 0"]),
     Case("unknown method", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["method.name=lroa"]),

@@ -137,3 +137,39 @@ def test_text_pair_is_encoded_with_both_texts(tmp_path, tokenizer):
     paired, single = tokenize_examples(tokenizer, examples, schema, 64, labels=["no", "yes"])
     assert tokenizer.decode(paired.input_ids).replace(" ", "") == "helloworldthequickbrownfox"
     assert (paired.labels, single.labels) == ([1], [0])
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_head_lr_is_the_heads_own_group(method, tiny_bert_dir):
+    """train.head_lr: the task head's trained parameters (peft's trained copy for LoRA, LLRD's top group for full)
+    move to one group at head_lr; every other trainable parameter keeps its group and lr, each exactly once."""
+    from transferkit.methods import get_method
+    from transferkit.models import load_model
+    from transferkit.options import TrainConfig
+    from transferkit.train.optimizer import build_optimizer
+
+    model, _, _ = load_model(str(tiny_bert_dir), task="classification", labels=["a", "b"])
+    spec = get_method(method)
+    cfg = spec.config_cls(llrd=0.5) if method == "full" else spec.config_cls(r=4)
+    model = spec.apply(model, cfg, "classification")
+    plain, _ = build_optimizer(model, spec, cfg, TrainConfig(lr=1e-4), steps=10)
+    split, schedule = build_optimizer(model, spec, cfg, TrainConfig(lr=1e-4, head_lr=3e-2), steps=10)
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    head = [g for g in split.param_groups if g["initial_lr"] == 3e-2]
+    assert len(head) == 1 and sorted(names[id(p)].rsplit(".", 1)[-1] for p in head[0]["params"]) == ["bias", "weight"]
+    assert all("classifier" in names[id(p)] for p in head[0]["params"])
+    grouped = [id(p) for g in split.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each exactly once
+    # Everything else is where it was without head_lr, at the same lr.
+    lr_of = lambda opt: {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    before, after = lr_of(plain), lr_of(split)
+    assert {k: v for k, v in before.items() if "classifier" not in names[k]} == \
+           {k: v for k, v in after.items() if "classifier" not in names[k]}
+    assert len(set(before.values())) == (1 if method == "lora" else len(plain.param_groups))
+    # The schedule scales the head's peak like every other group's.
+    for _ in range(3):
+        split.step()
+        schedule.step()
+    ratios = {round(g["lr"] / g["initial_lr"], 12) for g in split.param_groups}
+    assert len(ratios) == 1

@@ -56,6 +56,9 @@ class TrainConfig:
         None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
               "(default: 4 on CPU, where it holds half the activations of 8 at the same speed; batch_size on GPU)", gt=0)
     lr: float = opt(2.0e-4, "peak learning rate", gt=0)
+    head_lr: Optional[float] = opt(
+        None, "peak learning rate of a classification model's new task head (the method's own parameters keep "
+              "`lr`; a fresh head often wants a larger one); null: `lr`", gt=0)
     weight_decay: float = opt(0.0, "AdamW decoupled weight decay", ge=0)
     warmup_ratio: float = opt(0.05, "fraction of steps with linear warmup from 0 to lr", ge=0, le=1)
     min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)

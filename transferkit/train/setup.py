@@ -158,6 +158,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
     check_packing(cfg.train, method, task)
+    check_head_lr(cfg.train, task)
     check_evaluation(cfg.eval, cfg.forgetting, task)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
@@ -191,6 +192,12 @@ def check_packing(train_cfg: TrainConfig, method: Method, task: str) -> None:
             f"the task is {task} (one label per sequence)"
         raise ConfigError(f"config key 'train.pack_tokens' is {train_cfg.pack_tokens} but sequences cannot be "
                           f"packed: {why}; set train.pack_tokens=0")
+
+
+def check_head_lr(train_cfg: TrainConfig, task: str) -> None:
+    if train_cfg.head_lr is not None and task != "classification":
+        raise ConfigError(f"config key 'train.head_lr' is {train_cfg.head_lr} but the task is {task}, which trains "
+                          f"no new head; remove train.head_lr")
 
 
 def open_run(run: RunDir, cfg: RunConfig, splits: Splits, resume: bool, overwrite: bool) -> None:
