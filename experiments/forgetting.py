@@ -12,7 +12,7 @@ Runs recipes/forgetting-full.yaml (full fine-tune of SmolLM2-135M on the quickst
 It prints both tables, writes results.json under --out and draws docs/forgetting.png. Every run directory
 is kept under --out.
 
-    .venv/bin/python experiments/forgetting.py            # about 70 minutes on 2 CPU cores
+    .venv/bin/python experiments/forgetting.py            # 23 runs: ~70 min on 2 AVX512-BF16 cores, ~3 h on AVX2
     .venv/bin/python experiments/forgetting.py --steps 5 --seeds 0  # a quick smoke run
     .venv/bin/python experiments/forgetting.py --results docs/data/forgetting_results.json  # redraw only
 """

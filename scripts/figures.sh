@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every figure that README.md and docs/ quote (not run in CI: about 100 minutes on 2 CPU cores).
+# Regenerate every figure that README.md and docs/ quote (not run in CI: about 100 minutes on 2 CPU cores with
+# native bf16 math, AVX512-BF16; about 4 hours on 2 AVX2-only cores, where the forgetting experiment alone is ~3 h).
 # Each command prints what the docs quote, and the docs name the command beside each figure; paste the new
 # output, with the date and the CPU, where it belongs. Run `bash scripts/setup.sh` first.
 set -euo pipefail
