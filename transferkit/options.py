@@ -76,6 +76,12 @@ class TrainConfig:
     frozen_bf16: bool = opt(True, "with bf16 precision, store the frozen weights in bf16 (less memory, faster); "
                                   "trained weights and optimizer state stay fp32")
     eval_every: int = opt(50, "validate every N optimizer steps (0: only at the end)", ge=0)
+    select: Literal["best", "last"] = opt(
+        "best", "with validation data, which weights the run ends with (adapter, test evaluation): `best` — those of "
+                "the validation with the best headline (classification: accuracy; otherwise the perplexity of the "
+                "references; a tie goes to the later step), `last` — the final step's")
+    patience: int = opt(0, "stop early after this many validations in a row without a better headline (0: never)",
+                        ge=0)
     log_every: int = opt(5, "write a training log event every N steps", gt=0)
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0: only at the end)", ge=0)
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", gt=0)

@@ -7,6 +7,7 @@
     checkpoint.py   resumable checkpoints, atomic;    signals.py   graceful stop
     regularizers.py EWC / L2-SP;                     replay.py    general text mixed into batches
     hardware.py     micro-batch, attention kernel, bf16 storage, gradient checkpointing by device
+    selection.py    the best validation's weights (train.select) and early stopping (train.patience)
 """
 
 from .recipe import train

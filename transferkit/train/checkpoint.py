@@ -4,8 +4,9 @@
         trainable.safetensors   the trainable parameters (the model's delta from its base)
         optimizer.safetensors   optimizer state tensors, keyed "<param index>.<name>"
         rng.safetensors         torch CPU (and CUDA) generator states
+        best.safetensors        the trainable parameters at the best validation so far (when there is one)
         state.json              step, data position, scheduler, optimizer hyper-parameters,
-                                Python RNG state
+                                Python RNG state, the model selection's counters (`selection.py`)
 
 Each checkpoint is written into a hidden temporary folder and renamed into
 place, so a crash leaves either the previous complete checkpoint or the new
@@ -18,7 +19,7 @@ import json
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..files import write_dir_atomic
 from ..models.params import trainable_tensors
+from .selection import Selection
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -35,6 +37,7 @@ class TrainState:
     step: int          # optimizer steps completed
     epoch: int         # data position: epoch ...
     batch_index: int   # ... and index of the next batch within it
+    selection: Selection = field(default_factory=Selection)  # the best validation so far and its weights
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -55,12 +58,15 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         save_file(rng, str(tmp / "rng.safetensors"))
+        if state.selection.weights:
+            save_file(state.selection.weights, str(tmp / "best.safetensors"))
         py_version, py_state, py_gauss = random.getstate()
         meta = {
             "step": state.step, "epoch": state.epoch, "batch_index": state.batch_index,
             "scheduler": scheduler.state_dict(),
             "optimizer_param_groups": groups,
             "python_rng": [py_version, list(py_state), py_gauss],
+            "selection": state.selection.state(),
         }
         (tmp / "state.json").write_text(json.dumps(meta))
 
@@ -87,7 +93,8 @@ def prune(checkpoints: Path, keep: int) -> None:
         shutil.rmtree(stray, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, selection: Selection) -> TrainState:
+    """The state saved in `folder`, loaded into the model, optimizer, scheduler, RNGs and `selection`."""
     params = dict(model.named_parameters())
     saved = load_file(str(folder / "trainable.safetensors"))
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -110,4 +117,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
         torch.cuda.set_rng_state(rng["cuda"])
     version, py_state, gauss = meta["python_rng"]
     random.setstate((version, tuple(py_state), gauss))
-    return TrainState(meta["step"], meta["epoch"], meta["batch_index"])
+    if "selection" in meta:  # checkpoints written before model selection existed have none
+        best = folder / "best.safetensors"
+        selection.load_state(meta["selection"], load_file(str(best)) if best.is_file() else {})
+    return TrainState(meta["step"], meta["epoch"], meta["batch_index"], selection)

@@ -24,10 +24,16 @@ def finish(s: Session, stats: FitStats) -> dict:
     """Save and measure the trained model; write and return the summary."""
     model = s.parts.accelerator.unwrap_model(s.parts.model)
     with s.clock("save"):
-        checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)
+        checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)  # the last step's: for resuming
+    with s.clock("evaluate"):
+        validation = s.validate()  # the final step's, scored for selection like every other
+        if validation is not None:
+            s.run.log({"event": "eval", "split": "validation", "step": s.state.step, **validation})
+        validation = select_weights(s, model, validation)
+    with s.clock("save"):
         write_adapter(s.run, s.method, s.cfg.method, model)
     with s.clock("evaluate"):
-        evaluation = evaluate_tuned(s, model)
+        evaluation = evaluate_tuned(s, model, validation)
     tuned = evaluation.get("test", evaluation.get("validation"))
     with s.clock("general_tuned"):
         general_tuned = s.assessment.general(model, s.tokenizer)
@@ -53,14 +59,24 @@ def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: 
     run.write_dir_atomic(run.adapter, write)
 
 
-def evaluate_tuned(s: Session, model: torch.nn.Module) -> dict:
+def select_weights(s: Session, model: torch.nn.Module, validation: dict | None) -> dict | None:
+    """With `train.select: best`, put the best validation's weights back into `model` (if it was not the final
+    step's); returns the validation metrics of the weights the run ends with."""
+    selection = s.state.selection
+    if s.cfg.train.select != "best" or selection.best_step in (None, s.state.step):
+        return validation
+    selection.restore_best(model)
+    print(f"selected the weights of step {selection.best_step} (validation {selection.metric} "
+          f"{selection.best_value:.4g}, the best of the run) over the final step {s.state.step}'s")
+    return selection.best_metrics
+
+
+def evaluate_tuned(s: Session, model: torch.nn.Module, validation: dict | None) -> dict:
     """{"validation": metrics, "test": metrics} of the trained model, for the splits that exist. The test
     split's per-example predictions and (classification) reliability diagram go into the run directory."""
     result = {}
-    validation = s.validate()
     if validation is not None:
         result["validation"] = validation
-        s.run.log({"event": "eval", "split": "validation", "step": s.state.step, **validation})
     if s.splits.test is not None:
         metrics, predictions = evaluate_split(model, s.tokenizer, s.splits.test, s.splits.schema, s.cfg.eval,
                                               s.runtime, label="test", labels=s.splits.labels)
@@ -69,7 +85,9 @@ def evaluate_tuned(s: Session, model: torch.nn.Module) -> dict:
         if "calibration" in metrics:
             s.run.write_file_atomic(s.run.path / "test_reliability.png", lambda tmp: reliability_diagram(
                 metrics["calibration"], metrics["ece"], "test: reliability", tmp))
-        s.run.log({"event": "test", "step": s.state.step, "split": "test", "metrics": metrics})
+        chosen = s.state.selection.facts(s.state.step, s.cfg.train.select)["chosen_step"]
+        s.run.log({"event": "test", "step": s.state.step, "weights_of_step": chosen, "split": "test",
+                   "metrics": metrics})
         print(f"tuned model on test: {format_metrics(metrics)}")
         result["test"] = metrics
     return result
@@ -86,7 +104,8 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
         "steps": s.state.step, "epochs": s.state.epoch + s.state.batch_index / s.plan.steps_per_epoch,
         "train_tokens": stats.train_tokens, "tokens_per_s": stats.train_tokens / max(stats.train_seconds, 1e-9),
         "train_loss": {"first_logged": stats.first_logged_loss, "final": stats.final_train_loss},
-        "skipped_steps": stats.skipped_steps,
+        "skipped_steps": stats.skipped_steps, "stopped_early": stats.stopped_early,
+        "selection": s.state.selection.facts(s.state.step, cfg.train.select),
         "resumed_from_step": None if s.resumed_from is None else int(s.resumed_from.name.split("-")[1]),
         "data": s.splits.facts(),
     }

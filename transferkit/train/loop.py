@@ -15,6 +15,7 @@ loss). Everything else stays on the device.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -88,6 +89,7 @@ class FitStats:
     first_logged_loss: float | None = None
     final_train_loss: float | None = None
     skipped_steps: int = 0
+    stopped_early: bool = False   # train.patience validations in a row did not improve
 
 
 class Batches:
@@ -150,25 +152,32 @@ class LogWindow:
         self.loss = torch.zeros((), device=device)
         self.labels = self.tokens = 0
         self.started = time.perf_counter()
+        self.excluded = 0.0  # seconds of validation and checkpoints inside the window
 
     def add(self, result: StepResult, tokens: int) -> None:
         self.loss += result.loss_sum
         self.labels += result.labels
         self.tokens += tokens
 
-    def pause_clock(self) -> None:
+    @contextlib.contextmanager
+    def paused(self):
         """Evaluation and checkpoint time is not training time."""
-        self.started = time.perf_counter()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
 
     def close(self) -> dict:
         """The window's mean loss per labelled unit (the host sync), tokens/s and labelled units; a new
         window starts."""
         now = time.perf_counter()
         figures = {"loss": self.loss.item() / max(self.labels, 1),
-                   "tokens_per_s": self.tokens / max(now - self.started, 1e-9), "labelled_tokens": self.labels}
+                   "tokens_per_s": self.tokens / max(now - self.started - self.excluded, 1e-9),
+                   "labelled_tokens": self.labels}
         self.loss.zero_()
         self.labels = self.tokens = 0
-        self.started = now
+        self.started, self.excluded = now, 0.0
         return figures
 
 
@@ -186,7 +195,8 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
     started = time.perf_counter()
     parts.model.train()
     bar = tqdm(total=plan.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    while state.step < plan.steps:
+    # A resumed run that had already run out of patience does not train on.
+    while state.step < plan.steps and not state.selection.exhausted(train_cfg.patience):
         task, replayed = batches.next(state)
         items = task + replayed
         lr = parts.optimizer.param_groups[0]["lr"]
@@ -203,7 +213,13 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
         window.add(result, tokens)
         stats.train_tokens += tokens
         bar.update(1)
-        last = state.step == plan.steps
+        if validate is not None and due(state.step, train_cfg.eval_every) and state.step < plan.steps:
+            with window.paused():
+                metrics = validate()  # also scored for model selection (`selection.py`)
+            run.log({"event": "eval", "split": "validation", "step": state.step, **metrics})
+            bar.write(f"step {state.step}: validation {format_metrics(metrics)}")
+        # The run ends after this step at the plan's end, or when train.patience validations did not improve.
+        last = state.step == plan.steps or state.selection.exhausted(train_cfg.patience)
 
         if due(state.step, train_cfg.log_every) or last:
             figures = window.close()
@@ -212,20 +228,19 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
                 stats.first_logged_loss = figures["loss"]
             run.log(train_event(state, lr, figures, result, parts.penalties, replayed if batches.replay_pool else None))
             bar.set_postfix(loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{figures['tokens_per_s']:.0f}")
-        if validate is not None and due(state.step, train_cfg.eval_every) and not last:
-            metrics = validate()
-            run.log({"event": "eval", "split": "validation", "step": state.step, **metrics})
-            bar.write(f"step {state.step}: validation {format_metrics(metrics)}")
-            window.pause_clock()
         if due(state.step, train_cfg.save_every) and not last:
-            checkpoint_now(parts, run, state, train_cfg.keep_checkpoints)
-            window.pause_clock()
+            with window.paused():
+                checkpoint_now(parts, run, state, train_cfg.keep_checkpoints)
         if stop.signum is not None and not last:
             checkpoint_now(parts, run, state, train_cfg.keep_checkpoints)
             bar.close()
             raise Stopped(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after step {state.step}; "
                                        f"checkpoint written. Resume with: transferkit train --resume {run.path}")
     bar.close()
+    stats.stopped_early = state.step < plan.steps
+    if stats.stopped_early:
+        print(f"stopped early after step {state.step}: {train_cfg.patience} validations without a better "
+              f"{state.selection.metric} than at step {state.selection.best_step}")
     stats.train_seconds = time.perf_counter() - started
     return stats
 

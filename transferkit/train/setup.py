@@ -32,6 +32,7 @@ from ..data.general import PACKAGED, general_sequences, general_texts
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError, UserError
 from ..evaluate.assessment import Assessment, BaseModel, switched_off
+from ..evaluate.comparison import headline_metric
 from ..evaluate.forgetting import check_reference
 from ..evaluate.split import evaluate_split, format_metrics
 from ..evaluate.task_metrics import resolve_task_metric
@@ -46,6 +47,7 @@ from .hardware import default_micro_batch_size, enable_gradient_checkpointing, p
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .regularizers import build_penalties
+from .selection import Selection
 
 
 @dataclass
@@ -80,11 +82,15 @@ class Session:
     wall_start: float = field(default_factory=time.perf_counter)
 
     def validate(self) -> dict | None:
-        """Validation metrics of the model as it is now (None without a validation split)."""
+        """Validation metrics of the model as it is now (None without a validation split), scored for model
+        selection at the current step (`selection.py`)."""
         if self.splits.validation is None:
             return None
-        return validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
-                                  self.cfg.eval, self.runtime, self.splits.labels)
+        metrics = validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
+                                     self.cfg.eval, self.runtime, self.splits.labels)
+        self.state.selection.observe(self.state.step, metrics, headline_metric(self.splits.schema, metrics),
+                                     self.parts.accelerator.unwrap_model(self.parts.model))
+        return metrics
 
 
 def seed_everything(seed: int) -> None:
@@ -132,7 +138,7 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     penalties = build_penalties(cfg.forgetting, model, tokenizer, objective, cfg.data.max_length, runtime)
     parts = Parts(model, optimizer, scheduler, accelerator, objective, pick_collate(cfg.train, objective),
                   tokenizer.pad_token_id, runtime, penalties)
-    state = restore(parts, run, resume, resume_from)
+    state = restore(parts, run, resume, resume_from, Selection(keep_weights=cfg.train.select == "best"))
     print(f"training {plan.steps} steps on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
     batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
     return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
@@ -278,12 +284,13 @@ def replay_pool(forgetting: ForgettingConfig, tokenizer, max_length: int) -> lis
     return general_sequences(tokenizer, forgetting.replay_data, "pool", max_length, "forgetting.replay_data")
 
 
-def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None) -> ckpt.TrainState:
+def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None,
+            selection: Selection) -> ckpt.TrainState:
     """Step 0, or the state of the checkpoint resumed from; events logged after it are dropped."""
-    state = ckpt.TrainState(step=0, epoch=0, batch_index=0)
+    state = ckpt.TrainState(step=0, epoch=0, batch_index=0, selection=selection)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, parts.accelerator.unwrap_model(parts.model), parts.optimizer,
-                                     parts.scheduler)
+                                     parts.scheduler, selection)
         print(f"resumed from {resume_from} (step {state.step})")
     elif resume:
         print(f"no complete checkpoint in {run.checkpoints} yet: starting again from step 0")
