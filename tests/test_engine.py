@@ -162,26 +162,13 @@ def test_resume_equals_straight_run(tiny_config, tmp_path, monkeypatch):
     same parameters and the same loss curve, with no gaps or duplicate events."""
     from safetensors.torch import load_file
 
+    from tiny import crash_and_resume
+
     from transferkit import train
-    from transferkit.train import loop
 
     common = ["train.max_steps=10", "train.save_every=5", "eval.baseline=false", "method.dropout=0.1"]
     train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
-
-    real_step, calls = loop.optimizer_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise RuntimeError("simulated crash during step 8")
-        return real_step(*args, **kwargs)
-
-    cfg = tiny_config(*common, f"output_dir={tmp_path / 'resumed'}")
-    monkeypatch.setattr(loop, "optimizer_step", crashing_step)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg)
-    monkeypatch.setattr(loop, "optimizer_step", real_step)
-    train(cfg, resume=True)
+    crash_and_resume(train, tiny_config(*common, f"output_dir={tmp_path / 'resumed'}"), monkeypatch, crash_at=8)
 
     a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-000010" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step-000010" / "trainable.safetensors"))

@@ -91,25 +91,14 @@ def test_patience_stops_the_run_after_that_many_validations_without_improvement(
 def test_a_resumed_run_selects_as_the_straight_one(tiny_config, tmp_path, monkeypatch):
     """The best weights and counters travel in the checkpoints: a crash at step 7, resumed from step 6,
     ends with the same chosen step and the same test figures as the uninterrupted run."""
+    from tiny import crash_and_resume
+
     from transferkit import train
-    from transferkit.train import loop
 
     common = (*RIG, "train.save_every=2")
     straight = train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
-    real_step, calls = loop.optimizer_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:
-            raise RuntimeError("simulated crash during step 7")
-        return real_step(*args, **kwargs)
-
-    cfg = tiny_config(*common, f"output_dir={tmp_path / 'resumed'}")
-    monkeypatch.setattr(loop, "optimizer_step", crashing_step)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg)
-    monkeypatch.setattr(loop, "optimizer_step", real_step)
-    resumed = train(cfg, resume=True)
+    resumed = crash_and_resume(train, tiny_config(*common, f"output_dir={tmp_path / 'resumed'}"), monkeypatch,
+                               crash_at=7)
     assert resumed["resumed_from_step"] == 6 and straight["selection"]["chosen_step"] < 6
     assert resumed["selection"] == pytest.approx(straight["selection"])
     assert resumed["test"]["loss"] == pytest.approx(straight["test"]["loss"], rel=1e-5)

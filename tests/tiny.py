@@ -95,3 +95,25 @@ def save_tiny_model_folder(folder: Path, family: str = "llama32") -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def crash_and_resume(train, cfg, monkeypatch, crash_at: int) -> dict:
+    """Run `cfg` with the optimizer step numbered `crash_at` raising (a simulated crash mid-run), then resume it
+    to the end; returns the resumed run's summary."""
+    import pytest
+
+    from transferkit.train import loop
+
+    real_step, calls = loop.optimizer_step, []
+
+    def crashing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise RuntimeError(f"simulated crash during step {crash_at}")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "optimizer_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    monkeypatch.setattr(loop, "optimizer_step", real_step)
+    return train(cfg, resume=True)
