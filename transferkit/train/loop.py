@@ -187,8 +187,9 @@ def due(step: int, every: int) -> bool:
 
 def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt.TrainState, train_cfg: TrainConfig,
         validate: Callable[[], dict] | None, stop: StopRequest) -> FitStats:
-    """Optimise until `plan.steps` optimizer steps are done. `validate` (None: no validation split) gives
-    the validation metrics every `train.eval_every` steps. Raises `Stopped` after checkpointing when a stop
+    """Optimise until `plan.steps` optimizer steps are done, or until `train.patience` validations in a row did
+    not improve (`state.selection`). `validate` (None: no validation split) gives the validation metrics every
+    `train.eval_every` steps and scores them for model selection. Raises `Stopped` after checkpointing when a stop
     was requested, `UserError` when `train.max_bad_steps` steps in a row had non-finite loss or gradients."""
     stats, window = FitStats(), LogWindow(parts.runtime.device)
     bad_in_a_row = 0
