@@ -39,5 +39,17 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the trainable parameters, by name: what adapters and checkpoints store."""
+    """The trainable parameters as detached CPU tensors, by name: what adapters and checkpoints store. On CPU
+    they share storage with the parameters; clone them to keep a snapshot."""
     return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` (as `trainable_tensors` gives them) into `model`'s trainable parameters; refuses a set of
+    names other than the trainable ones, naming `source`."""
+    params = dict(model.named_parameters())
+    if set(tensors) != {n for n, p in params.items() if p.requires_grad}:
+        raise RuntimeError(f"{source} parameters do not match the model's trainable parameters")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..files import write_dir_atomic
-from ..models.params import trainable_tensors
+from ..models.params import load_trainable_tensors, trainable_tensors
 from .selection import Selection
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -95,14 +95,7 @@ def prune(checkpoints: Path, keep: int) -> None:
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, selection: Selection) -> TrainState:
     """The state saved in `folder`, loaded into the model, optimizer, scheduler, RNGs and `selection`."""
-    params = dict(model.named_parameters())
-    saved = load_file(str(folder / "trainable.safetensors"))
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(saved) != expected:
-        raise RuntimeError(f"{folder}: checkpoint parameters do not match the model's trainable parameters")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
+    load_trainable_tensors(model, load_file(str(folder / "trainable.safetensors")), f"{folder}: checkpoint")
     meta = json.loads((folder / "state.json").read_text())
     tensors = load_file(str(folder / "optimizer.safetensors"))
     opt_state: dict[int, dict] = {}

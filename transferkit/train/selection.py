@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..evaluate.comparison import LOWER_IS_BETTER
-from ..models.params import trainable_tensors
+from ..models.params import load_trainable_tensors, trainable_tensors
 
 
 @dataclass
@@ -59,10 +59,7 @@ class Selection:
 
     def restore_best(self, model: torch.nn.Module) -> None:
         """Put the best validation's trainable weights back into `model`."""
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in self.weights.items():
-                params[name].copy_(value)
+        load_trainable_tensors(model, self.weights, f"the best validation's (step {self.best_step})")
 
     def facts(self, final_step: int, select: str) -> dict:
         """summary.json's `selection`: what was chosen, on which metric and step."""
