@@ -86,6 +86,9 @@ def test_patience_stops_the_run_after_that_many_validations_without_improvement(
     assert summary["stopped_early"] and summary["steps"] == best_step + 2 < 8, scored
     assert len(after) >= 2 and all(value > summary["selection"]["best_value"] for value in after)
     assert summary["selection"]["chosen_step"] == best_step
+    # The step it stopped at was validated once, in the loop; finish reuses that validation.
+    assert [step for step, _ in scored] == list(range(1, summary["steps"] + 1))
+    assert summary["validation"]["perplexity"] == summary["selection"]["best_value"]
 
 
 def test_a_resumed_run_selects_as_the_straight_one(tiny_config, tmp_path, monkeypatch):

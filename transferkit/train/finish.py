@@ -26,9 +26,7 @@ def finish(s: Session, stats: FitStats) -> dict:
     with s.clock("save"):
         checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)  # the last step's: for resuming
     with s.clock("evaluate"):
-        validation = s.validate()  # the final step's, scored for selection like every other
-        if validation is not None:
-            s.run.log({"event": "eval", "split": "validation", "step": s.state.step, **validation})
+        validation = final_validation(s)
         validation = select_weights(s, model, validation)
     with s.clock("save"):
         write_adapter(s.run, s.method, s.cfg.method, model)
@@ -57,6 +55,17 @@ def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: 
         write_fingerprint(tmp, model)
 
     run.write_dir_atomic(run.adapter, write)
+
+
+def final_validation(s: Session) -> dict | None:
+    """The final step's validation metrics, scored for selection like every other; a run that stopped early
+    was validated at this step already, in the loop, and is not validated (or logged) twice."""
+    if s.state.selection.last_step == s.state.step:
+        return s.state.selection.last_metrics
+    validation = s.validate()
+    if validation is not None:
+        s.run.log({"event": "eval", "split": "validation", "step": s.state.step, **validation})
+    return validation
 
 
 def select_weights(s: Session, model: torch.nn.Module, validation: dict | None) -> dict | None:

@@ -32,6 +32,7 @@ class Selection:
     metric: str | None = None          # the headline's name
     since_best: int = 0                # validations since the best one
     last_step: int | None = None       # step of the latest validation scored (a repeat is not scored twice)
+    last_metrics: dict = field(default_factory=dict)  # all metrics of that validation
     best_metrics: dict = field(default_factory=dict)  # all metrics of the best validation
     weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # trainable weights at best_step
 
@@ -40,7 +41,7 @@ class Selection:
         weights when it is the best so far. Returns whether it was."""
         if step == self.last_step:
             return False
-        self.last_step = step
+        self.last_step, self.last_metrics = step, dict(metrics)
         lower = metric in LOWER_IS_BETTER
         value = float(metrics[metric])
         improved = self.best_value is None or (value <= self.best_value if lower else value >= self.best_value)
@@ -69,10 +70,12 @@ class Selection:
 
     def state(self) -> dict:
         return {"best_step": self.best_step, "best_value": self.best_value, "metric": self.metric,
-                "since_best": self.since_best, "last_step": self.last_step, "best_metrics": self.best_metrics}
+                "since_best": self.since_best, "last_step": self.last_step, "last_metrics": self.last_metrics,
+                "best_metrics": self.best_metrics}
 
     def load_state(self, state: dict, weights: dict[str, torch.Tensor]) -> None:
         self.best_step, self.best_value = state["best_step"], state["best_value"]
         self.metric, self.since_best = state["metric"], state["since_best"]
-        self.last_step, self.best_metrics = state["last_step"], state["best_metrics"]
+        self.last_step, self.last_metrics = state["last_step"], state["last_metrics"]
+        self.best_metrics = state["best_metrics"]
         self.weights = weights
