@@ -10,7 +10,7 @@ Runs recipes/forgetting-full.yaml (full fine-tune of SmolLM2-135M on the quickst
    split and `general` (Persuasion): mean and range over the seeds.
 
 It prints both tables, writes results.json under --out and draws docs/forgetting.png. Every run directory
-is kept under --out.
+is kept under --out, and a re-run reuses the finished ones and resumes an interrupted one (same config).
 
     .venv/bin/python experiments/forgetting.py            # 23 runs: ~70 min on 2 AVX512-BF16 cores, ~3 h on AVX2
     .venv/bin/python experiments/forgetting.py --steps 5 --seeds 0  # a quick smoke run
@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 from transferkit.api import train
-from transferkit.config import load_config
+from transferkit.config import dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "forgetting-full.yaml"
@@ -43,12 +42,22 @@ TASK_SLACK = 0.02  # a chosen strength may cost at most this much validation JSO
 def one_run(name: str, overrides: list[str], out: Path, seed: int, steps: int | None) -> dict:
     run_dir = out / f"{name.lower().replace(' ', '-').replace('%', '').replace('=', '')}-seed{seed}"
     extra = [f"output_dir={run_dir}", f"seed={seed}"] + ([f"train.max_steps={steps}"] if steps else [])
-    started = time.perf_counter()
-    summary = train(load_config(RECIPE, overrides + extra), overwrite=True)
+    cfg = load_config(RECIPE, overrides + extra)
+    summary = continue_run(cfg, run_dir)
     return {"mitigation": name, "seed": seed, "task": summary["test"]["json_field_accuracy"],
             "exact_match": summary["test"]["exact_match"], "base_ppl": summary["forgetting"]["base_perplexity"],
             "tuned_ppl": summary["forgetting"]["tuned_perplexity"], "forgetting": summary["forgetting"]["forgetting"],
-            "reference": summary["general"]["base"]["text"], "minutes": (time.perf_counter() - started) / 60}
+            "reference": summary["general"]["base"]["text"], "minutes": summary["wall_time_s"] / 60}
+
+
+def continue_run(cfg, run_dir: Path) -> dict:
+    """A run with this exact config finished before is read back; one stopped midway resumes from its last
+    checkpoint; anything else starts over. So an interrupted experiment continues where it stopped."""
+    same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
+    if same and (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    resume = same and any((run_dir / "checkpoints").glob("step-*"))
+    return train(cfg, resume=resume, overwrite=not resume)
 
 
 def choose(out: Path, steps: int | None) -> tuple[list[dict], dict[str, str]]:
