@@ -96,14 +96,17 @@ def reference_trainer(model, tokenizer, train: Path, lr: float, out: Path, tutor
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from transferkit.data.batching import collate
+    from transferkit.methods import get_method
     from transferkit.options import TrainConfig
     from transferkit.train.schedule import lr_multiplier, warmup_steps
+
+    warmup_ratio = get_method("lora").defaults.warmup_ratio  # what transferkit's LoRA run uses
 
     items = tokenized(train, tokenizer)
     steps = -(-len(items) // 8)
     args = TrainingArguments(output_dir=str(out.parent / "trainer"), per_device_train_batch_size=8,
                              num_train_epochs=1, learning_rate=lr, lr_scheduler_type="cosine",
-                             warmup_steps=warmup_steps(steps, TrainConfig.warmup_ratio), logging_steps=10,
+                             warmup_steps=warmup_steps(steps, warmup_ratio), logging_steps=10,
                              save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), bf16=False,
                              disable_tqdm=True, remove_unused_columns=False, max_grad_norm=1.0)
     if tutorial:
@@ -116,7 +119,7 @@ def reference_trainer(model, tokenizer, train: Path, lr: float, out: Path, tutor
                        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     dataset = Dataset.from_dict({"input_ids": [t.input_ids for t in items], "labels": [t.labels for t in items]})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    warmup = warmup_steps(steps, TrainConfig.warmup_ratio)
+    warmup = warmup_steps(steps, warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, steps, warmup, TrainConfig.min_lr_ratio))
     return Trainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),

@@ -99,7 +99,7 @@ def test_probe_caches_features_once(tiny_bert_dir):
     model, tok, _ = load_model(str(tiny_bert_dir), task="classification", labels=["a", "b"])
     probe = get_method("probe").apply(model, ProbeMethodConfig(head="mlp", hidden=8), "classification")
     calls = []
-    model.bert.register_forward_hook(lambda *a: calls.append(1))
+    model.backbone.register_forward_hook(lambda *a: calls.append(1))
     enc = tok(["hello world", "the quick brown fox"], padding=True, return_tensors="pt")
     first = probe(enc["input_ids"], enc["attention_mask"]).logits
     second = probe(enc["input_ids"], enc["attention_mask"]).logits
@@ -152,8 +152,9 @@ def test_head_lr_is_the_heads_own_group(method, tiny_bert_dir):
     spec = get_method(method)
     cfg = spec.config_cls(llrd=0.5) if method == "full" else spec.config_cls(r=4)
     model = spec.apply(model, cfg, "classification")
-    plain, _ = build_optimizer(model, spec, cfg, TrainConfig(lr=1e-4), steps=10)
-    split, schedule = build_optimizer(model, spec, cfg, TrainConfig(lr=1e-4, head_lr=3e-2), steps=10)
+    plain, _ = build_optimizer(model, spec, cfg, TrainConfig(lr=1e-4, warmup_ratio=0.05, weight_decay=0.0), steps=10)
+    split, schedule = build_optimizer(model, spec, cfg, TrainConfig(lr=1e-4, head_lr=3e-2, warmup_ratio=0.05,
+                                                                           weight_decay=0.0), steps=10)
 
     names = {id(p): n for n, p in model.named_parameters()}
     head = [g for g in split.param_groups if g["initial_lr"] == 3e-2]

@@ -201,12 +201,13 @@ def test_closed_form_layouts_match_the_published_model_sizes():
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
                         vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
     # embeddings 31,036·384 + 768 = 11,918,592; block 4·(384² + 384) + 4·384 + (384·1536 + 1536) + (1536·384 + 384)
-    # = 1,774,464, × 6 = 10,646,784; pooler 147,840; classifier 384·2 + 2 = 770
-    assert layout(minilm, "classification", num_labels=2).total == 22_713_986
+    # = 1,774,464, × 6 = 10,646,784; classifier 384·2 + 2 = 770; the pooler 384² + 384 = 147,840 when pooled with
+    assert layout(minilm, "classification", num_labels=2, pooling="mean").total == 22_566_146
+    assert layout(minilm, "classification", num_labels=2, pooling="pooler").total == 22_713_986
     untied = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          intermediate_size=1536, vocab_size=49152, tie_word_embeddings=False)
     assert layout(untied, "causal-lm").head == 49152 * 576          # an untied head is a second V·h matrix
-    assert layout(smollm2, "classification", num_labels=4).head == 576 * 4  # `score` has no bias
+    assert layout(smollm2, "classification", num_labels=4).head == 576 * 4  # a decoder's head has no bias
 
 
 @pytest.mark.parametrize("name, family", CASES)

@@ -106,7 +106,7 @@ def test_qlora_classifier_keeps_its_head_in_float(tiny_config, tmp_path):
     model, _, _ = load_trained(cfg.output_dir)
     head = model.base_model.model.classifier.modules_to_save["default"]
     assert head.weight.dtype == torch.float32
-    assert model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.uint8
+    assert model.base_model.model.backbone.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.uint8
 
 
 def test_evaluating_a_4bit_model_does_not_break_its_gradients(folder):

@@ -67,10 +67,14 @@ def tiny_qwen2(vocab_size: int, seed: int = 0):
                   tie_word_embeddings=False)
 
 
-def tiny_bert_classifier(vocab_size: int, seed: int = 0, num_labels: int = 3):
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_bert_classifier(vocab_size: int, seed: int = 0, num_labels: int = 3, pooling: str = "mean"):
+    from transformers import BertConfig, BertModel
 
-    return _build(BertConfig, BertForSequenceClassification, seed, vocab_size=vocab_size, num_labels=num_labels)
+    from transferkit.models import SequenceClassifier
+
+    backbone = _build(BertConfig, BertModel, seed, vocab_size=vocab_size, num_labels=num_labels)
+    torch.manual_seed(seed)
+    return SequenceClassifier(backbone, pooling, decoder=False)
 
 
 def tiny_bert(vocab_size: int, seed: int = 0):

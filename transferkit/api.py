@@ -63,7 +63,7 @@ class Evaluated:
         base, _, _ = load_model(self.base_ref, task=task, labels=self.labels, device=runtime.device,
                                 tokenizer=self.tokenizer, quantize_4bit=method.quantize_base,
                                 attention=self.model.config._attn_implementation,
-                                trust_remote_code=self.cfg.trust_remote_code)
+                                trust_remote_code=self.cfg.trust_remote_code, pooling=self.cfg.method.pooling)
         base = method.apply(base, self.cfg.method, task)
         store_frozen_weights(base, runtime, self.cfg.train.frozen_bf16)
         return switched_off(method, base)

@@ -38,6 +38,22 @@ def config_to_dict(cfg: typing.Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def with_method_defaults(cfg: RunConfig, task: str) -> RunConfig:
+    """`cfg` with every null `train.lr`, `train.warmup_ratio`, `train.weight_decay` replaced by its method's
+    default, and — for classification, the one task with a new head — `train.head_lr` too (else it stays null)."""
+    defaults = get_method(cfg.method.name).defaults
+    train = cfg.train
+    lr = defaults.lr if train.lr is None else train.lr
+    head_lr = train.head_lr
+    if task == "classification" and head_lr is None:
+        head_lr = lr if defaults.head_lr is None else defaults.head_lr
+    train = dataclasses.replace(
+        train, lr=lr, head_lr=head_lr,
+        warmup_ratio=defaults.warmup_ratio if train.warmup_ratio is None else train.warmup_ratio,
+        weight_decay=defaults.weight_decay if train.weight_decay is None else train.weight_decay)
+    return dataclasses.replace(cfg, train=train)
+
+
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
@@ -58,7 +74,7 @@ def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, st
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         rows.append((prefix + f.name, type_name(tp), repr(default), f.metadata.get("help", "")))
-    return rows
+    return _with_method_defaults(rows) if cls is RunConfig else rows
 
 
 def _method_keys() -> list[tuple[str, str, str, str]]:
@@ -69,3 +85,16 @@ def _method_keys() -> list[tuple[str, str, str, str]]:
             if row[0] != "method.name":
                 seen.setdefault(row, []).append(name)
     return [(key, tp, default, f"{help_text} [{', '.join(users)}]") for (key, tp, default, help_text), users in seen.items()]
+
+
+def _with_method_defaults(rows: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:
+    """The train keys whose default is the method's: 'per method' and each method's value in the help."""
+    per_method = {name: get_method(name).defaults.describe() for name in method_names()}
+    out = []
+    for key, tp, default, help_text in rows:
+        values = {name: shown[key] for name, shown in per_method.items() if key in shown}
+        if values:
+            listed = ", ".join(f"{name} {value}" for name, value in values.items())
+            default, help_text = "per method", f"{help_text} ({listed})"
+        out.append((key, tp, default, help_text))
+    return out

@@ -55,12 +55,15 @@ class TrainConfig:
     micro_batch_size: Optional[int] = opt(
         None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
               "(default: 4 on CPU, where it holds half the activations of 8 at the same speed; batch_size on GPU)", gt=0)
-    lr: float = opt(2.0e-4, "peak learning rate", gt=0)
+    # The four keys below default to the method's own values (`Defaults` in its module; `transferkit keys` lists
+    # them); the run's config.yaml records what was used.
+    lr: Optional[float] = opt(None, "peak learning rate; null: the method's default", gt=0)
     head_lr: Optional[float] = opt(
         None, "peak learning rate of a classification model's new task head (the method's own parameters keep "
-              "`lr`; a fresh head often wants a larger one); null: `lr`", gt=0)
-    weight_decay: float = opt(0.0, "AdamW decoupled weight decay", ge=0)
-    warmup_ratio: float = opt(0.05, "fraction of steps with linear warmup from 0 to lr", ge=0, le=1)
+              "`lr`; a fresh head often wants a larger one); null: the method's default", gt=0)
+    weight_decay: Optional[float] = opt(None, "AdamW decoupled weight decay; null: the method's default", ge=0)
+    warmup_ratio: Optional[float] = opt(None, "fraction of steps with linear warmup from 0 to lr; null: the "
+                                              "method's default", ge=0, le=1)
     min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)", ge=0)
     precision: Literal["auto", "bf16", "fp32"] = opt("auto", "`auto`: bf16 autocast where the CPU/GPU supports it, else fp32")
@@ -125,6 +128,9 @@ class MethodConfig:
     """Base of every method's config; each method module subclasses it."""
 
     name: str = opt("lora", "adaptation method (see `transferkit methods`)")
+    pooling: Literal["auto", "cls", "pooler", "mean", "last"] = opt(
+        "auto", "classification: how token states become one vector for the head (auto: what the model declares, "
+        "else last token for decoders, mean for encoders; the run's config.yaml records the choice)")
 
 
 @dataclass

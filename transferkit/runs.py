@@ -26,7 +26,7 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
     model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
                                      device=device, quantize_4bit=method.quantize_base,
                                      attention=run.read_summary().get("attention"),
-                                     trust_remote_code=cfg.trust_remote_code)
+                                     trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
     check_adapter_folder(run.adapter, model, cfg.model)
     try:
         model = method.load(model, run.adapter)

@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 from ..options import MethodConfig, opt
-from .registry import Method, register
+from .registry import Defaults, Method, register
 from .selective import (block_index, is_embedding, load_trainable, model_layout, num_blocks, save_trainable,
                         set_trainable)
 
@@ -52,6 +52,11 @@ def closed_form(model, cfg: FreezeMethodConfig) -> int | None:
     return (parts.blocks - first) * parts.block + parts.final + parts.head
 
 
+# Defaults: lr 2e-4 (recipes/freeze.yaml): between full fine-tuning's 1e-4 and the adapters', for the fewer weights
+# that train; the new head at 1e-3 as for `full`. Checked by experiments/defaults.py.
+DEFAULTS = Defaults(lr=2e-4, head_lr=1e-3)
+
+
 register(Method("freeze", FreezeMethodConfig, apply=apply, save=save_trainable, load=load_trainable,
-                summary="embeddings and lower blocks frozen, top blocks train", separate_head=False,
+                defaults=DEFAULTS, summary="embeddings and lower blocks frozen, top blocks train", separate_head=False,
                 closed_form=closed_form))

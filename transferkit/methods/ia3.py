@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
-from .registry import Method, register
+from .registry import Defaults, Method, register
 from .targets import adapted_linears, default_ia3_targets
 
 
@@ -39,5 +39,10 @@ def closed_form(model, cfg: IA3MethodConfig) -> int:
     return sum(m.in_features if m in ff else m.out_features for m in adapted_linears(model, targets))
 
 
-register(Method("ia3", IA3MethodConfig, apply=apply, summary="learned rescaling of keys, values and MLP (peft)",
+# Defaults: lr 5e-3 (recipes/ia3.yaml; T-Few, Liu et al. 2022, trained (IA)³ at 3e-3): rescaling vectors start at 1
+# and move little per step. Checked by experiments/defaults.py.
+DEFAULTS = Defaults(lr=5e-3)
+
+
+register(Method("ia3", IA3MethodConfig, apply=apply, defaults=DEFAULTS, summary="learned rescaling of keys, values and MLP (peft)",
                 merge=merge, closed_form=closed_form, **PEFT_FUNCTIONS))

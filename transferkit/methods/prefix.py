@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, wrap_prompt_learning
-from .registry import Method, register
+from .registry import Defaults, Method, register
 
 
 @dataclass
@@ -29,5 +29,9 @@ def closed_form(model, cfg: PrefixMethodConfig) -> int:
     return cfg.num_virtual_tokens * c.num_hidden_layers * 2 * heads * head_dim
 
 
-register(Method("prefix", PrefixMethodConfig, apply=apply, summary="learned key/value prefixes at every layer (peft)",
+# Defaults: lr 1e-2 (recipes/prefix.yaml; peft's prefix-tuning examples use 1e-2 without the reparametrisation MLP).
+DEFAULTS = Defaults(lr=1e-2)
+
+
+register(Method("prefix", PrefixMethodConfig, apply=apply, defaults=DEFAULTS, summary="learned key/value prefixes at every layer (peft)",
                 closed_form=closed_form, packable=False, **PEFT_FUNCTIONS))

@@ -3,10 +3,10 @@ head trains, on the features the backbone gives for each example.
 
 Because the backbone never changes, each distinct input's feature vector is
 computed once and cached; every later epoch trains the head on cached
-features. Features are what the model's own classification head would see:
-the pooled [CLS] output for encoders, the hidden state of the last
-non-padding token for decoders. `head: mlp` puts a small MLP there instead of
-a linear layer. Classification only.
+features. Features are what the classifier's head sees: the backbone's last
+hidden states pooled as `method.pooling` says (`models/classifier.py`).
+`head: mlp` puts a small MLP there instead of a linear layer. Classification
+only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from ..models.heads import task_head_name
 from ..options import MethodConfig, opt
 from ..runtime import for_inference
-from .registry import Method, register
+from .registry import Defaults, Method, register
 from .selective import load_trainable, save_trainable, saved_config
 
 
@@ -35,7 +35,7 @@ def head_name(model: nn.Module) -> str:
     name = task_head_name(model)
     if name is not None:
         return name
-    raise ValueError("probe needs a sequence-classification model with a 'score' or 'classifier' head")
+    raise ValueError("probe needs a sequence classifier (a model with a 'classifier' head)")
 
 
 class CachedFeatureProbe(nn.Module):
@@ -66,11 +66,7 @@ class CachedFeatureProbe(nn.Module):
                 self.model(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             hook.remove()
-        x = captured["x"].float()
-        if x.dim() == 3:  # decoder: hidden states [B, T, H]; take the last non-padding position
-            last = attention_mask.long().cumsum(-1).argmax(-1)  # [B]
-            x = x[torch.arange(x.shape[0], device=x.device), last]
-        return x
+        return captured["x"].float()
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         keys = [input_ids[b][attention_mask[b].bool()].cpu().numpy().tobytes() for b in range(input_ids.shape[0])]
@@ -112,6 +108,11 @@ def closed_form(model: nn.Module, cfg: ProbeMethodConfig) -> int:
     return h * c + (c if head.bias is not None else 0)
 
 
+# Defaults: lr 1e-2 (recipes/probe.yaml): the head is the only parameter, a logistic regression trained with Adam
+# on fixed features, which tolerates a large rate. Checked against scikit-learn by experiments/defaults.py.
+DEFAULTS = Defaults(lr=1e-2)
+
+
 register(Method("probe", ProbeMethodConfig, apply=apply, save=save_trainable, load=load, tasks=("classification",),
-                summary="frozen backbone, cached features, only a new head trains", separate_head=False,
+                defaults=DEFAULTS, summary="frozen backbone, cached features, only a new head trains", separate_head=False,
                 closed_form=closed_form))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, wrap_prompt_learning
-from .registry import Method, register
+from .registry import Defaults, Method, register
 
 
 @dataclass
@@ -26,5 +26,10 @@ def closed_form(model, cfg: PromptMethodConfig) -> int:
     return cfg.num_virtual_tokens * model.config.hidden_size
 
 
-register(Method("prompt", PromptMethodConfig, apply=apply, summary="a learned soft prompt of virtual tokens (peft)",
+# Defaults: lr 3e-2 (recipes/prompt.yaml; peft's prompt-tuning examples use 3e-2 with AdamW, Lester et al. 2021 used
+# 0.3 with Adafactor): a soft prompt needs large steps.
+DEFAULTS = Defaults(lr=3e-2)
+
+
+register(Method("prompt", PromptMethodConfig, apply=apply, defaults=DEFAULTS, summary="a learned soft prompt of virtual tokens (peft)",
                 closed_form=closed_form, packable=False, **PEFT_FUNCTIONS))

@@ -30,6 +30,24 @@ Model = torch.nn.Module
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """A method's own optimisation defaults: what `train.lr`, `train.head_lr`, `train.warmup_ratio` and
+    `train.weight_decay` mean when the config leaves them null. Each method module states where its values
+    come from; experiments/defaults.py measures them against a sweep (docs/defaults.md)."""
+
+    lr: float
+    head_lr: float | None = None      # a classification model's new head; None: `lr`
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+
+    def describe(self) -> dict[str, str]:
+        """{train key: value as shown by `transferkit keys`}."""
+        head = "lr" if self.head_lr is None else f"{self.head_lr:g}"
+        return {"train.lr": f"{self.lr:g}", "train.head_lr": head, "train.warmup_ratio": f"{self.warmup_ratio:g}",
+                "train.weight_decay": f"{self.weight_decay:g}"}
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     config_cls: type
@@ -37,6 +55,7 @@ class Method:
     save: Callable[[Model, MethodConfig, Path], None]
     load: Callable[[Model, Path], Model]
     summary: str
+    defaults: Defaults                # train.lr and friends when the config leaves them null
     tasks: tuple[str, ...] = ("causal-lm", "classification")   # what it can train; checked at config time
     quantize_base: bool = False                                # load the base in 4-bit NF4 (QLoRA)
     packable: bool = True             # sequences may share a row (not where virtual tokens precede every sequence)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..models.heads import task_of
+from ..models.heads import task_of, underlying_model
 from ..models.params import trainable_tensors, unique_parameters
 from ..options import MethodConfig
 from .shapes import Layout, layout
@@ -40,7 +40,9 @@ def num_blocks(model: torch.nn.Module) -> int:
 def model_layout(model: torch.nn.Module) -> Layout | None:
     """The parameter layout of `model` from its config alone (None for a family `shapes.py` does not know)."""
     task = task_of(model)
-    return layout(model.config, task, model.config.num_labels if task == "classification" else 0)
+    if task == "causal-lm":
+        return layout(model.config, task)
+    return layout(model.config, task, model.config.num_labels, underlying_model(model).pooling)
 
 
 def is_embedding(name: str) -> bool:

@@ -8,10 +8,10 @@ With hidden size h, heads n_h, key/value heads n_kv, head size d, MLP width I, v
                         MLP:         3·h·I                           (gate, up, down; + biases with mlp_bias)
                         two RMSNorm: 2·h
     Llama-like rest     embeddings V·h; final RMSNorm h; LM head V·h unless tied to the embeddings;
-                        a classifier's `score` h·C (no bias)
+                        a classifier's head h·C (no bias)
     BERT block          q, k, v, attention output: 4·(h² + h); two LayerNorms 4·h; MLP h·I + I + I·h + h
-    BERT rest           embeddings (V + positions + token types)·h + LayerNorm 2·h; pooler h² + h;
-                        classifier h·C + C
+    BERT rest           embeddings (V + positions + token types)·h + LayerNorm 2·h; classifier h·C + C;
+                        the pooler h² + h only with `pooling: pooler`
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def _bert_block(c) -> int:
     return 4 * (h * h + h) + 4 * h + (h * inner + inner) + (inner * h + h)
 
 
-def layout(config, task: str, num_labels: int = 0) -> Layout | None:
-    """The parameter layout of a model with `config` loaded for `task` (None for a family not written here)."""
+def layout(config, task: str, num_labels: int = 0, pooling: str | None = None) -> Layout | None:
+    """The parameter layout of a model with `config` loaded for `task` (None for a family not written here);
+    a classifier keeps BERT's pooler only when it pools with it (`pooling: pooler`)."""
     h, vocab = config.hidden_size, config.vocab_size
     if config.model_type in LLAMA_LIKE:
         tied = getattr(config, "tie_word_embeddings", False)
@@ -63,6 +64,6 @@ def layout(config, task: str, num_labels: int = 0) -> Layout | None:
     if config.model_type == "bert":
         embeddings = (vocab + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
         head = h * num_labels + num_labels if task == "classification" else 0
-        pooler = h * h + h if task == "classification" else 0
+        pooler = h * h + h if task == "classification" and pooling == "pooler" else 0
         return Layout(embeddings, _bert_block(config), config.num_hidden_layers, pooler, head)
     return None

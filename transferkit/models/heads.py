@@ -1,7 +1,6 @@
 """What a loaded model is for, read from its structure (never from attributes we set on it).
 
-transformers names a sequence classifier's new head `score` (decoders) or `classifier` (encoders); a causal
-LM has neither. peft wrappers forward attribute lookups to the model inside, so the same test works on a
+A sequence classifier (`classifier.py`) has a new head named `classifier`; a causal LM has `lm_head`. peft wrappers forward attribute lookups to the model inside, so the same test works on a
 wrapped model; a linear probe exposes its classifier through `get_base_model()`, as peft does.
 """
 
@@ -11,8 +10,8 @@ import torch
 
 from ..runtime import underlying_model
 
-HEAD_NAMES = ("lm_head", "score", "classifier")
-TASK_HEAD_NAMES = ("score", "classifier")  # what transformers calls a sequence classifier's new head
+HEAD_NAMES = ("lm_head", "classifier")
+TASK_HEAD_NAMES = ("classifier",)  # a sequence classifier's new head
 
 
 def task_head_name(model: torch.nn.Module) -> str | None:

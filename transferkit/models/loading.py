@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .classifier import SequenceClassifier, resolve_pooling
 from .gguf import converted_folder
 from .packaged import PACKAGED, packaged_names, packaged_path
 
@@ -61,10 +62,10 @@ def nf4_config(compute_dtype: torch.dtype):
     """4-bit NormalFloat with double-quantized block scales (QLoRA's recipe)."""
     from transformers import BitsAndBytesConfig
 
-    # Output and task heads stay in float: a new classification head must train in full.
+    # The output head stays in float (a classifier's new head is outside the quantized backbone).
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype,
-                              llm_int8_skip_modules=["lm_head", "score", "classifier"])
+                              llm_int8_skip_modules=["lm_head"])
 
 
 def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
@@ -81,19 +82,20 @@ def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
 def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                quantize_4bit: bool = False, compute_dtype: torch.dtype = torch.float32,
-               attention: str | None = None, tokenizer=None, trust_remote_code: bool = False):
+               attention: str | None = None, tokenizer=None, trust_remote_code: bool = False,
+               pooling: str = "auto"):
     """Load a model for `task` and its tokenizer; returns (model, tokenizer, folder).
 
     task "causal-lm": the model with its language-model head (decoders only).
-    task "classification": the backbone with a new head over `labels` (encoders pool
-    [CLS]; decoders the last non-padding token).
+    task "classification": a `SequenceClassifier`: the backbone, `pooling` of its hidden states ("auto": what
+    the model declares, else its architecture's convention; see `classifier.py`) and a new head over `labels`.
     quantize_4bit: store the linear layers' weights in NF4 (for QLoRA); `compute_dtype`
     is what they are dequantized to for each matmul.
     attention: "eager" or "sdpa" (None: the library's default).
     tokenizer: one already loaded from this model (else it is loaded here).
     trust_remote_code: let Python code shipped in the model folder run (off unless the config says so).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM
 
     folder = resolve_model(ref)
     if task == "causal-lm" and architecture(folder) == "encoder":
@@ -109,11 +111,13 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
             raise ValueError("a classification model needs its labels")
         extra.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                      label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
-        auto = AutoModelForSequenceClassification
-    else:
-        auto = AutoModelForCausalLM
+    auto = AutoModel if task == "classification" else AutoModelForCausalLM
     model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code,
                                  use_safetensors=True, **extra)
+    if task == "classification":
+        decoder = architecture(folder) == "decoder"
+        model = SequenceClassifier(model, resolve_pooling(pooling, folder, decoder), decoder)
+        model.classifier.to(device)
     if quantize_4bit:
         keep_4bit_weights_trainable(model)
     else:

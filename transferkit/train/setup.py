@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import dump_config
+from ..config import dump_config, with_method_defaults
 from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_train
 from ..data.batching import collate_packed
 from ..data.general import PACKAGED, general_sequences, general_texts
@@ -37,7 +37,8 @@ from ..evaluate.forgetting import check_reference
 from ..evaluate.split import evaluate_split, format_metrics
 from ..evaluate.task_metrics import resolve_task_metric
 from ..methods import Method, check_task, get_method
-from ..models import architecture, count_parameters, format_trainable, load_model, load_tokenizer, resolve_model
+from ..models import (SequenceClassifier, architecture, count_parameters, format_trainable, load_model, load_tokenizer,
+                      resolve_model, underlying_model)
 from ..objectives import OBJECTIVES, Objective
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir
@@ -112,6 +113,7 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     with clock("load"):
         model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
     task = TASK_OF_SCHEMA[splits.schema]
+    cfg = as_run(cfg, model, task)
     open_run(run, cfg, splits, resume, overwrite)
     seed_everything(cfg.seed)
 
@@ -170,13 +172,26 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
                   for t in split.tokenized)
+    seed_everything(cfg.seed)  # a classifier's new head is initialised here
     model, tokenizer, folder = load_model(cfg.model, task=task, labels=splits.labels, device=runtime.device,
                                           quantize_4bit=method.quantize_base, compute_dtype=runtime.compute_dtype,
                                           attention=pick_attention(cfg.train.attention, runtime.device, longest),
-                                          tokenizer=tokenizer, trust_remote_code=cfg.trust_remote_code)
+                                          tokenizer=tokenizer, trust_remote_code=cfg.trust_remote_code,
+                                          pooling=cfg.method.pooling)
     for note in splits.notes:
         print(note)
     return model, tokenizer, folder, splits
+
+
+def as_run(cfg: RunConfig, model: torch.nn.Module, task: str) -> RunConfig:
+    """The config as it runs, so that the run's config.yaml names every choice and re-runs or reloads the same:
+    null learning rates, warmup and weight decay replaced by the method's defaults, and a classifier's
+    `method.pooling: auto` by the pooling it resolved to."""
+    cfg = with_method_defaults(cfg, task)
+    inner = underlying_model(model)
+    if not isinstance(inner, SequenceClassifier) or cfg.method.pooling == inner.pooling:
+        return cfg
+    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, pooling=inner.pooling))
 
 
 def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, task: str) -> None:
