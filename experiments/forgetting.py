@@ -24,8 +24,9 @@ import json
 import statistics
 from pathlib import Path
 
-from transferkit.api import train
-from transferkit.config import dump_config, load_config
+from common import continue_run
+
+from transferkit.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "forgetting-full.yaml"
@@ -43,21 +44,11 @@ def one_run(name: str, overrides: list[str], out: Path, seed: int, steps: int | 
     run_dir = out / f"{name.lower().replace(' ', '-').replace('%', '').replace('=', '')}-seed{seed}"
     extra = [f"output_dir={run_dir}", f"seed={seed}"] + ([f"train.max_steps={steps}"] if steps else [])
     cfg = load_config(RECIPE, overrides + extra)
-    summary = continue_run(cfg, run_dir)
+    summary = continue_run(cfg, "causal-lm")
     return {"mitigation": name, "seed": seed, "task": summary["test"]["json_field_accuracy"],
             "exact_match": summary["test"]["exact_match"], "base_ppl": summary["forgetting"]["base_perplexity"],
             "tuned_ppl": summary["forgetting"]["tuned_perplexity"], "forgetting": summary["forgetting"]["forgetting"],
             "reference": summary["general"]["base"]["text"], "minutes": summary["wall_time_s"] / 60}
-
-
-def continue_run(cfg, run_dir: Path) -> dict:
-    """A run with this exact config finished before is read back; one stopped midway resumes from its last
-    checkpoint; anything else starts over. So an interrupted experiment continues where it stopped."""
-    same = (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == dump_config(cfg)
-    if same and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    resume = same and any((run_dir / "checkpoints").glob("step-*"))
-    return train(cfg, resume=resume, overwrite=not resume)
 
 
 def choose(out: Path, steps: int | None) -> tuple[list[dict], dict[str, str]]:

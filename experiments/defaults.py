@@ -1,0 +1,213 @@
+"""Are the per-method defaults good on real data? A small learning-rate sweep around each default.
+
+For every (task, model, method) that applies — tasks from `transferkit/data/real_tasks.py` (data/austen-novel,
+data/austen-speech: classification; data/chitchat-reply: instruction, decoders only), models minilm-l6 and
+smollm2-135m, methods probe, freeze, lora, full — three runs at the method's default learning rate d and at
+d/3 and 3·d, everything else the product's defaults (`train.head_lr` too). Classification: 3 epochs at batch 32,
+scored by test accuracy; instruction: 1 epoch at batch 8, scored by test loss (no generation). No prompting
+baseline and no forgetting measurement: they do not depend on the learning rate.
+
+For the probe it also fits scikit-learn's logistic regression (standardised features, C = 1) on the very
+features the probe trains on (the classifier's pooled features of the frozen backbone), train split → test.
+
+It prints the tables, writes results.json under --out and docs/defaults.md. Every run directory is kept, and a
+re-run reuses finished runs (experiments/common.py), so the sweep can be grown a model or task at a time:
+
+    .venv/bin/python experiments/defaults.py --models minilm-l6                 # the encoder rows only
+    .venv/bin/python experiments/defaults.py                                    # everything
+    .venv/bin/python experiments/defaults.py --results runs/defaults/results.json   # rewrite the page only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+from common import continue_run
+
+from transferkit.config import load_config
+from transferkit.methods import get_method
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"austen-novel": "classification", "austen-speech": "classification", "chitchat-reply": "instruction"}
+MODELS = ("minilm-l6", "smollm2-135m")
+METHODS = ("probe", "freeze", "lora", "full")
+FACTORS = (1 / 3, 1.0, 3.0)
+TARGET_POINTS = 1.0        # defaults within this many accuracy points of the best swept setting
+PROBE_POINTS = 0.5         # the probe within this many points of scikit-learn on the same features
+
+
+def applies(task: str, model: str, method: str) -> bool:
+    if TASKS[task] == "instruction":
+        return model != "minilm-l6" and method != "probe"
+    return True
+
+
+def run_config(task: str, model: str, method: str, lr: float, out: Path):
+    data = ROOT / "data" / task
+    classify = TASKS[task] == "classification"
+    tree = {"model": model, "method": {"name": method},
+            "data": {split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")},
+            "train": {"epochs": 3 if classify else 1, "batch_size": 32 if classify else 8, "lr": lr},
+            "eval": {"baseline": False, **({} if classify else {"exact_match": False})},
+            "forgetting": {"reference": "none"},
+            "output_dir": str(out / task / model / f"{method}-lr{lr:.2g}")}
+    return load_config(None, base=tree)
+
+
+def score(summary: dict, task: str) -> float:
+    return summary["test"]["accuracy"] if TASKS[task] == "classification" else summary["test"]["loss"]
+
+
+def sklearn_probe(task: str, model_ref: str) -> float:
+    """Test accuracy of a logistic regression on the probe's own features (pooled, frozen backbone)."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from transferkit.methods.probe import ProbeMethodConfig
+    from transferkit.models import load_model
+
+    rows = {split: [json.loads(line) for line in (ROOT / "data" / task / f"{split}.jsonl").open()]
+            for split in ("train", "test")}
+    labels = sorted({r["label"] for r in rows["train"]})
+    model, tokenizer, _ = load_model(model_ref, task="classification", labels=labels)
+    probe = get_method("probe").apply(model, ProbeMethodConfig(), "classification")
+
+    def features(texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), 32):
+            enc = tokenizer(texts[start: start + 32], padding=True, truncation=True, max_length=1024,
+                            return_tensors="pt")
+            with torch.no_grad():
+                out.append(probe.features(enc["input_ids"], enc["attention_mask"]).numpy())
+        return np.concatenate(out)
+
+    x_train, x_test = (features([r["text"] for r in rows[s]]) for s in ("train", "test"))
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    classifier.fit(x_train, [r["label"] for r in rows["train"]])
+    return float(classifier.score(x_test, [r["label"] for r in rows["test"]]))
+
+
+def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str]) -> list[dict]:
+    rows = []
+    for task in tasks:
+        for model in models:
+            for method in methods:
+                if not applies(task, model, method):
+                    continue
+                default = get_method(method).defaults.lr
+                for factor in FACTORS:
+                    cfg = run_config(task, model, method, default * factor, out)
+                    started = time.perf_counter()
+                    summary = continue_run(cfg, TASKS[task])
+                    rows.append({"task": task, "model": model, "method": method, "lr": default * factor,
+                                 "default": factor == 1.0, "score": score(summary, task),
+                                 "trainable": summary["params"]["trainable"], "total": summary["params"]["total"],
+                                 "minutes": summary["wall_time_s"] / 60,
+                                 "fresh": time.perf_counter() - started > 5})
+                if method == "probe":
+                    rows.append({"task": task, "model": model, "method": "sklearn-logreg", "lr": None,
+                                 "default": True, "score": sklearn_probe(task, model)})
+    return rows
+
+
+def verdicts(rows: list[dict]) -> list[dict]:
+    """Per (task, model, method): default's score, best swept score, and the targets' checks."""
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["model"], r["method"]), []).append(r)
+    out = []
+    for (task, model, method), runs in cells.items():
+        if method == "sklearn-logreg":
+            continue
+        lower_better = TASKS[task] == "instruction"
+        best = (min if lower_better else max)(runs, key=lambda r: r["score"])
+        default = next(r for r in runs if r["default"])
+        gap = (default["score"] - best["score"]) if lower_better else 100 * (best["score"] - default["score"])
+        out.append({"task": task, "model": model, "method": method, "default_lr": default["lr"],
+                    "default": default["score"], "best_lr": best["lr"], "best": best["score"], "gap": gap,
+                    "trainable_share": default["trainable"] / default["total"]})
+    return out
+
+
+def page(results: dict) -> str:
+    """docs/defaults.md from the results."""
+    rows, cells = results["runs"], verdicts(results["runs"])
+    fmt = (lambda task, v: f"{100 * v:.1f} %" if TASKS[task] == "classification" else f"{v:.3f}")
+    lines = ["# Are the defaults good? (generated by experiments/defaults.py)", "",
+             (f"Measured {results['date']} on {results['cpu']} (fp32) with "
+             f"`.venv/bin/python experiments/defaults.py {results['args']}`."), "",
+             ("Per method, the default learning rate d (declared in the method's module, `transferkit keys`) and "
+             "d/3, 3·d, everything else at the product's defaults. Classification: test accuracy after 3 epochs at "
+             "batch 32; instruction: test loss after 1 epoch at batch 8 (lower is better). Gap: how far the "
+             f"default is from the best of the three (target: ≤ {TARGET_POINTS:g} point)."), "",
+             "| task | model | method | default lr | default | best lr | best | gap | trainable |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        gap = f"{c['gap']:.1f} pt" if TASKS[c["task"]] == "classification" else f"{c['gap']:+.3f}"
+        lines.append(f"| {c['task']} | {c['model']} | {c['method']} | {c['default_lr']:.2g} | "
+                     f"{fmt(c['task'], c['default'])} | {c['best_lr']:.2g} | {fmt(c['task'], c['best'])} | {gap} | "
+                     f"{100 * c['trainable_share']:.2f} % |")
+    lines += ["", "## Targets", ""]
+    for c in cells:
+        if TASKS[c["task"]] == "classification":
+            mark = "met" if c["gap"] <= TARGET_POINTS else "**missed**"
+            lines.append(f"- {c['task']}, {c['model']}, {c['method']}: default within {TARGET_POINTS:g} point of the "
+                         f"best swept setting — {mark} ({c['gap']:.1f} pt)")
+    by_cell = {(c["task"], c["model"], c["method"]): c for c in cells}
+    for (task, model, method), c in by_cell.items():
+        full = by_cell.get((task, model, "full"))
+        if method == "lora" and full and TASKS[task] == "classification":
+            gap = 100 * (full["default"] - c["default"])
+            mark = "met" if gap <= TARGET_POINTS and c["trainable_share"] < 0.02 else "**missed**"
+            lines.append(f"- {task}, {model}: LoRA within {TARGET_POINTS:g} point of full fine-tuning at < 2 % "
+                         f"trainable — {mark} ({gap:+.1f} pt behind full, {100 * c['trainable_share']:.2f} % trainable)")
+    for r in rows:
+        if r["method"] == "sklearn-logreg":
+            probe = by_cell[(r["task"], r["model"], "probe")]
+            gap = 100 * (r["score"] - probe["default"])
+            mark = "met" if gap <= PROBE_POINTS else "**missed**"
+            lines.append(f"- {r['task']}, {r['model']}: probe within {PROBE_POINTS:g} point of scikit-learn's "
+                         f"logistic regression on the same features ({100 * r['score']:.1f} %) — {mark} "
+                         f"({gap:+.1f} pt)")
+    missing = [f"{t} × {m}" for t in TASKS for m in MODELS if not any(c["task"] == t and c["model"] == m
+                                                                       for c in cells)]
+    if missing:
+        lines += ["", "Not measured yet: " + ", ".join(missing) + " (the sweep is resumable; see the command above "
+                  "without `--models`)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "defaults", help="where the runs go")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "defaults.md")
+    parser.add_argument("--results", type=Path, help="rewrite the page from a saved results.json")
+    args = parser.parse_args()
+    if args.results:
+        results = json.loads(args.results.read_text())
+    else:
+        shown = " ".join(f"--{k} {' '.join(v)}" for k, v in (("models", args.models), ("tasks", args.tasks),
+                                                               ("methods", args.methods))
+                         if list(v) != list({"models": MODELS, "tasks": TASKS, "methods": METHODS}[k]))
+        results = {"date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
+                   "args": shown, "runs": sweep(args.out, args.tasks, args.models, args.methods)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = page(results)
+    args.page.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
