@@ -3,8 +3,9 @@
 For every (task, model, method) that applies — tasks from `transferkit/data/real_tasks.py` (data/austen-novel,
 data/austen-speech: classification; data/chitchat-reply: instruction, decoders only), models minilm-l6 and
 smollm2-135m, methods probe, freeze, lora, full — three runs at the method's default learning rate d and at
-d/3 and 3·d, everything else the product's defaults (`train.head_lr` too). Classification: 3 epochs at batch 32,
-scored by test accuracy; instruction: 1 epoch at batch 8, scored by test loss (no generation). No prompting
+d/3 and 3·d, everything else the product's defaults (`train.head_lr` too). Classification: the method's default
+epochs (3; the probe 20) at batch 32, scored by test accuracy; instruction: 1 epoch at batch 8 (a compute cap),
+scored by test loss (no generation). No prompting
 baseline and no forgetting measurement: they do not depend on the learning rate.
 
 For the probe it also fits scikit-learn's logistic regression (standardised features, C = 1) on the very
@@ -37,6 +38,8 @@ TASKS = {"austen-novel": "classification", "austen-speech": "classification", "c
 MODELS = ("minilm-l6", "smollm2-135m")
 METHODS = ("probe", "freeze", "lora", "full")
 FACTORS = (1 / 3, 1.0, 3.0)
+ENCODERS = ("minilm-l6",)              # undeclared encoders pool `mean` by default: checked against cls and pooler
+POOLING_METHODS = ("probe", "lora")
 TARGET_POINTS = 1.0        # defaults within this many accuracy points of the best swept setting
 PROBE_POINTS = 0.5         # the probe within this many points of scikit-learn on the same features
 
@@ -47,15 +50,17 @@ def applies(task: str, model: str, method: str) -> bool:
     return True
 
 
-def run_config(task: str, model: str, method: str, lr: float, out: Path):
+def run_config(task: str, model: str, method: str, lr: float, out: Path, pooling: str = "auto"):
     data = ROOT / "data" / task
     classify = TASKS[task] == "classification"
-    tree = {"model": model, "method": {"name": method},
+    name = f"{method}-lr{lr:.2g}" + ("" if pooling == "auto" else f"-{pooling}")
+    tree = {"model": model, "method": {"name": method, "pooling": pooling},
             "data": {split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")},
-            "train": {"epochs": 3 if classify else 1, "batch_size": 32 if classify else 8, "lr": lr},
+            "train": {"epochs": get_method(method).defaults.epochs if classify else 1, "batch_size": 32 if classify else 8,
+                      "lr": lr},
             "eval": {"baseline": False, **({} if classify else {"exact_match": False})},
             "forgetting": {"reference": "none"},
-            "output_dir": str(out / task / model / f"{method}-lr{lr:.2g}")}
+            "output_dir": str(out / task / model / name)}
     return load_config(None, base=tree)
 
 
@@ -115,6 +120,24 @@ def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str]) ->
                 if method == "probe":
                     rows.append({"task": task, "model": model, "method": "sklearn-logreg", "lr": None,
                                  "default": True, "score": sklearn_probe(task, model)})
+                if model in ENCODERS and method in POOLING_METHODS and TASKS[task] == "classification":
+                    rows += pooling_rows(task, model, method, out)
+    return rows
+
+
+def pooling_rows(task: str, model: str, method: str, out: Path) -> list[dict]:
+    """The encoder's poolings at the method's default learning rate: the default run's (`auto`, resolved as its
+    config.yaml records) and each other one."""
+    lr = get_method(method).defaults.lr
+    default = run_config(task, model, method, lr, out)
+    resolved = load_config(Path(default.output_dir) / "config.yaml").method.pooling
+    rows = [{"task": task, "model": model, "method": method, "pooling": resolved, "lr": lr,
+             "score": score(continue_run(default, "classification"), task)}]
+    for pooling in ("cls", "pooler", "mean"):
+        if pooling != resolved:
+            summary = continue_run(run_config(task, model, method, lr, out, pooling), "classification")
+            rows.append({"task": task, "model": model, "method": method, "pooling": pooling, "lr": lr,
+                         "score": score(summary, task)})
     return rows
 
 
@@ -122,7 +145,8 @@ def verdicts(rows: list[dict]) -> list[dict]:
     """Per (task, model, method): default's score, best swept score, and the targets' checks."""
     cells = {}
     for r in rows:
-        cells.setdefault((r["task"], r["model"], r["method"]), []).append(r)
+        if "pooling" not in r:
+            cells.setdefault((r["task"], r["model"], r["method"]), []).append(r)
     out = []
     for (task, model, method), runs in cells.items():
         if method == "sklearn-logreg":
@@ -145,8 +169,8 @@ def page(results: dict) -> str:
              (f"Measured {results['date']} on {results['cpu']} (fp32) with "
              f"`.venv/bin/python experiments/defaults.py {results['args']}`."), "",
              ("Per method, the default learning rate d (declared in the method's module, `transferkit keys`) and "
-             "d/3, 3·d, everything else at the product's defaults. Classification: test accuracy after 3 epochs at "
-             "batch 32; instruction: test loss after 1 epoch at batch 8 (lower is better). Gap: how far the "
+             "d/3, 3·d, everything else at the product's defaults. Classification: test accuracy after the method's "
+             "default epochs (3; the probe 20) at batch 32; instruction: test loss after 1 epoch at batch 8 (lower is better). Gap: how far the "
              f"default is from the best of the three (target: ≤ {TARGET_POINTS:g} point)."), "",
              "| task | model | method | default lr | default | best lr | best | gap | trainable |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -177,6 +201,18 @@ def page(results: dict) -> str:
             lines.append(f"- {r['task']}, {r['model']}: probe within {PROBE_POINTS:g} point of scikit-learn's "
                          f"logistic regression on the same features ({100 * r['score']:.1f} %) — {mark} "
                          f"({gap:+.1f} pt)")
+    pooled = [r for r in rows if "pooling" in r]
+    if pooled:
+        lines += ["", "## Pooling of an encoder", "",
+                  "The same runs at the method's default learning rate with each pooling (`method.pooling`); "
+                  "minilm-l6 declares `mean`, which `auto` took.", "",
+                  "| task | model | method | cls | pooler | mean |", "|---|---|---|---|---|---|"]
+        groups = {}
+        for r in pooled:
+            groups.setdefault((r["task"], r["model"], r["method"]), {})[r["pooling"]] = r["score"]
+        for (task, model, method), by in groups.items():
+            lines.append(f"| {task} | {model} | {method} | " + " | ".join(
+                f"{100 * by[p]:.1f} %" for p in ("cls", "pooler", "mean")) + " |")
     missing = [f"{t} × {m}" for t in TASKS for m in MODELS if not any(c["task"] == t and c["model"] == m
                                                                        for c in cells)]
     if missing:

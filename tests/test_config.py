@@ -59,7 +59,7 @@ def test_unknown_method_lists_known(tmp_path):
 
 
 def test_cross_field_rules(tmp_path):
-    with pytest.raises(ConfigError, match="exactly one of 'train.max_steps' and 'train.epochs'"):
+    with pytest.raises(ConfigError, match="one of 'train.max_steps' and 'train.epochs', not both"):
         load_config(write(tmp_path, BASE), ["train.epochs=1"])
     with pytest.raises(ConfigError, match="multiple of 'train.micro_batch_size'"):
         load_config(write(tmp_path, BASE), ["train.batch_size=8", "train.micro_batch_size=3"])
@@ -111,7 +111,7 @@ def test_numbers_that_are_not_are_refused(tmp_path, override):
 # The defaults each method module declares (`Defaults`), written out here: changing one is a decision that must
 # show up in this test, docs/defaults.md and the recipes.
 METHOD_LR = {"full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
-             "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 1e-2}
+             "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 3e-2}
 HEAD_LR = {"full": 1e-3, "freeze": 1e-3}  # the others: the method's lr
 
 
@@ -123,6 +123,7 @@ def test_null_train_keys_take_the_methods_defaults(tmp_path, method):
     assert (cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio, cfg.train.weight_decay) == (None,) * 4
     causal = with_method_defaults(cfg, "causal-lm").train
     assert (causal.lr, causal.head_lr, causal.warmup_ratio, causal.weight_decay) == (METHOD_LR[method], None, 0.05, 0.0)
+    assert causal.max_steps == 3 and causal.epochs is None  # a budget given stays as given
     classify = with_method_defaults(cfg, "classification").train
     assert (classify.lr, classify.head_lr) == (METHOD_LR[method], HEAD_LR.get(method, METHOD_LR[method]))
     # What the user sets wins, and a resolved config resolves to itself.
@@ -153,3 +154,14 @@ def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):
     recorded = load_config(Path(cfg.output_dir) / "config.yaml").train
     assert (recorded.lr, recorded.head_lr, recorded.warmup_ratio, recorded.weight_decay) == (1e-3, None, 0.05, 0.0)
     assert summary["steps"] == 1
+
+
+def test_no_budget_takes_the_methods_epochs(tmp_path):
+    from transferkit.config import with_method_defaults
+
+    for method, epochs in (("probe", 20.0), ("lora", 3.0), ("full", 3.0)):
+        cfg = load_config(write(tmp_path, "data:\n  train: t.jsonl\n"), [f"method.name={method}"])
+        assert (cfg.train.max_steps, cfg.train.epochs) == (None, None)
+        assert with_method_defaults(cfg, "classification").train.epochs == epochs
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(write(tmp_path, BASE), ["train.epochs=1"])

@@ -40,15 +40,17 @@ def config_to_dict(cfg: typing.Any) -> dict:
 
 def with_method_defaults(cfg: RunConfig, task: str) -> RunConfig:
     """`cfg` with every null `train.lr`, `train.warmup_ratio`, `train.weight_decay` replaced by its method's
-    default, and — for classification, the one task with a new head — `train.head_lr` too (else it stays null)."""
+    default, `train.epochs` too when no budget is given, and — for classification, the one task with a new head
+    — `train.head_lr` (else it stays null)."""
     defaults = get_method(cfg.method.name).defaults
     train = cfg.train
     lr = defaults.lr if train.lr is None else train.lr
     head_lr = train.head_lr
     if task == "classification" and head_lr is None:
         head_lr = lr if defaults.head_lr is None else defaults.head_lr
+    epochs = defaults.epochs if train.epochs is None and train.max_steps is None else train.epochs
     train = dataclasses.replace(
-        train, lr=lr, head_lr=head_lr,
+        train, lr=lr, head_lr=head_lr, epochs=epochs,
         warmup_ratio=defaults.warmup_ratio if train.warmup_ratio is None else train.warmup_ratio,
         weight_decay=defaults.weight_decay if train.weight_decay is None else train.weight_decay)
     return dataclasses.replace(cfg, train=train)

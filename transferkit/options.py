@@ -49,8 +49,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: Optional[int] = opt(None, "optimizer steps to run (give this or `epochs`)", gt=0)
-    epochs: Optional[float] = opt(None, "passes over the training data (give this or `max_steps`)", gt=0)
+    max_steps: Optional[int] = opt(None, "optimizer steps to run (or give `epochs`)", gt=0)
+    epochs: Optional[float] = opt(None, "passes over the training data (or give `max_steps`); neither: the "
+                                        "method's default", gt=0)
     batch_size: int = opt(8, "examples per optimizer step", gt=0)
     micro_batch_size: Optional[int] = opt(
         None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
@@ -150,8 +151,8 @@ class RunConfig:
         """Cross-field rules that a single field's type cannot express."""
         if not self.data.train:
             raise ConfigError("config key 'data.train' is required: the training data file")
-        if (self.train.max_steps is None) == (self.train.epochs is None):
-            raise ConfigError("give exactly one of 'train.max_steps' and 'train.epochs'")
+        if self.train.max_steps is not None and self.train.epochs is not None:
+            raise ConfigError("give one of 'train.max_steps' and 'train.epochs', not both")
         micro = self.train.micro_batch_size or self.train.batch_size
         if self.train.batch_size % micro:
             raise ConfigError(

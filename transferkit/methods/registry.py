@@ -31,20 +31,22 @@ Model = torch.nn.Module
 
 @dataclass(frozen=True)
 class Defaults:
-    """A method's own optimisation defaults: what `train.lr`, `train.head_lr`, `train.warmup_ratio` and
-    `train.weight_decay` mean when the config leaves them null. Each method module states where its values
+    """A method's own optimisation defaults: what `train.lr`, `train.head_lr`, `train.warmup_ratio`,
+    `train.weight_decay` and the budget (`train.epochs`, when neither it nor `train.max_steps` is given) mean
+    when the config leaves them null. Each method module states where its values
     come from; experiments/defaults.py measures them against a sweep (docs/defaults.md)."""
 
     lr: float
     head_lr: float | None = None      # a classification model's new head; None: `lr`
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
+    epochs: float = 3.0               # when the config gives neither train.epochs nor train.max_steps
 
     def describe(self) -> dict[str, str]:
         """{train key: value as shown by `transferkit keys`}."""
         head = "lr" if self.head_lr is None else f"{self.head_lr:g}"
         return {"train.lr": f"{self.lr:g}", "train.head_lr": head, "train.warmup_ratio": f"{self.warmup_ratio:g}",
-                "train.weight_decay": f"{self.weight_decay:g}"}
+                "train.weight_decay": f"{self.weight_decay:g}", "train.epochs": f"{self.epochs:g}"}
 
 
 @dataclass(frozen=True)
