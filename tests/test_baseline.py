@@ -80,10 +80,10 @@ def test_prompts_show_the_shots_before_the_question():
 
 
 def test_compare_reports_gain_and_flags_a_loss():
-    baselines = {"zero_shot": {"accuracy": 0.5}, "4_shot": {"accuracy": 0.7}}
-    won = compare("classification", {"accuracy": 0.9}, baselines)
+    baselines = {"zero_shot": {"macro_f1": 0.5}, "4_shot": {"macro_f1": 0.7}}
+    won = compare("classification", {"macro_f1": 0.9}, baselines)
     assert won["baseline_prompt"] == "4_shot" and won["gain"] == pytest.approx(0.2) and won["beats_baseline"]
-    lost = compare("classification", {"accuracy": 0.6}, baselines)
+    lost = compare("classification", {"macro_f1": 0.6}, baselines)
     assert lost["gain"] == pytest.approx(-0.1) and lost["beats_baseline"] is False
     lm = compare("lm", {"perplexity": 8.0}, {"zero_shot": {"perplexity": 10.0}})
     assert lm["higher_is_better"] is False and lm["gain"] == pytest.approx(2.0) and lm["beats_baseline"]

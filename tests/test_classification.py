@@ -51,7 +51,7 @@ def test_classifier_trains_and_reloads(family, method, lr, tiny_config, topics, 
     # similarity for the encoder), the comparison on accuracy, and forgetting as a probe drop.
     assert {"zero_shot", "4_shot"} <= set(summary["baseline"])
     assert all(0 <= b["accuracy"] <= 1 for k, b in summary["baseline"].items() if k != "split")
-    assert summary["comparison"]["metric"] == "accuracy"
+    assert summary["comparison"]["metric"] == "macro_f1"
     assert summary["forgetting"]["measure"] == "drop of general-topic probe accuracy"
     assert (run / "test_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -79,15 +79,17 @@ def test_eval_cli_baseline_and_reliability_plot(tiny_config, topics, tiny_qwen_d
                       f"data.validation={topics['validation']}", f"data.test={topics['test']}",
                       "train.max_steps=2", "eval.baseline=false", "train.eval_every=0", "train.save_every=0")
     summary = train(cfg)
-    assert summary["comparison"] is None and summary["flags"] == ["no prompting baseline to compare with "
-                                                                  "(eval.baseline is false)"]
+    # No prompt measured: the comparison is with the baselines from the training labels alone.
+    assert summary["comparison"]["baseline_prompt"] in {"majority", "class_prior"}
+    assert set(summary["label_baselines"]) == {"majority", "class_prior"}
+    assert "no prompting baseline to compare with (eval.baseline is false)" in summary["flags"]
     capsys.readouterr()
     png = tmp_path / "reliability.png"
     assert main(["eval", cfg.output_dir, "--data", str(topics["test"]), "--baseline", "--shots", "2",
                  "--reliability-plot", str(png), "--precision", "fp32"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["baseline"]) == {"zero_shot", "2_shot"} and result["comparison"]["metric"] == "accuracy"
-    assert result["comparison"]["tuned"] == result["metrics"]["accuracy"]
+    assert set(result["baseline"]) == {"zero_shot", "2_shot"} and result["comparison"]["metric"] == "macro_f1"
+    assert result["comparison"]["tuned"] == result["metrics"]["macro_f1"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -42,7 +42,7 @@ def test_lora_classifier_on_smollm2(tmp_path):
     assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4]), losses
     assert summary["labels"] == ["food", "sport", "travel", "weather"] and summary["test"]["accuracy"] > 0.5
     # Baseline: each label's verbalisation scored by the untrained SmolLM2; forgetting: the topic probe.
-    assert {"zero_shot", "4_shot"} <= set(summary["baseline"]) and summary["comparison"]["metric"] == "accuracy"
+    assert {"zero_shot", "4_shot"} <= set(summary["baseline"]) and summary["comparison"]["metric"] == "macro_f1"
     assert summary["forgetting"]["base_probe_accuracy"] > 0.5
     result = cli("generate", "--adapter", str(run), "--prompt", "hi", check=False)
     assert result.returncode == 2 and "does not generate text" in result.stderr

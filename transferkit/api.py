@@ -16,6 +16,7 @@ from .data.tokenize import tokenize_examples
 from .errors import UserError
 from .evaluate import evaluate_split, generate_completions
 from .evaluate.assessment import Assessment, BaseModel, switched_off
+from .evaluate.comparison import label_baselines
 from .methods import get_method
 from .models import architecture, load_model, resolve_model, task_of
 from .options import EvalConfig, RunConfig
@@ -119,13 +120,26 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
             shots_from = shots_from or (ev.cfg.data.train if ev.cfg else None)
             shots = read_examples(shots_from)[1] if shots_from and eval_cfg.shots else []
             prompts, _ = assessment.baseline(untrained, split, shots, ev.cfg.seed if ev.cfg else 0)
-    verdict = assessment.verdict(metrics, prompts, general.get("base"), general["evaluated"])
+    from_labels = baselines_from_training_labels(ev, examples[: eval_cfg.max_examples])
+    verdict = assessment.verdict(metrics, prompts, general.get("base"), general["evaluated"], from_labels=from_labels)
     result: dict = {"data": data, "metrics": metrics, "general": general, "forgetting": verdict["forgetting"]}
+    if from_labels is not None:
+        result["label_baselines"] = from_labels
+    if baseline or from_labels is not None:
+        result.update(comparison=verdict["comparison"])
     if baseline:
-        result.update(baseline=prompts, comparison=verdict["comparison"])
+        result.update(baseline=prompts)
     result["overlap"] = overlap_with_training(ev, examples)
     result["flags"] = verdict["flags"] + overlap_warnings(result["overlap"])
     return result, predictions
+
+
+def baselines_from_training_labels(ev: Evaluated, examples: list) -> dict | None:
+    """A classifier run whose training file is still there: the majority and class-prior baselines."""
+    if ev.labels is None or ev.cfg is None or not Path(ev.cfg.data.train).exists():
+        return None
+    train = read_examples(ev.cfg.data.train)[1]
+    return label_baselines([ex.label for ex in train], [ex.label for ex in examples], ev.labels)
 
 
 def overlap_with_training(ev: Evaluated, examples: list) -> dict[str, dict]:

@@ -24,7 +24,7 @@ from ..methods import Method
 from ..options import EvalConfig
 from ..runtime import Runtime
 from .baseline import Prompted, prompting_baseline, prompting_model
-from .comparison import compare
+from .comparison import collapse_flag, compare
 from .forgetting import forgetting, general_ability
 
 
@@ -76,23 +76,29 @@ class Assessment:
         return prompting_baseline(prompted, base.architecture, train, seed)
 
     def verdict(self, tuned: dict | None, baseline: dict | None, general_base: dict | None,
-                general_tuned: dict | None, no_baseline_reason: str | None = None) -> dict:
-        """{"forgetting", "comparison" (when there are tuned metrics), "flags"}. `baseline`: each prompt's
-        metrics, and the "split" they were measured on if known (the comparison then names it); without a
-        baseline, `no_baseline_reason` (if given) becomes a flag."""
+                general_tuned: dict | None, no_baseline_reason: str | None = None,
+                from_labels: dict | None = None) -> dict:
+        """{"forgetting", "comparison" (when there are tuned metrics), "label_baselines", "flags"}. `baseline`:
+        each prompt's metrics, and the "split" they were measured on if known (the comparison then names it);
+        without one, `no_baseline_reason` (if given) becomes a flag. `from_labels`: classification's baselines
+        from the training labels alone (`label_baselines`), compared with like the prompts."""
         result: dict = {"forgetting": forgetting(general_base, general_tuned), "flags": []}
+        if from_labels is not None:
+            result["label_baselines"] = from_labels
         if tuned is None:
             return result
-        comparison = None
-        if baseline is not None:
-            prompts = {name: metrics for name, metrics in baseline.items() if name != "split"}
-            split = {"split": baseline["split"]} if "split" in baseline else {}
-            comparison = {**split, **compare(self.schema, tuned, prompts)}
+        prompts = {name: metrics for name, metrics in (baseline or {}).items() if name != "split"}
+        split = {"split": baseline["split"]} if baseline and "split" in baseline else {}
+        candidates = {**prompts, **(from_labels or {})}
+        comparison = {**split, **compare(self.schema, tuned, candidates)} if candidates else None
         result["comparison"] = comparison
         if comparison is not None and comparison["beats_baseline"] is False:
+            kind = "prompting baseline" if comparison["baseline_prompt"] in prompts else "baseline from the labels alone"
             result["flags"].append(
-                f"the tuned model does not beat its prompting baseline: {comparison['metric']} "
+                f"the tuned model does not beat its {kind}: {comparison['metric']} "
                 f"{comparison['tuned']:.4g} vs {comparison['baseline']:.4g} ({comparison['baseline_prompt']})")
-        elif comparison is None and no_baseline_reason is not None:
+        if baseline is None and no_baseline_reason is not None:
             result["flags"].append(f"no prompting baseline to compare with ({no_baseline_reason})")
+        if self.schema == "classification" and (collapsed := collapse_flag(tuned)):
+            result["flags"].append(collapsed)
         return result

@@ -1,17 +1,65 @@
-"""The one number a run is judged by, and the tuned model beside its best prompting baseline on it."""
+"""The one number a run is judged by, and the tuned model beside its best baseline on it.
+
+Baselines: the untrained model prompted (zero- and k-shot, `baseline.py`) and, for classification, what knowing
+only the training labels scores (`label_baselines`): always answering the most frequent training class
+(`majority`), and guessing at random with the training class frequencies q (`class_prior`), whose expected scores
+on a split with class shares p are
+
+    accuracy  Σ_c p_c·q_c          F1_c  2·p_c·q_c / (p_c + q_c)  (expected true positives over expected
+    loss      −Σ_c p_c·log q_c                                     support and predictions, per example)
+
+The classification headline is macro-F1, for balanced and imbalanced classes alike: on imbalanced data accuracy
+rewards a model that answers the frequent class, which the majority baseline then exposes.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+
+from .metrics import accuracy, macro_f1
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
+COLLAPSE_MARGIN = 0.2  # flag a class predicted this much more often than it occurs
+
+
+def label_baselines(train_labels: list[str], scored_labels: list[str], names: list[str]) -> dict[str, dict]:
+    """{"majority": metrics, "class_prior": metrics} on the scored labels, from the training labels alone."""
+    counts = Counter(train_labels)
+    majority = max(names, key=lambda n: (counts[n], -names.index(n)))   # ties: the first name
+    golds = [names.index(label) for label in scored_labels]
+    always = [names.index(majority)] * len(golds)
+    n = len(scored_labels)
+    p = {c: scored_labels.count(c) / n for c in names}
+    q = {c: counts[c] / len(train_labels) for c in names}
+    f1 = [2 * p[c] * q[c] / (p[c] + q[c]) for c in names if p[c] + q[c] > 0]
+    prior = {"examples": n, "accuracy": sum(p[c] * q[c] for c in names), "macro_f1": sum(f1) / len(f1),
+             "loss": -sum(p[c] * math.log(q[c]) for c in names if p[c] > 0)}
+    return {"majority": {"examples": n, "answer": majority, "accuracy": accuracy(always, golds),
+                         "macro_f1": macro_f1(always, golds)},
+            "class_prior": prior}
+
+
+def collapse_flag(tuned: dict) -> str | None:
+    """A flag when the model answers one class far more often than it occurs (from the confusion matrix)."""
+    matrix = tuned.get("confusion_matrix")
+    if not matrix or not tuned.get("examples"):
+        return None
+    names, counts, n = matrix["labels"], matrix["counts"], tuned["examples"]
+    predicted = [sum(row[j] for row in counts) / n for j in range(len(names))]
+    true = [sum(row) / n for row in counts]
+    top = max(range(len(names)), key=predicted.__getitem__)
+    if predicted[top] - true[top] < COLLAPSE_MARGIN:
+        return None
+    return (f"the model answers '{names[top]}' for {predicted[top]:.1%} of examples, which hold {true[top]:.1%} of "
+            f"them: it is collapsing toward one class")
 
 
 def headline_metric(schema: str, tuned: dict) -> str:
-    """Accuracy for classification; for instruction data the task metric's headline, else exact match;
+    """Macro-F1 for classification; for instruction data the task metric's headline, else exact match;
     perplexity when nothing was generated."""
     if schema == "classification":
-        return "accuracy"
+        return "macro_f1"
     if schema == "instruction":
         if tuned.get("task_metric_headline") in tuned:
             return tuned["task_metric_headline"]
@@ -21,7 +69,7 @@ def headline_metric(schema: str, tuned: dict) -> str:
 
 
 def compare(schema: str, tuned: dict, baselines: dict[str, dict]) -> dict:
-    """Tuned vs the best prompting baseline on the headline metric. gain > 0 means the tuned model is better
+    """Tuned vs the best baseline (prompted, or from the labels alone) on the headline metric. gain > 0 means the tuned model is better
     (for loss and perplexity, gain = baseline − tuned)."""
     metric = headline_metric(schema, tuned)
     lower = metric in LOWER_IS_BETTER

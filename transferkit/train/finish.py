@@ -8,6 +8,7 @@ import time
 import torch
 
 from ..data.overlap import overlap_warnings
+from ..evaluate.comparison import label_baselines
 from ..evaluate.plots import reliability_diagram
 from ..evaluate.split import evaluate_split, format_metrics
 from ..methods import Method
@@ -17,7 +18,7 @@ from ..options import MethodConfig
 from ..rundir import RunDir
 from ..runtime import peak_memory_bytes
 from .loop import FitStats, checkpoint_now
-from .setup import Session
+from .setup import Session, scored_split
 
 
 def finish(s: Session, stats: FitStats) -> dict:
@@ -36,7 +37,8 @@ def finish(s: Session, stats: FitStats) -> dict:
     with s.clock("general_tuned"):
         general_tuned = s.assessment.general(model, s.tokenizer)
     why = "eval.baseline is false" if not s.cfg.eval.baseline else "no test or validation split"
-    verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why)
+    verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why,
+                                   from_labels=baselines_from_labels(s))
     verdict["flags"] += overlap_warnings(s.splits.overlap)
     if verdict["forgetting"] is not None:
         print(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
@@ -46,6 +48,15 @@ def finish(s: Session, stats: FitStats) -> dict:
     s.run.write_json(s.run.summary, summary)
     print(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary})")
     return summary
+
+
+def baselines_from_labels(s: Session) -> dict | None:
+    """Classification: the majority and class-prior baselines on the examples the tuned model is scored on."""
+    split = scored_split(s.splits)
+    if s.splits.labels is None or split is None:
+        return None
+    scored = split.examples[: s.cfg.eval.max_examples]  # as evaluate_split cuts them
+    return label_baselines([ex.label for ex in s.splits.train.examples], [ex.label for ex in scored], s.splits.labels)
 
 
 def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: torch.nn.Module) -> None:
