@@ -137,7 +137,10 @@ def test_train_writes_the_run_directory(tiny_config):
     # Baseline, tuned score, gain and forgetting side by side.
     assert set(summary["baseline"]) == {"split", "zero_shot", "4_shot"}
     comparison = summary["comparison"]
-    assert comparison["metric"] == "exact_match" and comparison["tuned"] == summary["test"]["exact_match"]
+    # Free-form answers (JSON records of ~15 words): judged by token F1, the references' perplexity beside it.
+    assert comparison["metric"] == "token_f1" and comparison["tuned"] == summary["test"]["token_f1"]
+    assert comparison["perplexity"] == {"tuned": summary["test"]["perplexity"],
+                                        "base": summary["baseline"]["zero_shot"]["perplexity"]}
     assert comparison["gain"] == comparison["tuned"] - comparison["baseline"]
     assert comparison["beats_baseline"] == (comparison["gain"] > 0)
     assert (not comparison["beats_baseline"]) == any("does not beat" in f for f in summary["flags"])

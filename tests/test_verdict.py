@@ -61,3 +61,34 @@ def tiny_assessment():
     from transferkit.runtime import Runtime
 
     return Assessment("classification", EvalConfig(), "none", 64, Runtime.resolve("cpu", "fp32"), ["a", "b"])
+
+
+def test_default_headline_follows_the_answers():
+    from transferkit.evaluate.comparison import default_headline
+
+    short = ["Paris", "42", "yes", "the blue one", "no"]
+    free = ["I always ask other people because I cannot pick one", "Sounds fun, what did you cook?", "ok then"]
+    assert default_headline("instruction", short, generates=True, task_metric=None) == "exact_match"
+    assert default_headline("instruction", free, generates=True, task_metric=None) == "token_f1"
+    assert default_headline("instruction", free, generates=True, task_metric="json") is None  # the metric's own
+    assert default_headline("instruction", short, generates=False, task_metric=None) == "perplexity"
+    assert default_headline("classification", [], generates=True, task_metric=None) == "macro_f1"
+    assert default_headline("lm", [], generates=True, task_metric=None) == "perplexity"
+
+
+def test_chosen_headline_is_what_the_run_is_judged_by(tiny_config, tmp_path):
+    """eval.headline: recorded in config.yaml, used by the comparison; a headline the task does not measure is
+    refused before anything is written."""
+    from transferkit import train
+    from transferkit.config import load_config
+    from transferkit.errors import ConfigError
+
+    cfg = tiny_config("eval.headline=perplexity", "train.max_steps=2", "train.eval_every=0", "eval.max_examples=2")
+    summary = train(cfg)
+    assert summary["comparison"]["metric"] == "perplexity" and summary["comparison"]["higher_is_better"] is False
+    assert "perplexity" not in summary["comparison"]  # nothing beside: the headline is the perplexity itself
+    assert load_config(f"{cfg.output_dir}/config.yaml").eval.headline == "perplexity"
+    bad = tiny_config("eval.headline=macro_f1", f"output_dir={tmp_path / 'bad'}")
+    with pytest.raises(ConfigError, match="'eval.headline': 'macro_f1' is not measured for instruction data"):
+        train(bad)
+    assert not (tmp_path / "bad").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     eval_cfg = eval_cfg or EvalConfig()
     runtime = Runtime.resolve("auto", precision)
     ev = load_evaluated(run_dir, model, runtime, max_length)
+    if ev.cfg is not None and eval_cfg.headline is None:  # judged by what the run was judged by
+        eval_cfg = dataclasses.replace(eval_cfg, headline=ev.cfg.eval.headline)
     schema, examples = read_examples(data)
     if (schema == "classification") != (ev.labels is not None):
         raise UserError(f"{data}: {schema} data does not fit this {'classifier' if ev.labels else 'language model'}")

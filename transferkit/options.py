@@ -102,6 +102,11 @@ class EvalConfig:
     task_metric: Optional[str] = opt(
         None, "extra score of generated answers: `json` (JSON validity + field accuracy) or package.module:function "
               "returning {name: score}; its first score becomes the headline metric")
+    headline: Optional[str] = opt(
+        None, "the metric a run is judged and selected by: macro_f1 or accuracy (classification); exact_match, "
+              "token_f1, perplexity, loss or a task metric's score (instruction); null: chosen from the data "
+              "(classification macro_f1; instruction: the task metric's headline, else exact_match when the "
+              "reference answers are short, at most 4 words at the median, else token_f1; lm perplexity)")
     max_new_tokens: int = opt(64, "generation budget per example for exact match", gt=0)
     max_examples: Optional[int] = opt(None, "evaluate at most this many test examples (default: all)", gt=0)
     batch_size: int = opt(16, "examples per evaluation batch", gt=0)

@@ -90,7 +90,9 @@ class Assessment:
         prompts = {name: metrics for name, metrics in (baseline or {}).items() if name != "split"}
         split = {"split": baseline["split"]} if baseline and "split" in baseline else {}
         candidates = {**prompts, **(from_labels or {})}
-        comparison = {**split, **compare(self.schema, tuned, candidates)} if candidates else None
+        comparison = None
+        if candidates:
+            comparison = {**split, **compare(self.schema, tuned, candidates, self.eval_cfg.headline)}
         result["comparison"] = comparison
         if comparison is not None and comparison["beats_baseline"] is False:
             kind = "prompting baseline" if comparison["baseline_prompt"] in prompts else "baseline from the labels alone"

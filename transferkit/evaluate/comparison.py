@@ -55,9 +55,30 @@ def collapse_flag(tuned: dict) -> str | None:
             f"them: it is collapsing toward one class")
 
 
-def headline_metric(schema: str, tuned: dict) -> str:
-    """Macro-F1 for classification; for instruction data the task metric's headline, else exact match;
-    perplexity when nothing was generated."""
+SHORT_ANSWER_WORDS = 4   # at the median: answers this short are closed (a name, a number, a label)
+HEADLINES = {"classification": {"macro_f1", "accuracy", "loss"}, "lm": {"perplexity", "loss"},
+             "instruction": {"exact_match", "token_f1", "perplexity", "loss"}}  # + a task metric's scores
+
+
+def default_headline(schema: str, references: list[str], generates: bool, task_metric: str | None) -> str | None:
+    """`eval.headline` when the config leaves it null, from the data: None means the task metric's headline,
+    known once it has scored."""
+    if schema == "classification":
+        return "macro_f1"
+    if schema != "instruction" or not generates:
+        return "perplexity"
+    if task_metric is not None:
+        return None
+    words = sorted(len(r.split()) for r in references)
+    return "exact_match" if words and words[len(words) // 2] <= SHORT_ANSWER_WORDS else "token_f1"
+
+
+def headline_metric(schema: str, tuned: dict, choice: str | None = None) -> str:
+    """`choice` (eval.headline) when given and measured; else macro-F1 for classification; for instruction data
+    the task metric's headline, else exact match; perplexity when nothing was generated (as in the validations
+    that select a checkpoint, which do not generate)."""
+    if choice is not None and choice in tuned:
+        return choice
     if schema == "classification":
         return "macro_f1"
     if schema == "instruction":
@@ -68,15 +89,26 @@ def headline_metric(schema: str, tuned: dict) -> str:
     return "perplexity"
 
 
-def compare(schema: str, tuned: dict, baselines: dict[str, dict]) -> dict:
+def compare(schema: str, tuned: dict, baselines: dict[str, dict], choice: str | None = None) -> dict:
     """Tuned vs the best baseline (prompted, or from the labels alone) on the headline metric. gain > 0 means the tuned model is better
     (for loss and perplexity, gain = baseline − tuned)."""
-    metric = headline_metric(schema, tuned)
+    metric = headline_metric(schema, tuned, choice)
     lower = metric in LOWER_IS_BETTER
     scored = {name: m[metric] for name, m in baselines.items() if metric in m and not math.isnan(m[metric])}
+    beside = perplexity_beside(metric, tuned, baselines)
     if not scored:
-        return {"metric": metric, "tuned": tuned.get(metric), "baseline": None, "gain": None, "beats_baseline": None}
+        return {"metric": metric, "tuned": tuned.get(metric), "baseline": None, "gain": None, "beats_baseline": None,
+                **beside}
     best = (min if lower else max)(scored, key=scored.get)
     gain = (scored[best] - tuned[metric]) if lower else (tuned[metric] - scored[best])
     return {"metric": metric, "higher_is_better": not lower, "tuned": tuned[metric], "baseline": scored[best],
-            "baseline_prompt": best, "gain": gain, "beats_baseline": gain > 0}
+            "baseline_prompt": best, "gain": gain, "beats_baseline": gain > 0, **beside}
+
+
+def perplexity_beside(metric: str, tuned: dict, baselines: dict[str, dict]) -> dict:
+    """{"perplexity": {"tuned", "base"}}: the reference answers' perplexity under the tuned model and under the
+    base (the zero-shot prompt scores it), whenever the headline is something else."""
+    base = next((m["perplexity"] for m in baselines.values() if "perplexity" in m), None)
+    if metric == "perplexity" or base is None or "perplexity" not in tuned:
+        return {}
+    return {"perplexity": {"tuned": tuned["perplexity"], "base": base}}

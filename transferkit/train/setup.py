@@ -29,10 +29,11 @@ from ..config import dump_config, with_method_defaults
 from ..data import TASK_OF_SCHEMA, Split, Splits, load_splits, read_train
 from ..data.batching import collate_packed
 from ..data.general import PACKAGED, general_sequences, general_texts
+from ..data.schema import prompt_and_reference
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError, UserError
 from ..evaluate.assessment import Assessment, BaseModel, switched_off
-from ..evaluate.comparison import headline_metric
+from ..evaluate.comparison import HEADLINES, default_headline, headline_metric
 from ..evaluate.forgetting import check_reference
 from ..evaluate.split import evaluate_split, format_metrics
 from ..evaluate.task_metrics import resolve_task_metric
@@ -89,7 +90,7 @@ class Session:
             return None
         metrics = validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
                                      self.cfg.eval, self.runtime, self.splits.labels)
-        self.state.selection.observe(self.state.step, metrics, headline_metric(self.splits.schema, metrics),
+        self.state.selection.observe(self.state.step, metrics, headline_metric(self.splits.schema, metrics, self.cfg.eval.headline),
                                      self.parts.accelerator.unwrap_model(self.parts.model))
         return metrics
 
@@ -113,7 +114,7 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     with clock("load"):
         model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
     task = TASK_OF_SCHEMA[splits.schema]
-    cfg = as_run(cfg, model, task)
+    cfg = as_run(cfg, model, splits)
     open_run(run, cfg, splits, resume, overwrite)
     seed_everything(cfg.seed)
 
@@ -183,15 +184,30 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     return model, tokenizer, folder, splits
 
 
-def as_run(cfg: RunConfig, model: torch.nn.Module, task: str) -> RunConfig:
+def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits) -> RunConfig:
     """The config as it runs, so that the run's config.yaml names every choice and re-runs or reloads the same:
-    null learning rates, warmup and weight decay replaced by the method's defaults, and a classifier's
-    `method.pooling: auto` by the pooling it resolved to."""
-    cfg = with_method_defaults(cfg, task)
+    null learning rates, warmup and weight decay replaced by the method's defaults, a null `eval.headline` by
+    the one the data calls for, and a classifier's `method.pooling: auto` by the pooling it resolved to."""
+    cfg = with_method_defaults(cfg, TASK_OF_SCHEMA[splits.schema])
+    cfg = dataclasses.replace(cfg, eval=with_headline(cfg.eval, splits))
     inner = underlying_model(model)
     if not isinstance(inner, SequenceClassifier) or cfg.method.pooling == inner.pooling:
         return cfg
     return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, pooling=inner.pooling))
+
+
+def with_headline(eval_cfg: EvalConfig, splits: Splits) -> EvalConfig:
+    """`eval_cfg` with its headline checked against what the task measures, or chosen from the data."""
+    schema = splits.schema
+    generates = eval_cfg.exact_match or eval_cfg.task_metric is not None
+    if eval_cfg.headline is not None:
+        known = HEADLINES[schema] - (set() if generates else {"exact_match", "token_f1"})
+        if eval_cfg.headline not in known and not (schema == "instruction" and eval_cfg.task_metric):
+            raise ConfigError(f"config key 'eval.headline': '{eval_cfg.headline}' is not measured for {schema} data "
+                              f"here; choose one of {', '.join(sorted(known))}")
+        return eval_cfg
+    references = ([prompt_and_reference(ex)[1] for ex in splits.train.examples] if schema == "instruction" else [])
+    return dataclasses.replace(eval_cfg, headline=default_headline(schema, references, generates, eval_cfg.task_metric))
 
 
 def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, task: str) -> None:
