@@ -116,6 +116,13 @@ CASES = [
         "test": str(write_jsonl(t / "test.jsonl", [{"prompt": "new", "completion": "y"}, {**GOOD_ROW, "prompt": " HI "}])),
         "overlap": "error"}, []), ["test.jsonl:2", "also occurs in train", "train.jsonl:1"]),
     Case("yaml syntax error", None, ["bad.yaml:", "invalid YAML", "line 2"]),
+    Case("target module the model lacks", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))},
+                                                     ["method.target_modules=[query]"]),
+         ["method.target_modules", "query matches no linear layer", "q_proj", "down_proj"]),
+    Case("IA3 feed-forward outside its targets", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))},
+                                                            ["method={name: ia3, target_modules: [k_proj], "
+                                                             "feedforward_modules: [down_proj]}"]),
+         ["method.feedforward_modules", "down_proj", "must also be in method.target_modules"]),
 ]
 
 

@@ -10,6 +10,7 @@ import re
 
 import torch
 
+from ..errors import ConfigError
 from ..models.heads import is_head
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite")
@@ -66,3 +67,22 @@ def adapted_linears(model: torch.nn.Module, targets: list[str] | str) -> list[to
 def matching_modules(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
     regex = re.compile(pattern)
     return [(n, m) for n, m in model.named_modules() if regex.search(n)]
+
+
+def check_target_modules(model: torch.nn.Module, method_cfg) -> None:
+    """Before anything is written: every name in `method.target_modules` (and IA3's `feedforward_modules`) matches
+    a linear layer of this model, as peft matches them (the whole name or a dotted suffix); else one ConfigError
+    naming the layers the model has, instead of a library traceback after the run directory exists."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not is_head(n)]
+    for key in ("target_modules", "feedforward_modules"):
+        names = getattr(method_cfg, key, None) or []
+        missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in linear)]
+        if missing:
+            have = sorted({n.rsplit(".", 1)[-1] for n in linear})
+            raise ConfigError(f"config key 'method.{key}': {', '.join(missing)} matches no linear layer of this "
+                              f"{model_type(model) or 'model'}; its linear layers are named {', '.join(have)} "
+                              f"(a dotted suffix such as 'attention.output.dense' also works)")
+    outside = set(getattr(method_cfg, "feedforward_modules", None) or []) - set(method_cfg.target_modules or [])
+    if outside and method_cfg.target_modules:
+        raise ConfigError(f"config key 'method.feedforward_modules': {', '.join(sorted(outside))} must also be in "
+                          f"method.target_modules")

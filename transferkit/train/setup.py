@@ -38,6 +38,7 @@ from ..evaluate.forgetting import check_reference
 from ..evaluate.split import evaluate_split, format_metrics
 from ..evaluate.task_metrics import resolve_task_metric
 from ..methods import Method, check_task, get_method
+from ..methods.targets import check_target_modules
 from ..models import (SequenceClassifier, architecture, count_parameters, format_trainable, load_model, load_tokenizer,
                       resolve_model, underlying_model)
 from ..objectives import OBJECTIVES, Objective
@@ -90,8 +91,8 @@ class Session:
             return None
         metrics = validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
                                      self.cfg.eval, self.runtime, self.splits.labels)
-        self.state.selection.observe(self.state.step, metrics, headline_metric(self.splits.schema, metrics, self.cfg.eval.headline),
-                                     self.parts.accelerator.unwrap_model(self.parts.model))
+        headline = headline_metric(self.splits.schema, metrics, self.cfg.eval.headline)
+        self.state.selection.observe(self.state.step, metrics, headline, self.parts.accelerator.unwrap_model(self.parts.model))
         return metrics
 
 
@@ -179,6 +180,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
                                           attention=pick_attention(cfg.train.attention, runtime.device, longest),
                                           tokenizer=tokenizer, trust_remote_code=cfg.trust_remote_code,
                                           pooling=cfg.method.pooling)
+    check_target_modules(model, cfg.method)
     for note in splits.notes:
         print(note)
     return model, tokenizer, folder, splits
