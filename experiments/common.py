@@ -6,12 +6,28 @@ finished run with the same config and resumes an interrupted one from its last c
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
+
+import yaml
 
 from transferkit.api import train
 from transferkit.config import dump_config, load_config, with_method_defaults
 from transferkit.options import RunConfig
+
+
+def same_as_recorded(config_yaml: Path, cfg: RunConfig, task: str) -> bool:
+    """Whether a run's config.yaml from before `<run>.requested.yaml` existed records `cfg`: read as written
+    (its relative data paths were the working directory's), keys added since at their defaults."""
+    def data_paths_absolute(c: RunConfig) -> RunConfig:
+        paths = {k: os.path.abspath(v) if v else v for k, v in
+                 (("train", c.data.train), ("validation", c.data.validation), ("test", c.data.test))}
+        return dataclasses.replace(c, data=dataclasses.replace(c.data, **paths))
+
+    recorded = load_config(None, base=yaml.safe_load(config_yaml.read_text()))
+    return data_paths_absolute(recorded) == data_paths_absolute(with_method_defaults(cfg, task))
 
 
 def continue_run(cfg: RunConfig, task: str) -> dict:
@@ -24,8 +40,7 @@ def continue_run(cfg: RunConfig, task: str) -> dict:
     if requested.is_file():
         same = requested.read_text() == asked
     else:
-        same = (run_dir / "config.yaml").is_file() and load_config(run_dir / "config.yaml") == with_method_defaults(
-            cfg, task)
+        same = (run_dir / "config.yaml").is_file() and same_as_recorded(run_dir / "config.yaml", cfg, task)
     if same and (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     resume = same and any((run_dir / "checkpoints").glob("step-*"))

@@ -165,3 +165,32 @@ def test_no_budget_takes_the_methods_epochs(tmp_path):
         assert with_method_defaults(cfg, "classification").train.epochs == epochs
     with pytest.raises(ConfigError, match="not both"):
         load_config(write(tmp_path, BASE), ["train.epochs=1"])
+
+
+def test_paths_in_a_config_file_are_read_from_its_folder(tmp_path, monkeypatch):
+    """A config runs the same from any directory: its relative data paths are its own folder's; paths given
+    on the command line, and output_dir, stay relative to the working directory."""
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    (project / "configs" / "run.yaml").write_text(
+        "data:\n  train: ../data/train.jsonl\n  test: test.jsonl\ntrain:\n  max_steps: 1\n"
+        "forgetting:\n  reference: general\noutput_dir: runs/x\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("project/configs/run.yaml", ["data.validation=val.jsonl"])
+    assert cfg.data.train == str(project / "data" / "train.jsonl")
+    assert cfg.data.test == str(project / "configs" / "test.jsonl")
+    assert cfg.data.validation == "val.jsonl" and cfg.output_dir == "runs/x"
+    assert cfg.forgetting.reference == "general"  # a packaged text's name, not a path
+
+
+def test_a_missing_data_file_names_its_key_and_full_path(tmp_path, monkeypatch, capsys):
+    from transferkit.cli import main
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "run.yaml").write_text(f"data:\n  train: rt_train.csv\ntrain:\n  max_steps: 1\n"
+                                                f"output_dir: {tmp_path / 'run'}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cfg/run.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert f"config key 'data.train': no such file or folder: {tmp_path / 'cfg' / 'rt_train.csv'}" in err
+    assert not (tmp_path / "run").exists()

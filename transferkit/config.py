@@ -9,6 +9,7 @@ else with the dataclasses of `options.py`. `transferkit keys` prints every key w
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 
@@ -21,12 +22,14 @@ from .options import MethodConfig, RunConfig, from_dict, parse_overrides, read_y
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
     """YAML file (or `base` tree) + dotted overrides → validated RunConfig.
 
-    Relative data paths in a YAML file are resolved against the current
-    directory, like every other CLI path.
+    Relative file paths written in a YAML file (`CONFIG_PATHS`) are read from the file's own folder, as
+    recipe-based tools do, so a config runs the same from any directory; a relative `model` only when that
+    folder holds it (else it is a packaged name). Paths given as overrides, and `output_dir`, are relative to
+    the current directory, like every other command-line path.
     """
     tree = dict(base or {})
     if path is not None:
-        tree.update(read_yaml(path))
+        tree.update(paths_from(read_yaml(path), Path(path).resolve().parent))
     for key, value in parse_overrides(list(overrides)):
         set_dotted(tree, key, value)
     cfg = from_dict(RunConfig, tree, method_config=method_config_from_dict)
@@ -36,6 +39,26 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 
 def config_to_dict(cfg: typing.Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+CONFIG_PATHS = {"data": ("train", "validation", "test"), "forgetting": ("reference", "replay_data")}
+NOT_PATHS = {"general", "general-validation", "none"}  # names of packaged texts, not files
+
+
+def paths_from(tree: dict, folder: Path) -> dict:
+    """`tree` with its relative file paths made absolute against `folder` (the config file's)."""
+    tree = dict(tree)
+    for section, keys in CONFIG_PATHS.items():
+        if isinstance(tree.get(section), dict):
+            tree[section] = dict(tree[section])
+            for key in keys:
+                value = tree[section].get(key)
+                if isinstance(value, str) and value and value not in NOT_PATHS and not Path(value).is_absolute():
+                    tree[section][key] = os.path.normpath(folder / value)
+    model = tree.get("model")
+    if isinstance(model, str) and not Path(model).is_absolute() and (folder / model).exists():
+        tree["model"] = os.path.normpath(folder / model)
+    return tree
 
 
 def with_method_defaults(cfg: RunConfig, task: str) -> RunConfig:

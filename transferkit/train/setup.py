@@ -164,6 +164,7 @@ def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> Path | None:
 def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     """(model, tokenizer, model folder, splits): the data read and validated, then the model loaded for its
     task. Nothing is written yet, so bad input never leaves a half-made run directory behind."""
+    check_data_paths(cfg.data)
     train_data = read_train(cfg.data)
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
@@ -196,6 +197,15 @@ def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits) -> RunConfig:
     if not isinstance(inner, SequenceClassifier) or cfg.method.pooling == inner.pooling:
         return cfg
     return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, pooling=inner.pooling))
+
+
+def check_data_paths(data_cfg) -> None:
+    """Every data file the config names exists, else one line naming the key and the absolute path tried."""
+    for key in ("train", "validation", "test"):
+        value = getattr(data_cfg, key)
+        if value and not Path(value).exists():
+            raise ConfigError(f"config key 'data.{key}': no such file or folder: {Path(value).resolve()} (relative "
+                              f"paths in a config file are read from the file's folder)")
 
 
 def with_headline(eval_cfg: EvalConfig, splits: Splits) -> EvalConfig:
