@@ -265,3 +265,10 @@ def test_remote_code_runs_only_when_the_config_says_so(tiny_config, monkeypatch,
     train(tiny_config("train.max_steps=1", "eval.baseline=false", "eval.exact_match=false",
                       f"trust_remote_code={str(trusted).lower()}"))
     assert seen and set(seen) == {trusted}
+
+
+def test_eval_of_a_base_encoder_on_labelled_data_says_what_to_do(tiny_bert_dir, topics, capsys):
+    code, err = _run_cli(["eval", "--model", str(tiny_bert_dir), "--data", str(topics["test"])], capsys)
+    assert code == 2
+    line = _error_line(err)
+    assert "no trained classification head" in line and "method probe" in line and "need a decoder" not in line

@@ -56,6 +56,8 @@ def test_out_of_range_values(tmp_path, override, message):
 def test_unknown_method_lists_known(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown method .lorra.*did you mean .lora.*Known methods: adapter, dora"):
         load_config(write(tmp_path, BASE), ["method.name=lorra"])
+    with pytest.raises(ConfigError, match=r"unknown method 'loRA'.*did you mean 'lora'"):
+        load_config(write(tmp_path, BASE), ["method.name=loRA"])
 
 
 def test_cross_field_rules(tmp_path):
@@ -194,3 +196,27 @@ def test_a_missing_data_file_names_its_key_and_full_path(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert f"config key 'data.train': no such file or folder: {tmp_path / 'cfg' / 'rt_train.csv'}" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_keys_is_one_aligned_row_per_key(capsys):
+    from transferkit.cli import main
+
+    assert main(["keys"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    keys = [line.split()[0] for line in lines]
+    assert len(keys) == len(set(keys))  # method.r: one row saying what it means for each method
+    r = next(line for line in lines if line.startswith("method.r "))
+    assert "bottleneck width [adapter]" in r and "LoRA rank [dora, lora, qlora, rslora]" in r
+    starts = {line.index(line.split()[1], len(line.split()[0])) for line in lines}
+    assert len(starts) == 1  # the type column starts at the same place on every line
+
+
+def test_help_and_version(capsys):
+    from transferkit.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("transferkit 0.")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Adapt a pretrained model to your task" in capsys.readouterr().out

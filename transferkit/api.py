@@ -98,10 +98,14 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     forgetting is measured on (default: the run's `forgetting.reference`, else 'general')."""
     eval_cfg = eval_cfg or EvalConfig()
     runtime = Runtime.resolve("auto", precision)
+    schema, examples = read_examples(data)
+    if run_dir is None and schema == "classification":
+        raise UserError(f"{data}: classification data, but --model {model} is a base model with no trained "
+                        f"classification head; train one first (e.g. method probe, the cheapest), then "
+                        f"`transferkit eval RUN_DIR --data {data} --baseline` scores it beside the base's prompts")
     ev = load_evaluated(run_dir, model, runtime, max_length)
     if ev.cfg is not None and eval_cfg.headline is None:  # judged by what the run was judged by
         eval_cfg = dataclasses.replace(eval_cfg, headline=ev.cfg.eval.headline)
-    schema, examples = read_examples(data)
     if (schema == "classification") != (ev.labels is not None):
         raise UserError(f"{data}: {schema} data does not fit this {'classifier' if ev.labels else 'language model'}")
     if ev.labels is not None:

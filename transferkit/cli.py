@@ -79,8 +79,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    for key, tp, default, help_text in describe_keys():
-        print(f"{key:28} {tp:18} {default:14} {help_text}")
+    rows = describe_keys()
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]  # columns as wide as their longest entry
+    for key, tp, default, help_text in rows:
+        print(f"{key:{widths[0]}}  {tp:{widths[1]}}  {default:{widths[2]}}  {help_text}")
     return 0
 
 
@@ -92,8 +94,23 @@ def cmd_methods(args) -> int:
     return 0 if all(r.agrees is not False for r in rows) else 1
 
 
+DESCRIPTION = ("Adapt a pretrained model to your task with the right transfer-learning method, and measure what it "
+               "cost and what it changed. `transferkit train recipes/quickstart.yaml` is the quickstart; "
+               "`transferkit keys` lists every config key.")
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transferkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="transferkit", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="transferkit", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"transferkit {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune with one method; writes a run directory")

@@ -109,7 +109,21 @@ def _method_keys() -> list[tuple[str, str, str, str]]:
         for row in describe_keys(get_method(name).config_cls, "method."):
             if row[0] != "method.name":
                 seen.setdefault(row, []).append(name)
-    return [(key, tp, default, f"{help_text} [{', '.join(users)}]") for (key, tp, default, help_text), users in seen.items()]
+    merged: dict[str, list[tuple[str, str, str, list[str]]]] = {}
+    for (key, tp, default, help_text), users in seen.items():
+        merged.setdefault(key, []).append((tp, default, help_text, users))
+    rows = []
+    for key, meanings in merged.items():  # one row per key; a key two methods read differently says both
+        if len(meanings) == 1 or len({(tp, default) for tp, default, _, _ in meanings}) == 1:
+            tp, default = meanings[0][0], meanings[0][1]
+            every = len({u for *_, users in meanings for u in users}) == len(method_names())
+            text = "; ".join(h if every else f"{h} [{', '.join(users)}]" for _, _, h, users in meanings)
+        else:
+            tp = " / ".join(dict.fromkeys(m[0] for m in meanings))
+            default = " / ".join(dict.fromkeys(m[1] for m in meanings))
+            text = "; ".join(f"{', '.join(users)}: {h} (default {d})" for _, d, h, users in meanings)
+        rows.append((key, tp, default, text))
+    return rows
 
 
 def _with_method_defaults(rows: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:

@@ -92,7 +92,7 @@ def register(method: Method) -> Method:
 
 def get_method(name: str) -> Method:
     if name not in _REGISTRY:
-        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=1)  # 'loRA' → 'lora'; names are lower case
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         raise ConfigError(
             f"unknown method '{name}' in config key 'method.name'{suggestion} Known methods: {', '.join(sorted(_REGISTRY))}")
