@@ -183,6 +183,43 @@ def test_resume_equals_straight_run(tiny_config, tmp_path, monkeypatch):
     assert [e["loss"] for e in events_b] == pytest.approx(loss_a, rel=1e-5)
 
 
+def test_resuming_a_finished_run_trains_and_evaluates_nothing(tiny_config, capsys):
+    from pathlib import Path
+
+    from transferkit import train
+
+    cfg = tiny_config("train.max_steps=2", "train.eval_every=0", "eval.baseline=false")
+    summary = train(cfg)
+    metrics = (Path(cfg.output_dir) / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert train(cfg, resume=True) == summary
+    out = capsys.readouterr().out
+    assert "finished at step 2 already; nothing to train" in out and "training" not in out.replace("to train", "")
+    assert (Path(cfg.output_dir) / "metrics.jsonl").read_text() == metrics  # no step, no evaluation logged again
+
+
+def test_ctrl_c_before_the_first_step_says_how_to_continue(tiny_config, monkeypatch, capsys):
+    """Interrupted while the base is measured: a one-line message with the command, and that command finishes."""
+    from pathlib import Path
+
+    import importlib
+
+    from transferkit import train
+    from transferkit.cli import main
+    from transferkit.train.signals import Stopped
+
+    setup_module = importlib.import_module("transferkit.train.setup")
+
+    cfg = tiny_config("train.max_steps=2", "train.eval_every=0", "eval.baseline=false")
+    monkeypatch.setattr(setup_module, "measure_general_base", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(Stopped, match=f"Continue with: transferkit train --resume {cfg.output_dir}") as stop:
+        train(cfg)
+    assert stop.value.exit_code == 130 and (Path(cfg.output_dir) / "config.yaml").is_file()
+    monkeypatch.undo()
+    assert main(["train", "--resume", cfg.output_dir]) == 0
+    assert (Path(cfg.output_dir) / "summary.json").is_file()
+
+
 def test_incomplete_checkpoint_is_never_picked(tmp_path):
     from transferkit.train.checkpoint import latest
 

@@ -7,18 +7,38 @@
 
 from __future__ import annotations
 
+import json
+import signal
+
 from ..options import RunConfig
+from ..rundir import RunDir
 from .finish import finish
 from .loop import fit
 from .setup import setup
-from .signals import StopRequest
+from .signals import Stopped, StopRequest
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run a whole training job described by `cfg`; returns the summary."""
-    session = setup(cfg, resume=resume, overwrite=overwrite)
+    try:
+        session = setup(cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        raise interrupted_in_setup(RunDir(cfg.output_dir)) from None
+    if session.finished:
+        print(f"{session.run.path} finished at step {session.state.step} already; nothing to train "
+              f"(summary in {session.run.summary})")
+        return json.loads(session.run.summary.read_text())
     validate = session.validate if session.splits.validation is not None else None
     with StopRequest() as stop, session.clock("train"):
         stats = fit(session.parts, session.batches, session.plan, session.run, session.state, cfg.train, validate,
                     stop)
     return finish(session, stats)
+
+
+def interrupted_in_setup(run: RunDir) -> Stopped:
+    """Ctrl-C before the first step: say what was kept and the command that continues."""
+    if run.config.is_file():
+        return Stopped(signal.SIGINT, f"stopped by SIGINT before the first training step; the measurements of the "
+                                      f"base already logged are kept. Continue with: transferkit train --resume "
+                                      f"{run.path} (or --overwrite to start over)")
+    return Stopped(signal.SIGINT, "stopped by SIGINT before anything was written")

@@ -84,6 +84,11 @@ class Session:
     clock: Stopwatch                 # seconds per phase, reported in summary.json
     wall_start: float = field(default_factory=time.perf_counter)
 
+    @property
+    def finished(self) -> bool:
+        """A resumed run that had already trained every planned step and written its summary."""
+        return self.resumed_from is not None and self.state.step >= self.plan.steps and self.run.summary.is_file()
+
     def validate(self) -> dict | None:
         """Validation metrics of the model as it is now (None without a validation split), scored for model
         selection at the current step (`selection.py`)."""
@@ -142,8 +147,10 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     penalties = build_penalties(cfg.forgetting, model, tokenizer, objective, cfg.data.max_length, runtime)
     parts = Parts(model, optimizer, scheduler, accelerator, objective, pick_collate(cfg.train, objective),
                   tokenizer.pad_token_id, runtime, penalties)
-    state = restore(parts, run, resume, resume_from, Selection(keep_weights=cfg.train.select == "best"))
-    print(f"training {plan.steps} steps on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
+    state = restore(parts, run, resume, resume_from, Selection(keep_weights=cfg.train.select == "best"), plan.steps)
+    if state.step < plan.steps:
+        steps = f"{plan.steps} steps" if not state.step else f"steps {state.step + 1}–{plan.steps} of {plan.steps}"
+        print(f"training {steps} on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
     batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
     return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
                    batches, state, resume_from, clock, wall_start)
@@ -328,8 +335,9 @@ def replay_pool(forgetting: ForgettingConfig, tokenizer, max_length: int) -> lis
 
 
 def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None,
-            selection: Selection) -> ckpt.TrainState:
-    """Step 0, or the state of the checkpoint resumed from; events logged after it are dropped."""
+            selection: Selection, steps: int) -> ckpt.TrainState:
+    """Step 0, or the state of the checkpoint resumed from; events logged after it are dropped (unless the run
+    had finished all `steps`: then nothing will run, and its log stays whole)."""
     state = ckpt.TrainState(step=0, epoch=0, batch_index=0, selection=selection)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, parts.accelerator.unwrap_model(parts.model), parts.optimizer,
@@ -337,7 +345,7 @@ def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None,
         print(f"resumed from {resume_from} (step {state.step})")
     elif resume:
         print(f"no complete checkpoint in {run.checkpoints} yet: starting again from step 0")
-    if resume:
+    if resume and not (state.step >= steps and run.summary.is_file()):
         run.truncate_events_after(state.step)
     return state
 
