@@ -250,6 +250,17 @@ def test_adapter_loads_in_stock_peft_with_identical_logits(tiny_config, tiny_mod
     with torch.no_grad():
         torch.testing.assert_close(stock(ids).logits, ours(ids).logits, rtol=0, atol=0)
         assert not torch.allclose(stock(ids).logits, base(ids).logits)  # the adapter does something
+    # Its base is named as the config named it (a packaged model by hub id: tests/test_e2e_smollm2.py).
+    peft_config = json.loads((Path(cfg.output_dir) / "adapter" / "adapter_config.json").read_text())
+    assert peft_config["base_model_name_or_path"] == cfg.model
+
+
+def test_packaged_models_are_named_by_hub_id():
+    from transferkit.models.packaged import portable_reference
+
+    assert portable_reference("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert portable_reference("minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert portable_reference("/data/my-model") == "/data/my-model"
 
 
 def test_bf16_and_fp32_reach_the_same_loss(tiny_config, tmp_path):

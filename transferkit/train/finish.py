@@ -3,6 +3,7 @@ assessment against the base, and `summary.json` (one `build_summary`)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
@@ -14,6 +15,7 @@ from ..evaluate.split import evaluate_split, format_metrics
 from ..methods import Method
 from ..models.fingerprint import write_fingerprint
 from ..models.heads import underlying_model
+from ..models.packaged import portable_reference
 from ..options import MethodConfig
 from ..rundir import RunDir
 from ..runtime import peak_memory_bytes
@@ -30,7 +32,7 @@ def finish(s: Session, stats: FitStats) -> dict:
         validation = final_validation(s)
         validation = select_weights(s, model, validation)
     with s.clock("save"):
-        write_adapter(s.run, s.method, s.cfg.method, model)
+        write_adapter(s.run, s.method, s.cfg.method, model, s.cfg.model)
     with s.clock("evaluate"):
         evaluation = evaluate_tuned(s, model, validation)
     tuned = evaluation.get("test", evaluation.get("validation"))
@@ -59,11 +61,18 @@ def baselines_from_labels(s: Session) -> dict | None:
     return label_baselines([ex.label for ex in s.splits.train.examples], [ex.label for ex in scored], s.splits.labels)
 
 
-def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: torch.nn.Module) -> None:
-    """adapter/: what the method's `load` needs, and the base's fingerprint; written atomically."""
+def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: torch.nn.Module,
+                  base_ref: str) -> None:
+    """adapter/: what the method's `load` needs, and the base's fingerprint; written atomically. A PEFT-format
+    adapter names its base portably (`portable_reference`), not by the path it was loaded from here."""
     def write(tmp) -> None:
         method.save(model, method_cfg, tmp)
         write_fingerprint(tmp, model)
+        peft_config = tmp / "adapter_config.json"
+        if peft_config.is_file():
+            config = json.loads(peft_config.read_text())
+            config["base_model_name_or_path"] = portable_reference(base_ref)
+            peft_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     run.write_dir_atomic(run.adapter, write)
 
