@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import Split, read_examples
 from .data.general import PACKAGED
 from .data.overlap import count_overlap, overlap_warnings
-from .data.schema import check_known_labels
-from .data.tokenize import tokenize_examples
+from .data.readers import read_rows
+from .data.schema import check_known_labels, to_input
+from .data.tokenize import Tokenized, tokenize_examples
 from .errors import UserError
 from .evaluate import evaluate_split, generate_completions
 from .evaluate.assessment import Assessment, BaseModel, switched_off
 from .evaluate.comparison import label_baselines
+from .evaluate.metrics import class_log_probs
 from .methods import get_method
 from .models import architecture, load_model, resolve_model, task_of
 from .options import EvalConfig, RunConfig
+from .rundir import RunDir
 from .runs import load_trained
 from .runtime import Runtime, store_frozen_weights
 from .train import train
 
-__all__ = ["train", "generate", "evaluate_run", "load_trained"]
+__all__ = ["train", "generate", "evaluate_run", "predict", "load_trained"]
 
 
 def generate(prompts: list[str], *, model: str | None = None, adapter: str | None = None,
@@ -155,3 +161,44 @@ def overlap_with_training(ev: Evaluated, examples: list) -> dict[str, dict]:
     if ev.cfg is None or not Path(ev.cfg.data.train).exists():
         return {}
     return {"train/evaluated": count_overlap(read_examples(ev.cfg.data.train)[1], examples)}
+
+
+PREDICT_CHUNK = 64  # rows scored, then written, at a time: the output grows as it goes
+
+
+def predict(run_dir: str, data: str, out, *, batch_size: int = 16, max_new_tokens: int = 128,
+            precision: str = "auto") -> int:
+    """Predictions of a finished run on unlabelled rows, one JSON line per row written to `out` (a text stream)
+    as they are made: a classifier's class, its probability and every class's; an instruction run's greedy
+    answer. Rows are read and checked by the training readers (file:line:field errors) before any model
+    work. Returns the number of rows."""
+    run = RunDir(run_dir)
+    if run.read_summary().get("schema") == "lm":
+        raise UserError(f"{run_dir}: a language-modeling run has no inputs to answer; use `transferkit generate`")
+    task = "classification" if run.read_labels() is not None else "instruction"
+    inputs = [to_input(row, task) for row in read_rows(data)]  # bad rows fail here, before a model is loaded
+    runtime = Runtime.resolve("auto", precision)
+    ev = load_evaluated(run_dir, None, runtime, 1024)
+    with tqdm(total=len(inputs), desc="predict", unit="row", leave=False) as bar:
+        for start in range(0, len(inputs), PREDICT_CHUNK):
+            chunk = inputs[start: start + PREDICT_CHUNK]
+            if task == "classification":
+                # The class id in `labels` is a placeholder: only the log-probabilities are read.
+                tokenized = [Tokenized(ev.tokenizer(ex.text, ex.text_pair, truncation=True,
+                                                    max_length=ev.max_length)["input_ids"], [0], ex.where)
+                             for ex in chunk]
+                for ex, lp in zip(chunk, class_log_probs(ev.model, tokenized, ev.tokenizer.pad_token_id, batch_size,
+                                                         runtime)):
+                    probabilities = {name: math.exp(v) for name, v in zip(ev.labels, lp)}
+                    best = max(probabilities, key=probabilities.get)
+                    out.write(json.dumps({"where": ex.where, "prediction": best, "confidence": probabilities[best],
+                                          "probabilities": probabilities}) + "\n")
+            else:
+                answers = generate_completions(ev.model, ev.tokenizer, [list(ex.messages) for ex in chunk],
+                                               max_new_tokens=max_new_tokens, batch_size=batch_size, runtime=runtime)
+                for ex, answer in zip(chunk, answers):
+                    out.write(json.dumps({"where": ex.where, "prompt": ex.messages[-1]["content"],
+                                          "prediction": answer}, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(chunk))
+    return len(inputs)

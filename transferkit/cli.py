@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from .api import evaluate_run, generate, train
+from .api import evaluate_run, generate, predict, train
 from .config import describe_keys, load_config
 from .errors import EXIT_USER_ERROR, UserError
 from .evaluate.plots import reliability_diagram
-from .files import jsonl_text
+from .files import jsonl_text, write_file_atomic
 from .methods.accounting import format_table, parameter_table
 from .options import EvalConfig
 from .train.signals import Stopped
@@ -75,6 +75,26 @@ def cmd_eval(args) -> int:
         reliability_diagram(result["metrics"]["calibration"], result["metrics"]["ece"],
                             f"{Path(args.data).name}: reliability", Path(args.reliability_plot))
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    def run(out) -> int:
+        return predict(args.run_dir, args.data, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       precision=args.precision)
+
+    if args.out is None:
+        count = run(sys.stdout)
+    else:  # written beside, renamed when complete: an interrupted run never leaves half a file as the answer
+        counted = []
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", encoding="utf-8") as out:
+                counted.append(run(out))
+
+        write_file_atomic(Path(args.out), write)
+        count = counted[0]
+    print(f"{count} predictions" + (f" in {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -148,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="write per-example predictions to this .jsonl file")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="a run's predictions on new, unlabelled data (JSON lines)")
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("--data", required=True, help="rows to predict: text[, text_pair] for a classifier; prompt, "
+                                                 "instruction[, input] or messages for an instruction run")
+    p.add_argument("--out", help="write the JSON lines here (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="instruction runs: the answer's budget")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="smollm2-135m", help="short name, HF folder or GGUF file")

@@ -42,11 +42,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_file_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one step."""
+    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one step; if `write`
+    fails, the temporary file is removed and `path` is untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    fsync_file(tmp)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

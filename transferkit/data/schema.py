@@ -84,7 +84,8 @@ def _string_field(row: Row, name: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _messages(row: Row) -> tuple[dict[str, str], ...]:
+def _messages(row: Row, allow_unanswered: bool = False) -> tuple[dict[str, str], ...]:
+    """The chat turns of a row; the last must be the assistant's (the target) unless `allow_unanswered`."""
     raw = row.fields.get("messages")
     if raw is None:
         raise DataError(row.source, "missing or null", row.line, "messages")
@@ -108,7 +109,7 @@ def _messages(row: Row) -> tuple[dict[str, str], ...]:
         if role == "assistant" and previous not in ("user",):
             raise DataError(row.source, "an assistant message must follow a user message", row.line, field + ".role")
         messages.append({"role": role, "content": content})
-    if messages[-1]["role"] != "assistant":
+    if messages[-1]["role"] == "system" or (messages[-1]["role"] != "assistant" and not allow_unanswered):
         raise DataError(row.source, "the last message must be from the assistant (the target to learn)", row.line, "messages")
     return tuple(messages)
 
@@ -176,6 +177,25 @@ def check_known_labels(examples: list[Example], labels: list[str]) -> None:
         if ex.label not in known:
             raise DataError(ex.source, f"label {ex.label!r} does not occur in the training data (classes: {labels})",
                             ex.line, "label")
+
+
+def to_input(row: Row, task: str) -> Example:
+    """An unlabelled row as the input a trained model reads (`transferkit predict`): classification `text[,
+    text_pair]` (a `label` column, if any, is ignored); instruction `prompt`, `instruction[, input]` or `messages`
+    ending in a user turn (a final assistant turn, if any, is dropped)."""
+    if task == "classification":
+        pair = _string_field(row, "text_pair") if row.fields.get("text_pair") is not None else None
+        return Example(row.source, row.line, text=_string_field(row, "text"), text_pair=pair)
+    if "messages" in row.fields:
+        messages = _messages(row, allow_unanswered=True)
+        return Example(row.source, row.line, messages=messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+    if "instruction" in row.fields:
+        extra = row.fields.get("input") or ""
+        instruction = _string_field(row, "instruction")
+        prompt = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+    else:
+        prompt = _string_field(row, "prompt")
+    return Example(row.source, row.line, messages=({"role": "user", "content": prompt},))
 
 
 def to_examples(rows: list[Row], schema: str, slice_column: str = "slice") -> list[Example]:

@@ -82,7 +82,8 @@ def check_target_modules(model: torch.nn.Module, method_cfg) -> None:
             raise ConfigError(f"config key 'method.{key}': {', '.join(missing)} matches no linear layer of this "
                               f"{model_type(model) or 'model'}; its linear layers are named {', '.join(have)} "
                               f"(a dotted suffix such as 'attention.output.dense' also works)")
-    outside = set(getattr(method_cfg, "feedforward_modules", None) or []) - set(method_cfg.target_modules or [])
-    if outside and method_cfg.target_modules:
+    targets = getattr(method_cfg, "target_modules", None) or []
+    outside = set(getattr(method_cfg, "feedforward_modules", None) or []) - set(targets)
+    if outside and targets:
         raise ConfigError(f"config key 'method.feedforward_modules': {', '.join(sorted(outside))} must also be in "
                           f"method.target_modules")
