@@ -14,6 +14,7 @@ from .evaluate.plots import reliability_diagram
 from .files import jsonl_text, write_file_atomic
 from .methods.accounting import format_table, parameter_table
 from .options import EvalConfig
+from .runs import find_runs, format_runs
 from .train.signals import Stopped
 
 
@@ -98,6 +99,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    rows = find_runs(args.folder)
+    if not rows:
+        raise UserError(f"{args.folder}: no run directories (folders with config.yaml and metrics.jsonl) here")
+    print(format_runs(rows))
+    return 0
+
+
 def cmd_keys(args) -> int:
     rows = describe_keys()
     widths = [max(len(row[i]) for row in rows) for i in range(3)]  # columns as wide as their longest entry
@@ -178,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="instruction runs: the answer's budget")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("runs", help="every run under a folder: method, task, headline, gain, forgetting, time, status")
+    p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="smollm2-135m", help="short name, HF folder or GGUF file")

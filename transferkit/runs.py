@@ -1,13 +1,17 @@
-"""Finished runs, read back: the trained model on its base, ready for inference or evaluation."""
+"""Runs read back: a finished run's trained model on its base, ready for inference or evaluation; and every
+run under a folder at a glance (`transferkit runs`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from .config import load_config
 from .errors import UserError
+from .evaluate.comparison import headline_metric
 from .methods import get_method
 from .models import load_model
 from .models.fingerprint import check_adapter_folder
@@ -35,3 +39,63 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
                         f"({str(exc).strip().splitlines()[0][:300]})") from None
     model.eval()
     return model, tokenizer, cfg
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run directory at a glance."""
+
+    path: str
+    method: str
+    task: str
+    headline: str          # "metric value" of the tuned model, or "" before it finished
+    gain: float | None     # over the best baseline on the headline (positive: better)
+    forgetting: float | None
+    minutes: float | None
+    status: str            # finished / stopped early at step N / not finished: last logged step N / ...
+
+
+def find_runs(root: str | Path, depth: int = 3) -> list[RunRow]:
+    """Every run directory (a folder with config.yaml and metrics.jsonl) at most `depth` levels under `root`."""
+    root = Path(root).resolve()
+    found = []
+    for config in sorted(root.glob("config.yaml")) + sorted(
+            p for level in range(1, depth + 1) for p in root.glob("/".join(["*"] * level) + "/config.yaml")):
+        if (config.parent / "metrics.jsonl").is_file():
+            found.append(describe_run(RunDir(config.parent), root))
+    return found
+
+
+def describe_run(run: RunDir, root: Path) -> RunRow:
+    try:
+        config = yaml.safe_load(run.config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    method = (config.get("method") or {}).get("name", "?")
+    choice = (config.get("eval") or {}).get("headline")
+    summary = run.read_summary()
+    name = str(run.path.relative_to(root)) if run.path != root else "."
+    if not summary:
+        steps = [e["step"] for e in run.read_events() if e.get("event") == "train"]
+        status = f"not finished: last logged step {steps[-1]}" if steps else "not finished: no step logged"
+        return RunRow(name, method, "classification" if run.labels.is_file() else "?", "", None, None, None, status)
+    comparison = summary.get("comparison") or {}
+    scored = summary.get("test") or summary.get("validation") or {}
+    metric = comparison.get("metric") or (headline_metric(summary["schema"], scored, choice) if scored else None)
+    value = comparison.get("tuned", scored.get(metric))
+    forgetting = (summary.get("forgetting") or {}).get("forgetting")
+    status = f"stopped early at step {summary['steps']}" if summary.get("stopped_early") else "finished"
+    return RunRow(name, method, summary.get("schema", "?"), f"{metric} {value:.4g}" if value is not None else "",
+                  comparison.get("gain"), forgetting, summary.get("wall_time_s", 0) / 60, status)
+
+
+def format_runs(rows: list[RunRow]) -> str:
+    """A plain-text table, columns as wide as their content."""
+    def number(value: float | None, fmt: str) -> str:
+        return "" if value is None else format(value, fmt)
+
+    table = [("run", "method", "task", "headline", "gain", "forgetting", "minutes", "status")] + [
+        (r.path, r.method, r.task, r.headline, number(r.gain, "+.4g"), number(r.forgetting, "+.2%"),
+         number(r.minutes, ".1f"), r.status) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
