@@ -365,3 +365,36 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     assert plain and plain.keys() == recomputed.keys()
     for name in plain:
         torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_generate_output_contract_and_sampling(tiny_config, capsys, monkeypatch):
+    """Plain text by default (a blank line between replies), JSON lines with --json; sampling is seeded, and a
+    system message changes what the model reads."""
+    import io
+
+    from transferkit import generate, train
+    from transferkit.cli import main
+    from transferkit.evaluate.generation import Sampling
+
+    cfg = tiny_config("train.max_steps=1", "eval.baseline=false", "train.eval_every=0")
+    train(cfg)
+    common = ["generate", "--adapter", cfg.output_dir, "--max-new-tokens", "6", "--precision", "fp32"]
+    capsys.readouterr()
+    assert main([*common, "--prompt", "a", "--prompt", "b", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["prompt"] for line in lines] == ["a", "b"]
+    greedy = generate(["a", "b"], adapter=cfg.output_dir, max_new_tokens=6, precision="fp32")
+    assert [line["reply"] for line in lines] == greedy
+    assert main([*common, "--prompt", "a", "--prompt", "b"]) == 0
+    assert capsys.readouterr().out == f"{greedy[0]}\n\n{greedy[1]}\n"
+    hot = Sampling(temperature=5.0, top_p=1.0, seed=3)
+    sampled = generate(["a"] * 4, adapter=cfg.output_dir, max_new_tokens=6, precision="fp32", sampling=hot)
+    assert sampled == generate(["a"] * 4, adapter=cfg.output_dir, max_new_tokens=6, precision="fp32", sampling=hot)
+    assert sampled != [greedy[0]] * 4  # at temperature 5 over a tiny vocabulary, not the greedy reply every time
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(common) == 2 and "no prompt" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr("transferkit.api.generate_completions", lambda model, tok, chats, **kw: seen.extend(chats) or
+                        [""] * len(chats))
+    assert main([*common, "--prompt", "a", "--system", "Answer in JSON."]) == 0
+    assert seen == [[{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "a"}]]

@@ -22,6 +22,7 @@ from .errors import UserError
 from .evaluate import evaluate_split, generate_completions
 from .evaluate.assessment import Assessment, BaseModel, switched_off
 from .evaluate.comparison import label_baselines
+from .evaluate.generation import Sampling
 from .evaluate.metrics import class_log_probs
 from .methods import get_method
 from .models import architecture, load_model, resolve_model, task_of
@@ -35,8 +36,10 @@ __all__ = ["train", "generate", "evaluate_run", "predict", "load_trained"]
 
 
 def generate(prompts: list[str], *, model: str | None = None, adapter: str | None = None,
-             max_new_tokens: int = 128, precision: str = "auto") -> list[str]:
-    """Greedy replies to user prompts from a base model or a run's adapter."""
+             max_new_tokens: int = 128, precision: str = "auto", system: str | None = None,
+             sampling: Sampling | None = None) -> list[str]:
+    """Replies to user prompts from a base model or a run's adapter: greedy, or sampled as `sampling` says;
+    `system` is a system message put before every prompt."""
     runtime = Runtime.resolve("auto", precision)
     if adapter is not None:
         lm, tokenizer, _ = load_trained(adapter, runtime.device)
@@ -46,8 +49,10 @@ def generate(prompts: list[str], *, model: str | None = None, adapter: str | Non
         lm, tokenizer, _ = load_model(model, device=runtime.device)
     else:
         raise ValueError("give a model or an adapter run directory")
-    chats = [[{"role": "user", "content": p}] for p in prompts]
-    return generate_completions(lm, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=8, runtime=runtime)
+    first = [{"role": "system", "content": system}] if system else []
+    chats = [[*first, {"role": "user", "content": p}] for p in prompts]
+    return generate_completions(lm, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=8, runtime=runtime,
+                                sampling=sampling)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 from .api import evaluate_run, generate, predict, train
 from .config import describe_keys, load_config
 from .errors import EXIT_USER_ERROR, UserError
+from .evaluate.generation import Sampling
 from .evaluate.plots import reliability_diagram
 from .files import jsonl_text, write_file_atomic
 from .methods.accounting import format_table, parameter_table
@@ -55,10 +56,19 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     if (args.model is None) == (args.adapter is None):
         raise UserError("give exactly one of --model and --adapter")
+    if not args.prompt and sys.stdin.isatty():
+        print("reading prompts from standard input, one per line; end with Ctrl-D", file=sys.stderr)
     prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    for prompt, reply in zip(prompts, generate(prompts, model=args.model, adapter=args.adapter,
-                                               max_new_tokens=args.max_new_tokens, precision=args.precision)):
-        print(reply if len(prompts) == 1 else json.dumps({"prompt": prompt, "reply": reply}))
+    if not prompts:
+        raise UserError("no prompt: give --prompt TEXT or prompts on standard input, one per line")
+    sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.seed)
+    replies = generate(prompts, model=args.model, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                       precision=args.precision, system=args.system, sampling=sampling)
+    for number, (prompt, reply) in enumerate(zip(prompts, replies)):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False))
+        else:  # the replies as text, a blank line between two
+            print(("\n" if number else "") + reply)
     return 0
 
 
@@ -149,10 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="greedy replies from a base model or a run's adapter")
+    p = sub.add_parser("generate", help="replies from a base model or a run's adapter (greedy, or sampled)")
     p.add_argument("--model", help="short name, HF folder or GGUF file")
     p.add_argument("--adapter", metavar="RUN_DIR", help="a finished run directory")
     p.add_argument("--prompt", action="append", help="user message (repeatable; default: one per stdin line)")
+    p.add_argument("--system", help="a system message before every prompt")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON line {"prompt", "reply"} per prompt (default: the replies as text, a blank line '
+                        'between two)')
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample at this temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: keep the smallest token set with this mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling: the random seed (same seed, same replies)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.set_defaults(func=cmd_generate)

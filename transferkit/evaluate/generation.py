@@ -15,6 +15,7 @@ another batch shape; 11 of 100 there), as any change of batching does.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -83,10 +84,27 @@ class SharedPrefix:
         return inputs
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled instead of greedy decoding: softmax(logits / temperature), cut to the smallest set of tokens holding
+    `top_p` of the probability (nucleus sampling, Holtzman et al. 2020); `seed` makes it repeatable."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def generate_kwargs(self) -> dict:
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, batch_size: int,
-                         runtime: Runtime, desc: str | None = None) -> list[str]:
-    """Greedy completions (decoded, special tokens removed) for chat prompts; `desc` names a progress bar."""
+                         runtime: Runtime, desc: str | None = None, sampling: Sampling | None = None) -> list[str]:
+    """Completions (decoded, special tokens removed) for chat prompts, greedy unless `sampling` is given; `desc`
+    names a progress bar."""
+    if sampling is not None:
+        torch.manual_seed(sampling.seed)
+    decoding = sampling.generate_kwargs() if sampling is not None else {"do_sample": False}
     ensure_chat_template(tokenizer)
     encoded = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -98,7 +116,7 @@ def generate_completions(model, tokenizer, prompts: list[list[dict]], *, max_new
             idx = order[start: start + batch_size]
             inputs = prefix.batch([encoded[i] for i in idx], tokenizer.pad_token_id, runtime.device)
             with runtime.autocast():
-                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding,
                                            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
             width = inputs["input_ids"].shape[1]
             for row, i in enumerate(idx):
