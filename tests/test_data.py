@@ -223,3 +223,18 @@ def test_runs_report_overlap_and_can_refuse_it(tiny_config, quick_data, tmp_path
     with pytest.raises(DataError, match=r"leaky.jsonl:1: this test example also occurs in train"):
         train(tiny_config(f"data.test={leaky}", "data.overlap=error", f"output_dir={tmp_path / 'refused'}"))
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("name, text, first", [
+    ("d.csv", "text,label\na,x\nb,y\nc,x\nd,x\n,y\ne,x\nf,y\ng,x,extra\n", "d.csv:6: field 'text'"),
+    ("d.jsonl", '{"text": "a", "label": "x"}\n{"txt": "b", "label": "y"}\n{"text": "c", "label": "x"}\n{oops\n',
+     "d.jsonl:2: field 'text'"),
+])
+def test_the_first_bad_row_is_reported_first(tmp_path, name, text, first):
+    """A row the reader cannot parse (line 9, line 4) comes after a row that parses but cannot be used (line 6,
+    line 2): the error names the earlier one."""
+    from transferkit.data import read_examples
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=first):
+        read_examples(str(tmp_path / name))

@@ -12,6 +12,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import DataError
@@ -51,16 +52,31 @@ def _parse_json(text: str, path: Path, line: int | None = None) -> Any:
         raise DataError(str(path), f"malformed JSON: {str(exc).splitlines()[0] or type(exc).__name__}", line) from None
 
 
+def _rows_until_error(rows: Iterator[Row]) -> list[Row]:
+    """Every row; a row that cannot be read raises its DataError carrying the rows read before it
+    (`rows_before`), so the caller can report an earlier row's problem first: errors come in file order."""
+    read: list[Row] = []
+    try:
+        for row in rows:
+            read.append(row)
+    except DataError as exc:
+        exc.rows_before = read
+        raise
+    return read
+
+
 def _read_jsonl(path: Path) -> list[Row]:
-    rows = []
+    return _rows_until_error(_jsonl_rows(path))
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
     for number, text in enumerate(_read_text(path).splitlines(), start=1):
         if not text.strip():
             continue
         obj = _parse_json(text, path, number)
         if not isinstance(obj, dict):
             raise DataError(str(path), f"each line must be a JSON object, got {type(obj).__name__}", number)
-        rows.append(Row(str(path), number, obj))
-    return rows
+        yield Row(str(path), number, obj)
 
 
 def _read_json(path: Path) -> list[Row]:
@@ -79,25 +95,23 @@ def _read_json(path: Path) -> list[Row]:
 
 def _read_csv(path: Path) -> list[Row]:
     reader = csv.DictReader(_read_text(path).splitlines(keepends=True))
+    return _rows_until_error(_csv_rows(reader, path))
+
+
+def _csv_rows(reader: csv.DictReader, path: Path) -> Iterator[Row]:
     try:
-        return _csv_rows(reader, path)
+        if not reader.fieldnames:
+            raise DataError(str(path), "empty CSV file (no header)")
+        for record in reader:
+            line = reader.line_num
+            if None in record:
+                raise DataError(str(path), f"more values than header columns ({len(reader.fieldnames)})", line)
+            missing = [k for k, v in record.items() if v is None]
+            if missing:
+                raise DataError(str(path), "fewer values than header columns", line, missing[0])
+            yield Row(str(path), line, dict(record))
     except csv.Error as exc:  # NUL bytes, a field over the size limit
         raise DataError(str(path), f"malformed CSV: {exc}", max(reader.line_num, 1)) from None
-
-
-def _csv_rows(reader: csv.DictReader, path: Path) -> list[Row]:
-    if not reader.fieldnames:
-        raise DataError(str(path), "empty CSV file (no header)")
-    rows = []
-    for record in reader:
-        line = reader.line_num
-        if None in record:
-            raise DataError(str(path), f"more values than header columns ({len(reader.fieldnames)})", line)
-        missing = [k for k, v in record.items() if v is None]
-        if missing:
-            raise DataError(str(path), "fewer values than header columns", line, missing[0])
-        rows.append(Row(str(path), line, dict(record)))
-    return rows
 
 
 def _read_parquet(path: Path) -> list[Row]:

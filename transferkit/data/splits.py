@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..errors import DataError
 from ..options import DataConfig
 from .overlap import overlap_warnings, refuse_overlap, split_overlap
 from .readers import read_rows
@@ -72,7 +73,13 @@ class Splits:
 
 def read_examples(path: str, schema: str = "auto", split: str | None = None,
                   slice_column: str = "slice") -> tuple[str, list[Example]]:
-    rows = read_rows(path, split)
+    try:
+        rows = read_rows(path, split)
+    except DataError as exc:  # a row that cannot be read: an earlier row's problem is reported first
+        before = getattr(exc, "rows_before", None)
+        if before:
+            to_examples(before, schema_of(before, schema), slice_column)
+        raise
     detected = schema_of(rows, schema)
     return detected, to_examples(rows, detected, slice_column)
 
