@@ -92,3 +92,11 @@ def test_chosen_headline_is_what_the_run_is_judged_by(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="'eval.headline': 'macro_f1' is not measured for instruction data"):
         train(bad)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_hint_when_measuring_dominates():
+    from transferkit.train.finish import measuring_hint
+
+    assert measuring_hint({"train": 10.0, "baseline": 40.0, "evaluate": 20.0}).startswith("hint: measuring took 60 s,")
+    assert measuring_hint({"train": 100.0, "baseline": 40.0, "evaluate": 20.0}) is None  # training dominates
+    assert measuring_hint({"train": 1.0, "evaluate": 10.0}) is None  # too short to matter

@@ -46,6 +46,8 @@ def finish(s: Session, stats: FitStats) -> dict:
         print(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
     for flag in verdict["flags"]:
         print(f"warning: {flag}")
+    if hint := measuring_hint(s.clock.seconds):
+        print(hint)
     summary = build_summary(s, stats, evaluation, general_tuned, verdict)
     s.run.write_json(s.run.summary, summary)
     print(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary})")
@@ -59,6 +61,18 @@ def baselines_from_labels(s: Session) -> dict | None:
         return None
     scored = split.examples[: s.cfg.eval.max_examples]  # as evaluate_split cuts them
     return label_baselines([ex.label for ex in s.splits.train.examples], [ex.label for ex in scored], s.splits.labels)
+
+
+MEASURING_PHASES = ("baseline", "general_base", "evaluate", "general_tuned")
+
+
+def measuring_hint(seconds: dict[str, float]) -> str | None:
+    """A one-line hint when measuring took over twice as long as training (short runs, big evaluations)."""
+    measuring, training = sum(seconds.get(p, 0.0) for p in MEASURING_PHASES), seconds.get("train", 0.0)
+    if measuring <= 2 * training or measuring < 30:
+        return None
+    return (f"hint: measuring took {measuring:.0f} s, training {training:.0f} s (summary.json timings_s); for quick "
+            f"iterations set eval.max_examples, eval.baseline: false or forgetting.reference: none")
 
 
 def write_adapter(run: RunDir, method: Method, method_cfg: MethodConfig, model: torch.nn.Module,
