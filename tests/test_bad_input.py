@@ -161,13 +161,16 @@ def test_bad_input_gives_one_line_and_exit_2(case, tiny_model_dir, tmp_path, cap
     assert not run.exists() or not any(run.iterdir()), sorted(run.iterdir())
 
 
-def test_duplicate_rows_are_counted_and_kept(tiny_config, quick_data, capsys):
+def test_duplicate_rows_are_counted_and_kept(tiny_config, quick_data, caplog):
+    import logging
+
     from transferkit import train
 
     rows = [json.loads(line) for line in quick_data["train"].read_text().splitlines()]
     write_jsonl(quick_data["train"], rows + rows[:3])
-    summary = train(tiny_config("train.max_steps=1", "eval.baseline=false", "eval.exact_match=false"))
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        summary = train(tiny_config("train.max_steps=1", "eval.baseline=false", "eval.exact_match=false"))
+    out = caplog.text
     assert "3 duplicate rows" in out and "train.jsonl" in out
     assert summary["data"]["train"]["duplicates"] == 3
     assert summary["data"]["train"]["examples"] == len(rows) + 3  # warned, not dropped

@@ -1,6 +1,7 @@
 """The training engine on a tiny Llama: loss, accumulation, resume, run directory."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,7 +184,8 @@ def test_resume_equals_straight_run(tiny_config, tmp_path, monkeypatch):
     assert [e["loss"] for e in events_b] == pytest.approx(loss_a, rel=1e-5)
 
 
-def test_resuming_a_finished_run_trains_and_evaluates_nothing(tiny_config, capsys):
+def test_resuming_a_finished_run_trains_and_evaluates_nothing(tiny_config, caplog):
+    import logging
     from pathlib import Path
 
     from transferkit import train
@@ -191,10 +193,11 @@ def test_resuming_a_finished_run_trains_and_evaluates_nothing(tiny_config, capsy
     cfg = tiny_config("train.max_steps=2", "train.eval_every=0", "eval.baseline=false")
     summary = train(cfg)
     metrics = (Path(cfg.output_dir) / "metrics.jsonl").read_text()
-    capsys.readouterr()
-    assert train(cfg, resume=True) == summary
-    out = capsys.readouterr().out
-    assert "finished at step 2 already; nothing to train" in out and "training" not in out.replace("to train", "")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        assert train(cfg, resume=True) == summary
+    said = caplog.text
+    assert "finished at step 2 already; nothing to train" in said and "training" not in said.replace("to train", "")
     assert (Path(cfg.output_dir) / "metrics.jsonl").read_text() == metrics  # no step, no evaluation logged again
 
 
@@ -398,3 +401,19 @@ def test_generate_output_contract_and_sampling(tiny_config, capsys, monkeypatch)
                         [""] * len(chats))
     assert main([*common, "--prompt", "a", "--system", "Answer in JSON."]) == 0
     assert seen == [[{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "a"}]]
+
+
+def test_the_python_api_prints_nothing_to_stdout(tiny_config, capsys, caplog):
+    """Library calls log to the `transferkit` logger; only the CLI puts those lines on stdout."""
+    import logging
+
+    from transferkit import train
+    from transferkit.cli import main
+
+    cfg = tiny_config("train.max_steps=1", "eval.baseline=false", "train.eval_every=0")
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        train(cfg)
+    assert capsys.readouterr().out == ""
+    assert any(r.message.startswith("done: ") for r in caplog.records)
+    assert main(["train", "--overwrite", str(Path(cfg.output_dir) / "config.yaml")]) == 0
+    assert "done: " in capsys.readouterr().out

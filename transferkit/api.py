@@ -29,10 +29,17 @@ from .models import architecture, load_model, resolve_model, task_of
 from .options import EvalConfig, RunConfig
 from .rundir import RunDir
 from .runs import load_trained
-from .runtime import Runtime, store_frozen_weights
-from .train import train
+from .runtime import Runtime, quiet_libraries, store_frozen_weights
+from .train import train as run_training
 
 __all__ = ["train", "generate", "evaluate_run", "predict", "load_trained"]
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Fine-tune as `cfg` says (`train/recipe.py`); returns the summary. Progress goes to the `transferkit`
+    logger (the CLI shows it on stdout), never to stdout directly."""
+    quiet_libraries()
+    return run_training(cfg, resume=resume, overwrite=overwrite)
 
 
 def generate(prompts: list[str], *, model: str | None = None, adapter: str | None = None,
@@ -40,6 +47,7 @@ def generate(prompts: list[str], *, model: str | None = None, adapter: str | Non
              sampling: Sampling | None = None) -> list[str]:
     """Replies to user prompts from a base model or a run's adapter: greedy, or sampled as `sampling` says;
     `system` is a system message put before every prompt."""
+    quiet_libraries()
     runtime = Runtime.resolve("auto", precision)
     if adapter is not None:
         lm, tokenizer, _ = load_trained(adapter, runtime.device)
@@ -107,6 +115,7 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     them. `baseline` adds the base model's zero- and k-shot prompting scores (shots from `shots_from`, default
     the run's training data) and the comparison with the evaluated model. `reference`: the general text
     forgetting is measured on (default: the run's `forgetting.reference`, else 'general')."""
+    quiet_libraries()
     eval_cfg = eval_cfg or EvalConfig()
     runtime = Runtime.resolve("auto", precision)
     schema, examples = read_examples(data)
@@ -177,6 +186,7 @@ def predict(run_dir: str, data: str, out, *, batch_size: int = 16, max_new_token
     as they are made: a classifier's class, its probability and every class's; an instruction run's greedy
     answer. Rows are read and checked by the training readers (file:line:field errors) before any model
     work. Returns the number of rows."""
+    quiet_libraries()
     run = RunDir(run_dir)
     if run.read_summary().get("schema") == "lm":
         raise UserError(f"{run_dir}: a language-modeling run has no inputs to answer; use `transferkit generate`")

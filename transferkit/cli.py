@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .api import evaluate_run, generate, predict, train
@@ -16,23 +19,32 @@ from .files import jsonl_text, write_file_atomic
 from .methods.accounting import format_table, parameter_table
 from .options import EvalConfig
 from .runs import find_runs, format_runs
+from .runtime import quiet_libraries
 from .train.signals import Stopped
 
 
-def _quiet_libraries() -> None:
-    import logging
-    import warnings
+class _Stdout(logging.StreamHandler):
+    """The package's INFO messages on whatever `sys.stdout` is at the time (tests swap it)."""
 
-    import transformers
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
 
-    # bitsandbytes (imported by peft) logs that an optional CPU kernel package is absent; its NF4 path works without it.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
-    # Deprecation notices raised inside transformers/peft on every model build: not the user's concern.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+@contextlib.contextmanager
+def progress_messages_on_stdout() -> Iterator[None]:
+    """While a command runs, what the library logs (`transferkit.*` at INFO and above) is printed as plain lines
+    on stdout; afterwards the logger is as it was (a Python caller of the library gets nothing on stdout)."""
+    logger = logging.getLogger("transferkit")
+    handler, level = _Stdout(), logger.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def cmd_train(args) -> int:
@@ -221,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        _quiet_libraries()
-        return args.func(args)
+        quiet_libraries()
+        with progress_messages_on_stdout():
+            return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

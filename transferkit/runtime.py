@@ -150,3 +150,21 @@ def for_inference(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         if switchable and inner.config._attn_implementation != before:
             inner.set_attn_implementation(before)
+
+
+def quiet_libraries() -> None:
+    """Silence what transformers, peft and bitsandbytes print on every model build: not the user's concern.
+    The CLI and the library functions call it."""
+    import logging
+    import warnings
+
+    import transformers
+
+    # bitsandbytes (imported by peft) logs that an optional CPU kernel package is absent; its NF4 path works without it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+    # Deprecation notices raised inside transformers/peft on every model build: not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -10,11 +10,14 @@ cache, and load that afterwards (~0.3 s instead of ~3 s per load).
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
 
 from ..files import cache_root, write_dir_atomic
+
+log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
 
 
 def _fingerprint(gguf_path: Path) -> str:
@@ -31,7 +34,7 @@ def converted_folder(gguf_path: Path) -> Path:
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf_path.name} to a float checkpoint in {target} (once)", flush=True)
+    log.info(f"converting {gguf_path.name} to a float checkpoint in {target} (once)")
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
     quantized = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)

@@ -4,6 +4,7 @@ assessment against the base, and `summary.json` (one `build_summary`)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import torch
@@ -21,6 +22,8 @@ from ..rundir import RunDir
 from ..runtime import peak_memory_bytes
 from .loop import FitStats, checkpoint_now
 from .setup import Session, scored_split
+
+log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
 
 
 def finish(s: Session, stats: FitStats) -> dict:
@@ -43,14 +46,14 @@ def finish(s: Session, stats: FitStats) -> dict:
                                    from_labels=baselines_from_labels(s))
     verdict["flags"] += overlap_warnings(s.splits.overlap)
     if verdict["forgetting"] is not None:
-        print(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
+        log.info(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
     for flag in verdict["flags"]:
-        print(f"warning: {flag}")
+        log.warning(f"warning: {flag}")
     if hint := measuring_hint(s.clock.seconds):
-        print(hint)
+        log.info(hint)
     summary = build_summary(s, stats, evaluation, general_tuned, verdict)
     s.run.write_json(s.run.summary, summary)
-    print(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary})")
+    log.info(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary})")
     return summary
 
 
@@ -109,7 +112,7 @@ def select_weights(s: Session, model: torch.nn.Module, validation: dict | None) 
     if s.cfg.train.select != "best" or selection.best_step in (None, s.state.step):
         return validation
     selection.restore_best(model)
-    print(f"selected the weights of step {selection.best_step} (validation {selection.metric} "
+    log.info(f"selected the weights of step {selection.best_step} (validation {selection.metric} "
           f"{selection.best_value:.4g}, the best of the run) over the final step {s.state.step}'s")
     return selection.best_metrics
 
@@ -131,7 +134,7 @@ def evaluate_tuned(s: Session, model: torch.nn.Module, validation: dict | None) 
         chosen = s.state.selection.facts(s.state.step, s.cfg.train.select)["chosen_step"]
         s.run.log({"event": "test", "step": s.state.step, "weights_of_step": chosen, "split": "test",
                    "metrics": metrics})
-        print(f"tuned model on test: {format_metrics(metrics)}")
+        log.info(f"tuned model on test: {format_metrics(metrics)}")
         result["test"] = metrics
     return result
 

@@ -16,6 +16,7 @@ loss). Everything else stays on the device.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -38,6 +39,8 @@ from . import checkpoint as ckpt
 from .regularizers import AnchorPenalty
 from .replay import replay_sequences, replay_units
 from .signals import Stopped, StopRequest
+
+log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
 
 Collate = Callable[[list[Tokenized], int, torch.device], dict[str, torch.Tensor]]
 
@@ -240,7 +243,7 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
     bar.close()
     stats.stopped_early = state.step < plan.steps
     if stats.stopped_early:
-        print(f"stopped early after step {state.step}: {train_cfg.patience} validations without a better "
+        log.info(f"stopped early after step {state.step}: {train_cfg.patience} validations without a better "
               f"{state.selection.metric} than at step {state.selection.best_step}")
     stats.train_seconds = time.perf_counter() - started
     return stats

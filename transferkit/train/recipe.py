@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 
 from ..options import RunConfig
@@ -17,6 +18,8 @@ from .loop import fit
 from .setup import setup
 from .signals import Stopped, StopRequest
 
+log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
+
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run a whole training job described by `cfg`; returns the summary."""
@@ -25,7 +28,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     except KeyboardInterrupt:
         raise interrupted_in_setup(RunDir(cfg.output_dir)) from None
     if session.finished:
-        print(f"{session.run.path} finished at step {session.state.step} already; nothing to train "
+        log.info(f"{session.run.path} finished at step {session.state.step} already; nothing to train "
               f"(summary in {session.run.summary})")
         return json.loads(session.run.summary.read_text())
     validate = session.validate if session.splits.validation is not None else None

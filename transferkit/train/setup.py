@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import functools
 import math
@@ -51,6 +52,8 @@ from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .regularizers import build_penalties
 from .selection import Selection
+
+log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
 
 
 @dataclass
@@ -138,7 +141,7 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
             run, assessment, method, model, tokenizer)
     before = BaseMeasures(baseline, general)
     params = count_parameters(model)
-    print(format_trainable(*params))
+    log.info(format_trainable(*params))
     plan = plan_steps(cfg.train, cfg.forgetting.replay, len(splits.train.tokenized), runtime.device, cfg.seed)
     optimizer, scheduler = build_optimizer(model, method, cfg.method, cfg.train, plan.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -150,7 +153,7 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     state = restore(parts, run, resume, resume_from, Selection(keep_weights=cfg.train.select == "best"), plan.steps)
     if state.step < plan.steps:
         steps = f"{plan.steps} steps" if not state.step else f"steps {state.step + 1}–{plan.steps} of {plan.steps}"
-        print(f"training {steps} on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
+        log.info(f"training {steps} on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
     batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
     return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
                    batches, state, resume_from, clock, wall_start)
@@ -190,7 +193,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
                                           pooling=cfg.method.pooling)
     check_target_modules(model, cfg.method)
     for note in splits.notes:
-        print(note)
+        log.info(note)
     return model, tokenizer, folder, splits
 
 
@@ -285,7 +288,7 @@ def measure_baseline(run: RunDir, assessment: Assessment, base: BaseModel, split
     run.log({"event": "baseline", "step": 0, "metrics": baseline})
     for name, metrics in baseline.items():
         if name != "split":
-            print(f"baseline (untrained {base.ref}, {name.replace('_', '-')}) on {split.name}: {format_metrics(metrics)}")
+            log.info(f"baseline (untrained {base.ref}, {name.replace('_', '-')}) on {split.name}: {format_metrics(metrics)}")
     return baseline
 
 
@@ -342,9 +345,9 @@ def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None,
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, parts.accelerator.unwrap_model(parts.model), parts.optimizer,
                                      parts.scheduler, selection)
-        print(f"resumed from {resume_from} (step {state.step})")
+        log.info(f"resumed from {resume_from} (step {state.step})")
     elif resume:
-        print(f"no complete checkpoint in {run.checkpoints} yet: starting again from step 0")
+        log.info(f"no complete checkpoint in {run.checkpoints} yet: starting again from step 0")
     if resume and not (state.step >= steps and run.summary.is_file()):
         run.truncate_events_after(state.step)
     return state
