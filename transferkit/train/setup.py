@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import functools
+import logging
 import math
 import random
 import time
@@ -100,7 +100,8 @@ class Session:
         metrics = validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
                                      self.cfg.eval, self.runtime, self.splits.labels)
         headline = headline_metric(self.splits.schema, metrics, self.cfg.eval.headline)
-        self.state.selection.observe(self.state.step, metrics, headline, self.parts.accelerator.unwrap_model(self.parts.model))
+        model = self.parts.accelerator.unwrap_model(self.parts.model)
+        self.state.selection.observe(self.state.step, metrics, headline, model)
         return metrics
 
 
@@ -288,7 +289,8 @@ def measure_baseline(run: RunDir, assessment: Assessment, base: BaseModel, split
     run.log({"event": "baseline", "step": 0, "metrics": baseline})
     for name, metrics in baseline.items():
         if name != "split":
-            log.info(f"baseline (untrained {base.ref}, {name.replace('_', '-')}) on {split.name}: {format_metrics(metrics)}")
+            prompt = name.replace("_", "-")
+            log.info(f"baseline (untrained {base.ref}, {prompt}) on {split.name}: {format_metrics(metrics)}")
     return baseline
 
 
