@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ from pathlib import Path
 
 from train_throughput import matmul_peak_flops  # benchmarks/ is on sys.path when run as a script
 
+from transferkit.runtime import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 180.0
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

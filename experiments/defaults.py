@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from datetime import date
 from pathlib import Path
@@ -32,6 +31,7 @@ from common import continue_run
 
 from transferkit.config import load_config
 from transferkit.methods import get_method
+from transferkit.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"austen-novel": "classification", "austen-speech": "classification", "chitchat-reply": "instruction"}
@@ -236,7 +236,7 @@ def main() -> None:
         shown = " ".join(f"--{k} {' '.join(v)}" for k, v in (("models", args.models), ("tasks", args.tasks),
                                                                ("methods", args.methods))
                          if list(v) != list({"models": MODELS, "tasks": TASKS, "methods": METHODS}[k]))
-        results = {"date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
+        results = {"date": date.today().isoformat(), "cpu": cpu_name(),
                    "args": shown, "runs": sweep(args.out, args.tasks, args.models, args.methods)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

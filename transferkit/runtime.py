@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ContextManager, Iterator
 
 import torch
@@ -168,3 +169,14 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), for figures that must say where they were measured."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
