@@ -220,3 +220,13 @@ def test_help_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "Adapt a pretrained model to your task" in capsys.readouterr().out
+
+
+def test_a_bad_value_in_a_yaml_file_names_its_line(tmp_path):
+    path = write(tmp_path, "data:\n  train: t.jsonl\ntrain:\n  max_steps: 3\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:5: config key 'train.lr' must be float"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"^{path}:2: unknown config key 'data.trian'"):
+        load_config(write(tmp_path, "data:\n  trian: t.jsonl\n"))
+    with pytest.raises(ConfigError, match=r"^config key 'train.lr' must be float, got str 'slow'"):
+        load_config(write(tmp_path, BASE), ["train.lr=slow"])  # a command-line override has no line

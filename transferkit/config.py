@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from pathlib import Path
 
 import yaml
 
 from .methods import get_method, method_config_from_dict, method_names
-from .options import MethodConfig, RunConfig, from_dict, parse_overrides, read_yaml, set_dotted, type_name
+from .errors import ConfigError
+from .options import (MethodConfig, RunConfig, from_dict, key_lines, parse_overrides, read_yaml, set_dotted,
+                      type_name)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
@@ -30,11 +33,24 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     tree = dict(base or {})
     if path is not None:
         tree.update(paths_from(read_yaml(path), Path(path).resolve().parent))
-    for key, value in parse_overrides(list(overrides)):
+    given = parse_overrides(list(overrides))
+    for key, value in given:
         set_dotted(tree, key, value)
-    cfg = from_dict(RunConfig, tree, method_config=method_config_from_dict)
-    cfg.validate()
+    try:
+        cfg = from_dict(RunConfig, tree, method_config=method_config_from_dict)
+        cfg.validate()
+    except ConfigError as exc:
+        raise located(exc, path, {key for key, _ in given}) from None
     return cfg
+
+
+def located(exc: ConfigError, path: str | Path | None, overridden: set[str]) -> ConfigError:
+    """The error with the config file and line of the key it names, when that key was written in the file."""
+    match = re.search(r"config key '([^']+)'", str(exc))
+    if path is None or match is None or match.group(1) in overridden:
+        return exc
+    line = key_lines(path).get(match.group(1))
+    return ConfigError(f"{path}:{line}: {exc}") if line else exc
 
 
 def config_to_dict(cfg: typing.Any) -> dict:
