@@ -37,8 +37,8 @@ def continue_run(cfg: RunConfig, task: str) -> dict:
     run_dir = Path(cfg.output_dir)
     requested = run_dir.with_name(run_dir.name + ".requested.yaml")
     asked = dump_config(cfg)
-    if requested.is_file():
-        same = requested.read_text() == asked
+    if requested.is_file():  # compared as configs, so a key added to the code since reads as its default
+        same = load_config(None, base=yaml.safe_load(requested.read_text())) == cfg
     else:
         same = (run_dir / "config.yaml").is_file() and same_as_recorded(run_dir / "config.yaml", cfg, task)
     if same and (run_dir / "summary.json").is_file():
