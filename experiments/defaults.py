@@ -100,7 +100,10 @@ def sklearn_probe(task: str, model_ref: str) -> float:
     return float(classifier.score(x_test, [r["label"] for r in rows["test"]]))
 
 
-def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str]) -> list[dict]:
+def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str], finished_only: bool = False
+          ) -> list[dict]:
+    """The rows of every run; `finished_only`: only runs already finished (nothing trains), for a page of what
+    has been measured so far."""
     rows = []
     for task in tasks:
         for model in models:
@@ -110,6 +113,8 @@ def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str]) ->
                 default = get_method(method).defaults.lr
                 for factor in FACTORS:
                     cfg = run_config(task, model, method, default * factor, out)
+                    if finished_only and not (Path(cfg.output_dir) / "summary.json").is_file():
+                        continue
                     started = time.perf_counter()
                     summary = continue_run(cfg, TASKS[task])
                     rows.append({"task": task, "model": model, "method": method, "lr": default * factor,
@@ -120,7 +125,8 @@ def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str]) ->
                 if method == "probe":
                     rows.append({"task": task, "model": model, "method": "sklearn-logreg", "lr": None,
                                  "default": True, "score": sklearn_probe(task, model)})
-                if model in ENCODERS and method in POOLING_METHODS and TASKS[task] == "classification":
+                if model in ENCODERS and method in POOLING_METHODS and TASKS[task] == "classification" \
+                        and not finished_only:
                     rows += pooling_rows(task, model, method, out)
     return rows
 
@@ -153,7 +159,9 @@ def verdicts(rows: list[dict]) -> list[dict]:
             continue
         lower_better = TASKS[task] == "instruction"
         best = (min if lower_better else max)(runs, key=lambda r: r["score"])
-        default = next(r for r in runs if r["default"])
+        default = next((r for r in runs if r["default"]), None)
+        if default is None:  # --finished-only before the default's run finished
+            continue
         gap = (default["score"] - best["score"]) if lower_better else 100 * (best["score"] - default["score"])
         out.append({"task": task, "model": model, "method": method, "default_lr": default["lr"],
                     "default": default["score"], "best_lr": best["lr"], "best": best["score"], "gap": gap,
@@ -213,8 +221,8 @@ def page(results: dict) -> str:
         for (task, model, method), by in groups.items():
             lines.append(f"| {task} | {model} | {method} | " + " | ".join(
                 f"{100 * by[p]:.1f} %" for p in ("cls", "pooler", "mean")) + " |")
-    missing = [f"{t} × {m}" for t in TASKS for m in MODELS if not any(c["task"] == t and c["model"] == m
-                                                                       for c in cells)]
+    missing = [f"{t} × {m} × {x}" for t in TASKS for m in MODELS for x in METHODS
+               if applies(t, m, x) and (t, m, x) not in by_cell]
     if missing:
         lines += ["", "Not measured yet: " + ", ".join(missing) + " (the sweep is resumable; see the command above "
                   "without `--models`)."]
@@ -229,6 +237,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "defaults.md")
     parser.add_argument("--results", type=Path, help="rewrite the page from a saved results.json")
+    parser.add_argument("--finished-only", action="store_true", help="the page of the runs finished so far; "
+                                                                      "nothing trains")
     args = parser.parse_args()
     if args.results:
         results = json.loads(args.results.read_text())
@@ -237,7 +247,8 @@ def main() -> None:
                                                                ("methods", args.methods))
                          if list(v) != list({"models": MODELS, "tasks": TASKS, "methods": METHODS}[k]))
         results = {"date": date.today().isoformat(), "cpu": cpu_name(),
-                   "args": shown, "runs": sweep(args.out, args.tasks, args.models, args.methods)}
+                   "args": shown + (" --finished-only" if args.finished_only else ""),
+                   "runs": sweep(args.out, args.tasks, args.models, args.methods, args.finished_only)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = page(results)
