@@ -60,6 +60,7 @@ def profile(steps: int = 6) -> dict[str, float]:
     import torch
 
     from transferkit import load_config
+    from transferkit.rundir import RunDir
     from transferkit.train.loop import fit
     from transferkit.train.setup import setup
     from transferkit.train.signals import StopRequest
@@ -68,7 +69,7 @@ def profile(steps: int = 6) -> dict[str, float]:
     (data / "train.jsonl").write_text((ROOT / "data/quickstart/train.jsonl").read_text())
     cfg = load_config(None, BASE + [f"train.max_steps={steps + 1}", f"data.train={data / 'train.jsonl'}",
                                     f"output_dir={data / 'run'}"])
-    session = setup(cfg)
+    session = setup(cfg, RunDir(cfg.output_dir))
     plan = session.plan
     with StopRequest() as stop:
         warm = dataclasses.replace(plan, steps=1)

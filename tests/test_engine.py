@@ -410,10 +410,12 @@ def test_the_python_api_prints_nothing_to_stdout(tiny_config, capsys, caplog):
     from transferkit import train
     from transferkit.cli import main
 
-    cfg = tiny_config("train.max_steps=1", "eval.baseline=false", "train.eval_every=0")
+    cfg = tiny_config("train.max_steps=2", "eval.baseline=false", "train.eval_every=1")
     with caplog.at_level(logging.INFO, logger="transferkit"):
         train(cfg)
     assert capsys.readouterr().out == ""
     assert any(r.message.startswith("done: ") for r in caplog.records)
+    assert any(r.message.startswith("step 1: validation loss") for r in caplog.records)  # said during training
     assert main(["train", "--overwrite", str(Path(cfg.output_dir) / "config.yaml")]) == 0
-    assert "done: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "\nstep 1: validation loss" in out and "done: " in out

@@ -123,5 +123,5 @@ def test_a_partial_last_event_line_is_dropped_before_appending(tmp_path):
 
     run = RunDir(tmp_path)
     run.metrics.write_text('{"event": "baseline", "step": 0}\n{"event": "train", "st')  # killed mid-write
-    run.log({"event": "general_base", "step": 0})
+    run.log("general_base", 0, None)
     assert [e["event"] for e in run.read_events()] == ["baseline", "general_base"]

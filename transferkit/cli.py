@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .api import evaluate_run, generate, predict, train
 from .config import describe_keys, load_config
 from .errors import EXIT_USER_ERROR, UserError
@@ -23,12 +25,15 @@ from .runtime import quiet_libraries
 from .train.signals import Stopped
 
 
-class _Stdout(logging.StreamHandler):
-    """The package's INFO messages on whatever `sys.stdout` is at the time (tests swap it)."""
+class _Stdout(logging.Handler):
+    """The package's INFO messages on whatever `sys.stdout` is at the time (tests swap it), written above any
+    progress bar on the terminal (tqdm.write clears the bar, prints the line, redraws the bar)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
-        super().emit(record)
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # noqa: BLE001  (logging's contract: a handler never raises)
+            self.handleError(record)
 
 
 @contextlib.contextmanager

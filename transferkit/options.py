@@ -90,6 +90,9 @@ class TrainConfig:
     save_every: int = opt(50, "write a resumable checkpoint every N steps (0: only at the end)", ge=0)
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", gt=0)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to train")
+    report_to: list[Literal["tensorboard", "mlflow"]] = opt(
+        [], "also send every metrics.jsonl event, live, to TensorBoard (<run>/tensorboard) and/or MLflow "
+            "($MLFLOW_TRACKING_URI, else the local file store <run>/mlruns); needs pip install 'transferkit[tracking]'")
     max_bad_steps: int = opt(5, "stop after this many steps in a row with non-finite loss or gradients (each is skipped)", gt=0)
 
 

@@ -1,7 +1,9 @@
 """The run directory (DESIGN.md "Run directory").
 
     runs/<name>/config.yaml    resolved config, re-runnable as is
-                metrics.jsonl  one JSON object per event ("baseline", "general_base", "train", "eval", "test")
+                metrics.jsonl  one flat JSON object per event ("baseline", "general_base", "train", "eval", "test"):
+                               {"event", "step", "epoch", "split", "time", <metric path>: value, ...}
+                               (`flat_event`: nested metrics become paths such as "per_class/Emma/f1")
                 summary.json   final metrics, baseline and gain, forgetting, params, wall time, tokens/s, peak memory
                 labels.json    classification: class names by id
                 test_predictions.jsonl  the tuned model's answer to every test example
@@ -17,11 +19,60 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from .errors import UserError
 from .files import append_jsonl, jsonl_text, write_dir_atomic, write_file_atomic
+
+
+ENVELOPE = ("event", "step", "epoch", "split", "time")  # the keys every metrics.jsonl line has (null when n/a)
+
+
+def flat_event(event: str, step: int, metrics: dict | None, *, split: str | None = None,
+               epoch: int | None = None) -> dict:
+    """One metrics.jsonl line: the envelope, then every metric at its path. A nested dict becomes
+    "outer/inner" keys, escaped as in a JSON Pointer (RFC 6901: "~" → "~0", "/" → "~1", so a class named
+    "A/B" survives); numbers, strings, booleans, nulls and lists are values. `time` is Unix seconds."""
+    line = {"event": event, "step": step, "epoch": epoch, "split": split, "time": round(time.time(), 3)}
+    for path, value in _paths(metrics or {}, ""):
+        if path in line:
+            raise ValueError(f"metric {path!r} would overwrite the envelope key of the same name")
+        line[path] = value
+    return line
+
+
+def event_metrics(line: dict) -> dict | None:
+    """The nested metrics a metrics.jsonl line was logged from (`flat_event` inverted); None when the event
+    carried no metrics (a forgetting reference of `none`)."""
+    nested: dict = {}
+    for path, value in line.items():
+        if path in ENVELOPE:
+            continue
+        *parents, leaf = [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")]
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested or None
+
+
+def _paths(tree: dict, prefix: str):
+    for key, value in tree.items():
+        path = prefix + str(key).replace("~", "~0").replace("/", "~1")
+        if isinstance(value, dict) and value:
+            yield from _paths(value, path + "/")
+        else:
+            yield path, value
+
+
+class Tracker(Protocol):
+    """Somewhere else every metrics.jsonl line also goes as it is written (`train/tracking.py`)."""
+
+    def log(self, line: dict) -> None: ...
+
+    def close(self, outcome: str) -> None: ...   # "finished", "stopped" or "failed"
 
 
 class RunDir:
@@ -30,6 +81,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
         self._tail_checked = False  # metrics.jsonl's last line is checked once, before the first append
+        self.trackers: list[Tracker] = []  # `train.report_to`: attached by setup, closed by the recipe
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -101,12 +153,23 @@ class RunDir:
         """A classification run's class names (index = class id); None for a language-model run."""
         return json.loads(self.labels.read_text())["labels"] if self.labels.is_file() else None
 
-    def log(self, event: dict) -> None:
+    def log(self, event: str, step: int, metrics: dict | None, *, split: str | None = None,
+            epoch: int | None = None) -> None:
+        """Append one event to metrics.jsonl (`flat_event`) and pass it to every tracker."""
+        line = flat_event(event, step, metrics, split=split, epoch=epoch)
         if not self._tail_checked:  # once, before the first append: the file is inside, its last line whole
             self.inside(self.metrics)
             self._drop_partial_last_line()
             self._tail_checked = True
-        append_jsonl(self.metrics, event)
+        append_jsonl(self.metrics, line)
+        for tracker in self.trackers:
+            tracker.log(line)
+
+    def close_trackers(self, outcome: str) -> None:
+        """Flush and close every tracker once, whatever happens to the run."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(outcome)
 
     def _drop_partial_last_line(self) -> None:
         """A kill mid-write can leave the last line partial; appending after it would bury it mid-file."""

@@ -81,6 +81,11 @@ def checkpoint_dirs(checkpoints: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def step_of(folder: Path) -> int:
+    """The optimizer step a checkpoint folder (`step-000050`) was written after."""
+    return int(STEP_DIR.match(folder.name).group(1))
+
+
 def latest(checkpoints: Path) -> Path | None:
     dirs = checkpoint_dirs(checkpoints)
     return dirs[-1] if dirs else None

@@ -101,7 +101,7 @@ def final_validation(s: Session) -> dict | None:
         return s.state.selection.last_metrics
     validation = s.validate()
     if validation is not None:
-        s.run.log({"event": "eval", "split": "validation", "step": s.state.step, **validation})
+        s.run.log("eval", s.state.step, validation, split="validation", epoch=s.state.epoch)
     return validation
 
 
@@ -132,8 +132,7 @@ def evaluate_tuned(s: Session, model: torch.nn.Module, validation: dict | None) 
             s.run.write_file_atomic(s.run.path / "test_reliability.png", lambda tmp: reliability_diagram(
                 metrics["calibration"], metrics["ece"], "test: reliability", tmp))
         chosen = s.state.selection.facts(s.state.step, s.cfg.train.select)["chosen_step"]
-        s.run.log({"event": "test", "step": s.state.step, "weights_of_step": chosen, "split": "test",
-                   "metrics": metrics})
+        s.run.log("test", s.state.step, {"weights_of_step": chosen, **metrics}, split="test")
         log.info(f"tuned model on test: {format_metrics(metrics)}")
         result["test"] = metrics
     return result

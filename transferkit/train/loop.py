@@ -207,7 +207,7 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
         result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm)
         if not result.applied:
             bad_in_a_row, stats.skipped_steps = bad_in_a_row + 1, stats.skipped_steps + 1
-            bar.write(f"step {state.step + 1}: non-finite loss or gradients, step skipped ({bad_in_a_row} in a row)")
+            log.warning(f"step {state.step + 1}: non-finite loss or gradients, step skipped ({bad_in_a_row} in a row)")
             if bad_in_a_row >= train_cfg.max_bad_steps:
                 raise too_many_bad_steps(state.step + 1, bad_in_a_row, run, items[0].where)
             continue
@@ -220,8 +220,8 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
         if validate is not None and due(state.step, train_cfg.eval_every) and state.step < plan.steps:
             with window.paused():
                 metrics = validate()  # also scored for model selection (`selection.py`)
-            run.log({"event": "eval", "split": "validation", "step": state.step, **metrics})
-            bar.write(f"step {state.step}: validation {format_metrics(metrics)}")
+            run.log("eval", state.step, metrics, split="validation", epoch=state.epoch)
+            log.info(f"step {state.step}: validation {format_metrics(metrics)}")
         # The run ends after this step at the plan's end, or when train.patience validations did not improve.
         last = state.step == plan.steps or state.selection.exhausted(train_cfg.patience)
 
@@ -230,7 +230,8 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
             stats.final_train_loss = figures["loss"]
             if stats.first_logged_loss is None:
                 stats.first_logged_loss = figures["loss"]
-            run.log(train_event(state, lr, figures, result, parts.penalties, replayed if batches.replay_pool else None))
+            run.log("train", state.step, train_metrics(lr, figures, result, parts.penalties,
+                                                       replayed if batches.replay_pool else None), epoch=state.epoch)
             bar.set_postfix(loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{figures['tokens_per_s']:.0f}")
         if due(state.step, train_cfg.save_every) and not last:
             with window.paused():
@@ -249,12 +250,12 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
     return stats
 
 
-def train_event(state: ckpt.TrainState, lr: float, figures: dict, last: StepResult,
-                penalties: tuple[AnchorPenalty, ...], replayed: list[Tokenized] | None) -> dict:
-    """A "train" event of metrics.jsonl: the window's figures and the last step's gradient norm, penalty and
-    replayed general text (sequences, labelled tokens)."""
-    event = {"event": "train", "step": state.step, "epoch": state.epoch, "loss": figures["loss"], "lr": lr,
-             "tokens_per_s": figures["tokens_per_s"], "labelled_tokens": figures["labelled_tokens"]}
+def train_metrics(lr: float, figures: dict, last: StepResult, penalties: tuple[AnchorPenalty, ...],
+                  replayed: list[Tokenized] | None) -> dict:
+    """What a "train" event of metrics.jsonl reports: the window's figures and the last step's gradient norm,
+    penalty and replayed general text (sequences, labelled tokens)."""
+    event = {"loss": figures["loss"], "lr": lr, "tokens_per_s": figures["tokens_per_s"],
+             "labelled_tokens": figures["labelled_tokens"]}
     event["grad_norm"] = float(last.grad_norm)
     if penalties:
         event["penalty"] = last.penalty  # EWC / L2-SP value at this step

@@ -22,11 +22,27 @@ log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library use
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run a whole training job described by `cfg`; returns the summary."""
+    """Run a whole training job described by `cfg`; returns the summary. The trackers of `train.report_to`
+    are closed however it ends, marked finished, stopped (resumable) or failed."""
+    run = RunDir(cfg.output_dir)
+    outcome = "failed"
     try:
-        session = setup(cfg, resume=resume, overwrite=overwrite)
+        summary = run_steps(cfg, run, resume, overwrite)
+        outcome = "finished"
+        return summary
+    except Stopped:
+        outcome = "stopped"
+        raise
+    finally:
+        run.close_trackers(outcome)
+
+
+def run_steps(cfg: RunConfig, run: RunDir, resume: bool, overwrite: bool) -> dict:
+    """setup → fit → finish."""
+    try:
+        session = setup(cfg, run, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
-        raise interrupted_in_setup(RunDir(cfg.output_dir)) from None
+        raise interrupted_in_setup(run) from None
     if session.finished:
         log.info(f"{session.run.path} finished at step {session.state.step} already; nothing to train "
               f"(summary in {session.run.summary})")

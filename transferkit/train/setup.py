@@ -2,7 +2,7 @@
 
     check the run directory (resume / overwrite)           nothing written yet
     read and validate the data, load tokenizer and model   a bad input fails here, leaving no folder behind
-    create the run directory; write config.yaml (labels.json)
+    create the run directory; write config.yaml (labels.json); open the trackers of train.report_to
     measure the untouched base: its prompting baseline               (both read back from metrics.jsonl on resume)
     apply the method; bf16 storage of frozen weights; gradient checkpointing
     measure the base's general ability: the adapted model, method switched off, before any step
@@ -44,7 +44,7 @@ from ..models import (SequenceClassifier, architecture, count_parameters, format
                       resolve_model, underlying_model)
 from ..objectives import OBJECTIVES, Objective
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
-from ..rundir import RunDir
+from ..rundir import RunDir, event_metrics
 from ..runtime import Runtime, Stopwatch, store_frozen_weights
 from . import checkpoint as ckpt
 from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
@@ -52,6 +52,7 @@ from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .regularizers import build_penalties
 from .selection import Selection
+from .tracking import check_available, open_trackers
 
 log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
 
@@ -111,12 +112,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> Session:
-    """Prepare a run described by `cfg` (see the module docstring)."""
+def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool = False) -> Session:
+    """Prepare a run described by `cfg` in `run` (see the module docstring)."""
     from accelerate import Accelerator
 
     wall_start, clock = time.perf_counter(), Stopwatch()
-    run = RunDir(cfg.output_dir)
     resume_from = check_run_dir(run, resume, overwrite)
     runtime = Runtime.resolve(cfg.train.device, cfg.train.precision)
     accelerator = Accelerator(cpu=runtime.device.type == "cpu")
@@ -126,19 +126,21 @@ def setup(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> S
     task = TASK_OF_SCHEMA[splits.schema]
     cfg = as_run(cfg, model, splits)
     open_run(run, cfg, splits, resume, overwrite)
+    resume_step = None if not resume else ckpt.step_of(resume_from) if resume_from else 0
+    run.trackers = open_trackers(cfg.train.report_to, run, dump_config(cfg), resume_step)
     seed_everything(cfg.seed)
 
     assessment = Assessment(splits.schema, cfg.eval, cfg.forgetting.reference, cfg.data.max_length, runtime,
                             splits.labels)
-    known = {e["event"]: e["metrics"] for e in run.read_events() if e.get("event") in ("baseline", "general_base")}
+    known = {e["event"]: e for e in run.read_events() if e["event"] in ("baseline", "general_base")}
     base = BaseModel(cfg.model, architecture(folder), model, tokenizer, cfg.trust_remote_code)
     with clock("baseline"):
-        baseline = known["baseline"] if "baseline" in known else measure_baseline(run, assessment, base, splits,
-                                                                                  cfg.seed)
+        baseline = ({"split": known["baseline"]["split"], **event_metrics(known["baseline"])} if "baseline" in known
+                    else measure_baseline(run, assessment, base, splits, cfg.seed))
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
     model = adapt(model, method, cfg.method, cfg.train, task, runtime)
     with clock("general_base"):
-        general = known["general_base"] if "general_base" in known else measure_general_base(
+        general = event_metrics(known["general_base"]) if "general_base" in known else measure_general_base(
             run, assessment, method, model, tokenizer)
     before = BaseMeasures(baseline, general)
     params = count_parameters(model)
@@ -182,6 +184,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     check_packing(cfg.train, method, task)
     check_head_lr(cfg.train, task)
     check_evaluation(cfg.eval, cfg.forgetting, task)
+    check_available(cfg.train.report_to)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
@@ -286,7 +289,7 @@ def measure_baseline(run: RunDir, assessment: Assessment, base: BaseModel, split
         if rows:
             run.write_jsonl(run.path / f"baseline_{name}_predictions.jsonl", rows)
     baseline = {"split": split.name, **metrics}
-    run.log({"event": "baseline", "step": 0, "metrics": baseline})
+    run.log("baseline", 0, metrics, split=split.name)
     for name, metrics in baseline.items():
         if name != "split":
             prompt = name.replace("_", "-")
@@ -302,7 +305,7 @@ def measure_general_base(run: RunDir, assessment: Assessment, method: Method, mo
     "general_base" event."""
     with switched_off(method, model) as base:
         general = assessment.general(base, tokenizer)
-    run.log({"event": "general_base", "step": 0, "metrics": general})
+    run.log("general_base", 0, general)
     return general
 
 
