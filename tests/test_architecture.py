@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("config", ["transferkit.config"]),
     ("evaluate", ["transferkit.evaluate"]),
     ("train", ["transferkit.train"]),
+    ("cost", ["transferkit.cost"]),
     ("runs", ["transferkit.runs"]),
     ("api", ["transferkit.api"]),
     ("entry points", ["transferkit.cli", "transferkit.__main__", "transferkit"]),

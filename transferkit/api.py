@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import Split, read_examples
+from .config import config_to_dict, load_config
+from .cost import Cost, cheapest_fit, estimate
+from .data import TASK_OF_SCHEMA, Split, read_examples, read_train
 from .data.general import PACKAGED
 from .data.overlap import count_overlap, overlap_warnings
 from .data.readers import read_rows
@@ -24,7 +26,7 @@ from .evaluate.assessment import Assessment, BaseModel, switched_off
 from .evaluate.comparison import label_baselines
 from .evaluate.generation import Sampling
 from .evaluate.metrics import class_log_probs
-from .methods import get_method
+from .methods import get_method, method_config_from_dict, method_names
 from .models import architecture, load_model, resolve_model, task_of
 from .options import EvalConfig, RunConfig
 from .rundir import RunDir
@@ -217,3 +219,23 @@ def predict(run_dir: str, data: str, out, *, batch_size: int = 16, max_new_token
             out.flush()
             bar.update(len(chunk))
     return len(inputs)
+
+
+def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[Cost, tuple[str, Cost] | None]]:
+    """[(Cost, cheapest fix or None)] of training `cfg` on `hardware` (a `cost.Hardware`), for its method or,
+    with `all_methods`, every method that serves its task; nothing is trained and no weight is read."""
+    quiet_libraries()
+    task = TASK_OF_SCHEMA[read_train(cfg.data)[0]]
+    names = [n for n in method_names() if task in get_method(n).tasks] if all_methods else [cfg.method.name]
+
+    def changed(base: RunConfig, overrides: list[str]) -> RunConfig:
+        return load_config(None, overrides, base=config_to_dict(base))
+
+    rows = []
+    for name in names:
+        # Another method starts from its own defaults: the config's method keys belong to its method.
+        one = cfg if name == cfg.method.name else dataclasses.replace(
+            cfg, method=method_config_from_dict({"name": name, "pooling": cfg.method.pooling}))
+        estimated = estimate(one, hardware)
+        rows.append((estimated, None if estimated.fits else cheapest_fit(one, hardware, changed)))
+    return rows

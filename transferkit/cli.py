@@ -12,8 +12,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import evaluate_run, generate, predict, train
+from .api import cost, evaluate_run, generate, predict, train
 from .config import describe_keys, load_config
+from .cost import custom_hardware, get_hardware
+from .cost.format import format_cost
 from .errors import EXIT_USER_ERROR, UserError
 from .evaluate.generation import Sampling
 from .evaluate.plots import reliability_diagram
@@ -134,6 +136,22 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_cost(args) -> int:
+    config_path, overrides = args.config, list(args.overrides)
+    cfg = load_config(config_path, overrides)
+    if args.tflops is not None or args.memory is not None:
+        hardware = custom_hardware(args.memory or 0, args.tflops or 0, args.price_per_hour, args.mfu)
+    else:
+        hardware = get_hardware(args.hardware, args.hardware_file)
+    rows = cost(cfg, hardware, all_methods=args.method == "all")
+    if args.json:
+        print(json.dumps([{**c.as_dict(), "fix": None if f is None else {"change": f[0], **f[1].as_dict()}}
+                          for c, f in rows], indent=2))
+    else:
+        print("\n\n".join(format_cost(c, f) for c, f in rows))
+    return 0
+
+
 def cmd_keys(args) -> int:
     rows = describe_keys()
     widths = [max(len(row[i]) for row in rows) for i in range(3)]  # columns as wide as their longest entry
@@ -162,6 +180,24 @@ def package_version() -> str:
         return version("transferkit")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown (not installed)"
+
+
+def add_cost_parser(sub) -> None:
+    p = sub.add_parser("cost", help="memory, compute, time and money of a training config before running it "
+                                    "(no weight is read)")
+    p.add_argument("config", help="a config file, as for train")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
+    p.add_argument("--method", choices=["config", "all"], default="config",
+                   help="the config's method, or one row per method that serves the task")
+    p.add_argument("--hardware", default="cpu", help="a name from the hardware table, or cpu (this machine, "
+                                                     "measured now; the default)")
+    p.add_argument("--hardware-file", help="a YAML file of extra hardware entries (see cost/hardware.yaml)")
+    p.add_argument("--memory", type=float, help="custom hardware: GiB of memory")
+    p.add_argument("--tflops", type=float, help="custom hardware: peak TFLOP/s")
+    p.add_argument("--price-per-hour", type=float, default=0.0, help="custom hardware: US dollars per hour")
+    p.add_argument("--mfu", type=float, default=0.35, help="custom hardware: share of the peak a step reaches")
+    p.add_argument("--json", action="store_true", help="one JSON array instead of text")
+    p.set_defaults(func=cmd_cost)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="every run under a folder: method, task, headline, gain, forgetting, time, status")
     p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
     p.set_defaults(func=cmd_runs)
+
+    add_cost_parser(sub)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="smollm2-135m", help="short name, HF folder or GGUF file")

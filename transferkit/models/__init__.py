@@ -10,10 +10,10 @@ parameters, each tensor once; `fingerprint` ties an adapter to its base.
 
 from .classifier import POOLINGS, SequenceClassifier
 from .heads import task_head_name, task_of, underlying_model
-from .loading import architecture, load_model, load_tokenizer, model_type, resolve_model
+from .loading import architecture, load_model, load_tokenizer, model_type, resolve_model, skeleton_model
 from .packaged import PACKAGED, packaged_names
 from .params import count_parameters, format_trainable, trainable_parameters, trainable_tensors, unique_parameters
 
-__all__ = ["POOLINGS", "SequenceClassifier", "load_model", "load_tokenizer", "resolve_model", "model_type", "architecture", "PACKAGED",
+__all__ = ["POOLINGS", "SequenceClassifier", "load_model", "skeleton_model", "load_tokenizer", "resolve_model", "model_type", "architecture", "PACKAGED",
            "packaged_names", "task_head_name", "task_of", "underlying_model", "count_parameters", "format_trainable",
            "trainable_parameters", "trainable_tensors", "unique_parameters"]

@@ -107,19 +107,51 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     if quantize_4bit:
         extra.update(quantization_config=nf4_config(compute_dtype), device_map=str(torch.device(device)))
     if task == "classification":
-        if not labels:
-            raise ValueError("a classification model needs its labels")
-        extra.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                     label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
+        extra.update(label_fields(labels, tokenizer.pad_token_id))
     auto = AutoModel if task == "classification" else AutoModelForCausalLM
     model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code,
                                  use_safetensors=True, **extra)
     if task == "classification":
-        decoder = architecture(folder) == "decoder"
-        model = SequenceClassifier(model, resolve_pooling(pooling, folder, decoder), decoder)
+        model = with_classifier(model, folder, pooling)
         model.classifier.to(device)
     if quantize_4bit:
         keep_4bit_weights_trainable(model)
     else:
         model.to(device)
     return model, tokenizer, folder
+
+
+def label_fields(labels: list[str] | None, pad_token_id: int | None) -> dict:
+    """The config fields a classification backbone carries: its classes (and the pad id pooling needs)."""
+    if not labels:
+        raise ValueError("a classification model needs its labels")
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}, "pad_token_id": pad_token_id}
+
+
+def with_classifier(backbone: torch.nn.Module, folder: Path, pooling: str) -> SequenceClassifier:
+    decoder = architecture(folder) == "decoder"
+    return SequenceClassifier(backbone, resolve_pooling(pooling, folder, decoder), decoder)
+
+
+def skeleton_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = None,
+                   num_layers: int | None = None, attention: str | None = None, pooling: str = "auto",
+                   trust_remote_code: bool = False) -> torch.nn.Module:
+    """The model `load_model` would build, on the meta device: every module, parameter shape and dtype
+    (fp32), no weight read. `num_layers` overrides the depth (the cost calculator builds 1 and 2 layers and
+    extrapolates)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    folder = resolve_model(ref)
+    fields = label_fields(labels, None) if task == "classification" else {}
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code, **fields)
+    if num_layers is not None:
+        config.num_hidden_layers = num_layers
+    if attention:
+        config._attn_implementation = attention
+    auto = AutoModel if task == "classification" else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        if task == "classification":
+            model = with_classifier(model, folder, pooling)
+    return model

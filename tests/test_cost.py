@@ -1,0 +1,108 @@
+"""`transferkit cost`: each term of the breakdown against what a real model holds, the verdict, bad hardware."""
+
+import json
+
+import pytest
+import torch
+
+from transferkit.errors import ConfigError
+
+
+def _roomy():
+    from transferkit.cost import custom_hardware
+
+    return custom_hardware(memory_gb=64, tflops=1, price_per_hour=2.0, mfu=0.5)
+
+
+def test_nf4_bytes_by_hand():
+    from transferkit.cost.estimate import nf4_bytes
+
+    # 16,384 weights: 8,192 bytes of 4-bit codes, 256 one-byte absmaxes (blocks of 64), one fp32 scale and
+    # offset for those 256 absmaxes.
+    assert nf4_bytes(64 * 256) == 8192 + 256 + 8
+
+
+def test_terms_match_the_model_a_run_builds(tiny_config):
+    from transferkit import train
+    from transferkit.cost import estimate
+    from transferkit.methods import get_method
+    from transferkit.models import load_model
+    from transferkit.runtime import Runtime
+    from transferkit.train.setup import adapt
+
+    cfg = tiny_config("train.max_steps=2", "train.batch_size=4", "train.micro_batch_size=2", "eval.baseline=false")
+    cost = estimate(cfg, _roomy())
+    summary = train(cfg)
+    assert (cost.params_trainable, cost.params_total) == (summary["params"]["trainable"], summary["params"]["total"])
+
+    model, _, _ = load_model(cfg.model)  # real weights, as training holds them (fp32 here)
+    model = adapt(model, get_method("lora"), cfg.method, cfg.train, "causal-lm", Runtime(torch.device("cpu")))
+    tensors = [*model.parameters(), *model.buffers()]
+    assert cost.memory["weights"] == sum(t.numel() * t.element_size() for t in tensors)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    # AdamW: two fp32 moments per trained weight and a one-element fp32 step count per trained tensor.
+    assert cost.memory["optimizer"] == 8 * sum(p.numel() for p in trained) + 4 * len(trained)
+    assert 0 < cost.memory["gradients"] <= 4 * sum(p.numel() for p in trained)
+    assert cost.memory["activations"] > 0 and cost.flops_per_step > 0
+    assert cost.workload.micro_batch == 2 and cost.workload.accumulation == 2 and cost.workload.steps == 2
+    assert cost.seconds == pytest.approx(2 * cost.flops_per_step / (1e12 * 0.5))
+    assert cost.dollars == pytest.approx(cost.seconds / 3600 * 2.0)
+
+
+def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
+    """Two layers simulated directly hold what one layer + one layer's difference predicts."""
+    from transferkit.config import with_method_defaults
+    from transferkit.cost.estimate import Workload, replay
+    from transferkit.runtime import Runtime
+
+    cfg = with_method_defaults(tiny_config(), "causal-lm")
+    work = Workload(2, 1, 24, 8, 24.0, 1, "test")
+    runtime = Runtime(torch.device("cpu"))
+    one, two, three = (replay(cfg, "causal-lm", None, work, runtime, "eager", n) for n in (1, 2, 3))
+    for kind in ("activations", "gradients", "optimizer"):
+        assert three.peak[kind] == pytest.approx(one.peak[kind] + 2 * (two.peak[kind] - one.peak[kind]), rel=0.05)
+    assert three.flops == one.flops + 2 * (two.flops - one.flops)
+
+
+def test_a_run_that_does_not_fit_gets_the_cheapest_change_that_does(tiny_config):
+    from transferkit.api import cost
+    from transferkit.cost import custom_hardware, estimate
+
+    cfg = tiny_config("train.batch_size=8", "train.micro_batch_size=8")
+    need = estimate(cfg, _roomy()).peak_bytes
+    tight = custom_hardware(memory_gb=need * 0.9 / 2**30, tflops=1, price_per_hour=0, mfu=0.5)
+    [(over, fix)] = cost(cfg, tight)
+    assert not over.fits and fix is not None
+    change, fixed = fix
+    assert change.startswith("train.micro_batch_size=") and fixed.fits and fixed.peak_bytes < over.peak_bytes
+    nothing = custom_hardware(memory_gb=1e-6, tflops=1, price_per_hour=0, mfu=0.5)
+    assert cost(cfg, nothing)[0][1] is None
+
+
+def test_bad_hardware_is_one_clear_error():
+    from transferkit.cost import custom_hardware, get_hardware
+
+    with pytest.raises(ConfigError, match=r"unknown hardware 'h1000'; known: cpu, a100-40gb, .*h100"):
+        get_hardware("h1000")
+    with pytest.raises(ConfigError, match=r"--tflops > 0"):
+        custom_hardware(memory_gb=16, tflops=0, price_per_hour=1, mfu=0.4)
+    assert get_hardware("h100").memory_bytes > 70 * 2**30
+
+
+def test_cost_cli_prints_json_for_every_method(tiny_config, tmp_path, capsys):
+    import yaml
+
+    from transferkit.cli import main
+    from transferkit.config import config_to_dict
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(tiny_config())))
+    assert main(["cost", str(path), "--method", "all", "--memory", "64", "--tflops", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"lora", "full", "prefix", "ia3", "adapter"} <= {row["method"] for row in rows}
+    full = next(row for row in rows if row["method"] == "full")
+    lora = next(row for row in rows if row["method"] == "lora")
+    assert full["params"]["trainable"] == full["params"]["total"] > lora["params"]["trainable"]
+    assert full["memory_bytes"]["optimizer"] > lora["memory_bytes"]["optimizer"]
+    assert all(row["fits"] for row in rows)
+    assert main(["cost", str(path), "--hardware", "nope"]) == 2

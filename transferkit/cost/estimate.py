@@ -1,0 +1,233 @@
+"""`transferkit cost`: what a run will hold in memory, compute, take and cost, before any weight is read.
+
+    peak memory = weights + gradients + optimizer + activations + logits + framework
+        weights      the full-depth model with the method applied, each tensor in its storage dtype (frozen
+                     weights bf16 under bf16 with train.frozen_bf16; trained ones fp32; QLoRA's quantized
+                     linears NF4: ½ byte per weight + an 8-bit absmax per 64-block + an fp32 scale per 256
+                     absmaxes, Dettmers et al. 2023 §3)
+        the rest     one optimizer step replayed on fake tensors (`simulate.py`) for a 1-layer and a 2-layer
+                     model; each kind grows linearly with depth, so depth L = one layer + (L − 1) × the
+                     difference
+        framework    a constant per device type, measured (`FRAMEWORK_BYTES`)
+    FLOPs per step  counted on the same replay, extrapolated the same way
+    time            steps × FLOPs per step / (peak FLOP/s × MFU);  money = hours × price per hour
+
+The micro-batch simulated is the one that holds the most: `micro_batch_size` copies of the training file's
+longest sequence (with its labelled tokens), else of `data.max_length` fully labelled tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data import TASK_OF_SCHEMA, read_train
+from ..data.tokenize import Tokenized
+from ..errors import UserError
+from ..methods import get_method
+from ..models import count_parameters, skeleton_model
+from ..objectives import OBJECTIVES
+from ..options import RunConfig
+from ..runtime import Runtime
+from ..train.hardware import default_micro_batch_size, pick_attention
+from ..train.optimizer import build_optimizer
+from ..train.setup import adapt
+from .hardware import Hardware
+from .simulate import KINDS, StepTrace, simulate_step
+
+# Bytes a training process holds beyond its tensors (allocator slack, kernels' workspaces, the tokenizer).
+# NOT YET MEASURED (0): benchmarks/cost_accuracy.py, which will measure it, is not built yet (docs/cost.md).
+FRAMEWORK_BYTES = {"cpu": 0, "cuda": 0}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What each optimizer step processes, and how many there are."""
+
+    micro_batch: int             # sequences per forward pass
+    accumulation: int            # forward passes per optimizer step
+    longest: int                 # tokens in the longest sequence (the peak's micro-batch)
+    labelled: int                # its labelled tokens (classification: 1)
+    mean_tokens: float           # mean tokens per sequence (the time estimate)
+    steps: int                   # optimizer steps of the run
+    source: str                  # where the lengths come from
+
+
+@dataclass
+class Cost:
+    method: str
+    model: str
+    task: str
+    hardware: Hardware
+    precision: str
+    workload: Workload
+    params_total: int
+    params_trainable: int
+    adapter_bytes: int                          # what `adapter/` holds: trainable tensors in fp32 safetensors
+    memory: dict[str, int]                      # bytes at the peak by kind, + "framework"
+    flops_per_step: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.memory.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.hardware.memory_bytes
+
+    @property
+    def flops_per_token(self) -> float:
+        tokens = self.workload.micro_batch * self.workload.accumulation * self.workload.mean_tokens
+        return self.flops_per_step / max(tokens, 1)
+
+    @property
+    def seconds(self) -> float:
+        return self.workload.steps * self.flops_per_step / (self.hardware.peak_flops * self.hardware.mfu)
+
+    @property
+    def dollars(self) -> float:
+        return self.seconds / 3600 * self.hardware.price_per_hour
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "model": self.model, "task": self.task, "precision": self.precision,
+                "hardware": dataclasses.asdict(self.hardware), "workload": dataclasses.asdict(self.workload),
+                "params": {"total": self.params_total, "trainable": self.params_trainable},
+                "adapter_bytes": self.adapter_bytes, "memory_bytes": self.memory, "peak_bytes": self.peak_bytes,
+                "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
+                "seconds": self.seconds, "dollars": self.dollars, "notes": self.notes}
+
+
+def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: int
+             ) -> tuple[Workload, list[str] | None]:
+    """(workload, class names) of the training file `train` (schema, examples) as `cfg` batches it."""
+    from ..data.schema import label_vocabulary
+    from ..data.tokenize import tokenize_examples
+
+    schema, examples = train
+    labels = label_vocabulary(examples, cfg.data.train) if schema == "classification" else None
+    tokenized = tokenize_examples(tokenizer, examples, schema, cfg.data.max_length, "truncate", labels)
+    longest = max(tokenized, key=lambda t: len(t.input_ids))
+    micro = cfg.train.micro_batch_size or micro_default
+    per_epoch = math.ceil(len(tokenized) / cfg.train.batch_size)
+    steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
+    mean = sum(len(t.input_ids) for t in tokenized) / len(tokenized)
+    return (Workload(micro, cfg.train.batch_size // micro, len(longest.input_ids), longest.num_labels, mean, steps,
+                     f"{cfg.data.train} ({len(tokenized)} sequences)"), labels)
+
+
+def nf4_bytes(numel: int) -> float:
+    """Bytes of `numel` weights in NF4 with double quantization: 4 bits each, an 8-bit absmax per block of 64,
+    an fp32 scale (and offset) per 256 absmaxes."""
+    return numel / 2 + numel / 64 + numel / 64 / 256 * 8
+
+
+def weight_bytes(model: torch.nn.Module, quantized: bool, compute_dtype: torch.dtype) -> int:
+    """Parameters and buffers of the full-depth skeleton in their storage dtype; with `quantized` (QLoRA) the
+    frozen weights of linear layers are NF4 and the other frozen float tensors stay in `compute_dtype`
+    (`prepare_model_for_kbit_training` upcasts them to fp32 in fact; see the note)."""
+    total = 0
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if quantized and id(tensor) in linear_weights and not tensor.requires_grad:
+            total += nf4_bytes(tensor.numel())
+        else:
+            total += tensor.numel() * tensor.element_size()
+    return int(total)
+
+
+def replay(cfg: RunConfig, task: str, labels, work: Workload, runtime: Runtime, attention: str,
+           num_layers: int) -> StepTrace:
+    """One simulated optimizer step of a `num_layers`-deep model (`simulate.py`)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    method = get_method("lora" if cfg.method.name == "qlora" else cfg.method.name)
+    model = skeleton_model(cfg.model, task=task, labels=labels, num_layers=num_layers, attention=attention,
+                           pooling=cfg.method.pooling, trust_remote_code=cfg.trust_remote_code)
+    model = adapt(model, method, cfg.method, cfg.train, task, runtime)
+    objective = OBJECTIVES[task]
+    head = None if task == "classification" else model.get_output_embeddings().weight.shape[0]
+    if task == "classification":
+        item = Tokenized([1] * work.longest, [0], "cost", per_example=True)
+    else:
+        item = Tokenized([1] * work.longest, [-100] * (work.longest - work.labelled) + [1] * work.labelled, "cost")
+    units = work.micro_batch * work.accumulation * item.num_labels
+
+    def batches():
+        for _ in range(work.accumulation):
+            batch = objective.collate([item] * work.micro_batch, 0, "cpu")
+            yield (lambda m, b=batch: objective.loss_sum(m, b)[0]), units
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model.to_empty(device="cpu")
+        return simulate_step(model, lambda m: build_optimizer(m, method, cfg.method, cfg.train, work.steps)[0],
+                             batches, head, work.micro_batch * min(work.labelled, work.longest - 1),
+                             runtime.autocast, cfg.train.max_grad_norm)
+
+
+def precision_on(hardware: Hardware, requested: str) -> str:
+    return requested if requested != "auto" else ("bf16" if hardware.bf16 else "fp32")
+
+
+def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
+    """The cost of training `cfg` on `hardware` (see the module docstring)."""
+    from ..config import with_method_defaults
+    from ..models import load_tokenizer, resolve_model
+
+    train = read_train(cfg.data)
+    task = TASK_OF_SCHEMA[train[0]]
+    cfg = with_method_defaults(cfg, task)
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
+    device = torch.device(hardware.device)
+    work, labels = workload(cfg, train, tokenizer, default_micro_batch_size(device, cfg.train.batch_size))
+    runtime = Runtime(torch.device("cpu"), precision_on(hardware, cfg.train.precision))
+    attention = pick_attention(cfg.train.attention, device, work.longest)
+    full = skeleton_model(cfg.model, task=task, labels=labels, attention=attention, pooling=cfg.method.pooling,
+                          trust_remote_code=cfg.trust_remote_code)
+    depth = full.config.num_hidden_layers
+    method = get_method("lora" if cfg.method.name == "qlora" else cfg.method.name)
+    full = adapt(full, method, cfg.method, cfg.train, task, runtime)
+    trainable, total = count_parameters(full)
+    try:
+        one, two = (replay(cfg, task, labels, work, runtime, attention, layers) for layers in (1, 2))
+    except UserError:  # a method that needs more depth than 1 or 2 (freeze's train_top): simulate all of it
+        one = two = replay(cfg, task, labels, work, runtime, attention, depth)
+        depth = 1
+    memory = {"weights": weight_bytes(full, cfg.method.name == "qlora", runtime.compute_dtype)}
+    memory.update({kind: one.peak[kind] + (depth - 1) * (two.peak[kind] - one.peak[kind])
+                   for kind in KINDS if kind != "weights"})
+    memory["framework"] = FRAMEWORK_BYTES[hardware.device]
+    flops = one.flops + (depth - 1) * (two.flops - one.flops)
+    notes = [] if cfg.method.name != "qlora" else [
+        "qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted"]
+    return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
+                trainable * 4, memory, float(flops), notes)
+
+
+def fixes(cfg: RunConfig) -> list[tuple[str, list[str]]]:
+    """Changes that lower peak memory, cheapest in compute first: (what, overrides)."""
+    micro = cfg.train.micro_batch_size or cfg.train.batch_size
+    out = [(f"train.micro_batch_size={m}", [f"train.micro_batch_size={m}"])
+           for m in (micro // 2, micro // 4, 1) if 0 < m < micro]
+    if not cfg.train.gradient_checkpointing:
+        out.append(("train.gradient_checkpointing=true", ["train.gradient_checkpointing=true"]))
+    if cfg.method.name == "lora":
+        out.append(("method.name=qlora", ["method.name=qlora"]))
+    out.append((f"data.max_length={cfg.data.max_length // 2}", [f"data.max_length={cfg.data.max_length // 2}"]))
+    return list(dict(out).items())
+
+
+def cheapest_fit(cfg: RunConfig, hardware: Hardware, apply_overrides) -> tuple[str, Cost] | None:
+    """The first of `fixes` that alone makes the run fit, else all of them together if that does; with its
+    cost. `apply_overrides(cfg, ["key=value", ...])` returns the changed config."""
+    options = fixes(cfg)
+    for what, overrides in options:
+        candidate = estimate(apply_overrides(cfg, overrides), hardware)
+        if candidate.fits:
+            return what, candidate
+    together = [override for _, overrides in options for override in overrides]
+    candidate = estimate(apply_overrides(cfg, together), hardware)
+    return (" ".join(dict.fromkeys(together)), candidate) if candidate.fits else None

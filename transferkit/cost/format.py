@@ -1,0 +1,42 @@
+"""`transferkit cost` as a person reads it: one block per method, then the verdict."""
+
+from __future__ import annotations
+
+from .estimate import Cost
+
+ORDER = ("weights", "gradients", "optimizer", "activations", "logits", "framework")
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n < 10 * 2**30 else f"{n / 2**30:,.1f} GiB"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:,.0f} s" if seconds < 120 else f"{seconds / 60:,.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:,.1f} h"
+
+
+def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
+    w, hw = cost.workload, cost.hardware
+    lines = [f"{cost.method} on {cost.model} ({cost.task}, {cost.precision}) — {hw.name}: {mib(hw.memory_bytes)}, "
+             f"{hw.peak_flops / 1e12:.2f} TFLOP/s peak",
+             f"  data        {w.source}: longest {w.longest} tokens ({w.labelled} labelled), mean {w.mean_tokens:.0f}; "
+             f"{w.steps} steps × {w.accumulation} × {w.micro_batch} sequences",
+             f"  parameters  {cost.params_trainable:,} trainable of {cost.params_total:,} "
+             f"({100 * cost.params_trainable / cost.params_total:.2f} %); adapter on disk {mib(cost.adapter_bytes)}",
+             f"  peak memory {mib(cost.peak_bytes)} = " + " + ".join(f"{kind} {mib(cost.memory[kind])}"
+                                                               for kind in ORDER),
+             f"  compute     {cost.flops_per_step / 1e12:.3f} TFLOP per step, {cost.flops_per_token / 1e9:.2f} "
+             f"GFLOP per token",
+             f"  time        {duration(cost.seconds)} at MFU {hw.mfu:.0%} ({hw.mfu_source}); "
+             f"${cost.dollars:,.2f} at ${hw.price_per_hour:.2f}/h"]
+    lines += [f"  note        {note}" for note in cost.notes]
+    if cost.fits:
+        lines.append(f"  verdict     fits ({mib(hw.memory_bytes - cost.peak_bytes)} to spare)")
+    elif fix is None:
+        lines.append("  verdict     does NOT fit, and no single change tried (smaller micro-batch, gradient "
+                     "checkpointing, QLoRA, half the sequence length) makes it fit; use a larger machine")
+    else:
+        lines.append(f"  verdict     does NOT fit; the cheapest change that fits: {fix[0]} "
+                     f"(peak {mib(fix[1].peak_bytes)}, {duration(fix[1].seconds)})")
+    return "\n".join(lines)

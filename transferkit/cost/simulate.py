@@ -1,0 +1,157 @@
+"""One training step replayed on fake tensors: the bytes that are alive at its peak, by kind, and its FLOPs.
+
+No weight is read and no arithmetic is done: the model is built from its config on the meta device
+(`models.skeleton_model`), its tensors become `FakeTensor`s (shapes, dtypes, storages, no data), and two
+optimizer steps run exactly as `train/loop.py` runs them — micro-batches collated by the task's objective,
+loss at labelled positions only, backward, gradient clipping, AdamW, `zero_grad(set_to_none=True)`. A
+dispatch mode sees every tensor each operator creates and when its storage is freed, so the live total at
+every instant is known; the second step's peak is the steady state (the optimizer's moments exist then).
+
+    kind            what it is                                              how it is recognised
+    weights         parameters and buffers, in their storage dtype          alive before the step
+    gradients       .grad of the trainable parameters                       a parameter's .grad after backward
+    optimizer       AdamW's two moments (and step counts)                   the optimizer's state after step 1
+    logits          logits and loss buffers at labelled positions           last dimension = the head's outputs
+    activations     everything else: tensors saved for backward, temporaries
+
+FLOPs are counted by torch's `FlopCounterMode` (matmuls, attention, convolutions) over the second step:
+what the step really runs, frozen weights' skipped weight-gradients and the head at labelled positions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+KINDS = ("weights", "gradients", "optimizer", "logits", "activations")
+
+
+@dataclass
+class StepTrace:
+    """What one simulated optimizer step holds at its peak and runs."""
+
+    peak: dict[str, int]                    # bytes alive at the step's peak, by kind (KINDS)
+    flops: int                              # per optimizer step (all micro-batches)
+    weights: dict[str, int] = field(default_factory=dict)  # bytes of parameters and buffers by dtype name
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.peak.values())
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of every storage alive in its context, by kind, and which were alive at the largest total."""
+
+    def __init__(self, head_outputs: int | None, mask_true: int):
+        super().__init__()
+        self.mask_true = mask_true           # what a boolean mask selects: the labelled positions
+        self.head_outputs = head_outputs     # a tensor whose last dimension is this is logits (None: never)
+        self._serials = itertools.count()
+        self.serial: dict[int, int] = {}     # id(storage) → its serial number, while it is alive
+        self.size: dict[int, int] = {}       # serial → bytes, for storages alive now
+        self.kind: dict[int, str] = {}       # serial → kind, kept after the storage is freed
+        self.total = 0
+        self.peak_total = 0
+        self.peak_live: dict[int, int] = {}  # the storages alive at the peak
+
+    def adopt(self, tensor: torch.Tensor, kind: str) -> None:
+        """Count a tensor made outside the mode (a weight), or give a counted one its kind."""
+        self.kind[self._serial_of(tensor.untyped_storage())] = kind
+
+    def reset_peak(self) -> None:
+        self.peak_total, self.peak_live = self.total, dict(self.size)
+
+    def peak_by_kind(self) -> dict[str, int]:
+        out = dict.fromkeys(KINDS, 0)
+        for serial, size in self.peak_live.items():
+            out[self.kind.get(serial, "activations")] += size
+        return out
+
+    def _positions(self, index: torch.Tensor | None) -> list[torch.Tensor | None]:
+        if index is None or index.dtype != torch.bool:
+            return [index]
+        return [torch.zeros(self.mask_true, dtype=torch.long, device=index.device) for _ in range(index.dim())]
+
+    def _serial_of(self, storage) -> int:
+        key = id(storage)
+        if key not in self.serial:
+            serial = self.serial[key] = next(self._serials)
+            self.size[serial] = storage.nbytes()
+            self.total += self.size[serial]
+            weakref.finalize(storage, self._freed, key, serial)
+        return self.serial[key]
+
+    def _freed(self, key: int, serial: int) -> None:
+        self.serial.pop(key, None)
+        self.total -= self.size.pop(serial, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
+            # A boolean mask's True count is data; here it is the labelled positions, known to the caller: the
+            # mask becomes that many integer indices per masked dimension (so backward has static shapes too).
+            args = (args[0], [j for i in args[1] for j in self._positions(i)])
+        if func is torch.ops.aten.nonzero.default:
+            out = torch.empty((self.mask_true, args[0].dim()), dtype=torch.long, device=args[0].device)
+        elif func is torch.ops.aten._local_scalar_dense.default:
+            # A value read to the host: the simulated batches are unpadded (every mask all ones, every check
+            # passes) and AdamW reads its step count; 1 answers both.
+            return 1
+        else:
+            out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                known = id(tensor.untyped_storage()) in self.serial
+                serial = self._serial_of(tensor.untyped_storage())
+                if not known and tensor.dim() and tensor.shape[-1] == self.head_outputs:
+                    self.kind[serial] = "logits"
+                if self.total > self.peak_total:
+                    self.peak_total, self.peak_live = self.total, dict(self.size)
+        return out
+
+
+def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outputs: int | None, mask_true: int,
+                  autocast, max_grad_norm: float) -> StepTrace:
+    """Two optimizer steps of `model` (already holding fake tensors) on the micro-batches `step_batches()`
+    yields; `optimizer_of(model)` builds the optimizer, `autocast()` is the run's autocast context and
+    `step_batches()` yields (loss_fn, normaliser) pairs whose loss_fn(model) returns a loss sum."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    live = LiveBytes(head_outputs, mask_true)
+    weights: dict[str, int] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        live.adopt(tensor, "weights")
+        name = str(tensor.dtype).removeprefix("torch.")
+        weights[name] = weights.get(name, 0) + tensor.untyped_storage().nbytes()
+    optimizer = optimizer_of(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    flops = 0
+    for step in range(2):
+        if step == 1:
+            live.reset_peak()
+        counter = FlopCounterMode(display=False) if step == 1 else contextlib.nullcontext()
+        with live, counter:
+            for loss_fn, normaliser in step_batches():
+                with autocast():
+                    loss_sum = loss_fn(model)
+                (loss_sum / normaliser).backward()
+                del loss_sum
+            for p in params:
+                if p.grad is not None:
+                    live.adopt(p.grad, "gradients")
+            if max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+            optimizer.step()
+            for state in optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        live.adopt(value, "optimizer")
+            optimizer.zero_grad(set_to_none=True)
+        if step == 1:
+            flops = counter.get_total_flops()
+    return StepTrace(live.peak_by_kind(), flops, weights)
