@@ -106,3 +106,19 @@ def test_cost_cli_prints_json_for_every_method(tiny_config, tmp_path, capsys):
     assert full["memory_bytes"]["optimizer"] > lora["memory_bytes"]["optimizer"]
     assert all(row["fits"] for row in rows)
     assert main(["cost", str(path), "--hardware", "nope"]) == 2
+
+
+def test_the_training_peak_is_measured_apart_from_what_came_before():
+    from transferkit.runtime import MemoryWatch
+
+    watch = MemoryWatch(torch.device("cpu"))
+    before = torch.ones(64 * 2**20)  # 256 MiB of float32, touched, freed before training
+    del before
+    watch.start_training()
+    during = torch.ones(32 * 2**20)  # 128 MiB
+    del during
+    watch.end_training()
+    facts = watch.facts()
+    assert facts["train_peak_measured_apart"]
+    assert 120 * 2**20 <= facts["train_peak_increase_bytes"] < 200 * 2**20
+    assert facts["peak_bytes"] >= facts["before_model_bytes"] + 250 * 2**20

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .api import cost, evaluate_run, generate, predict, train
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
-from .cost.format import format_cost
+from .cost.calibrate import calibrate
+from .cost.format import format_calibration, format_cost
 from .errors import EXIT_USER_ERROR, UserError
 from .evaluate.generation import Sampling
 from .evaluate.plots import reliability_diagram
@@ -143,6 +144,13 @@ def cmd_cost(args) -> int:
         hardware = custom_hardware(args.memory or 0, args.tflops or 0, args.price_per_hour, args.mfu)
     else:
         hardware = get_hardware(args.hardware, args.hardware_file)
+    if args.calibrate:
+        if args.method == "all":
+            raise UserError("--calibrate measures one method at a time: drop --method all")
+        measured = calibrate(cfg, hardware, args.calibrate)
+        print(json.dumps({**measured.calibrated().as_dict(), "calibration": measured.as_dict()}, indent=2)
+              if args.json else format_calibration(measured))
+        return 0
     rows = cost(cfg, hardware, all_methods=args.method == "all")
     if args.json:
         print(json.dumps([{**c.as_dict(), "fix": None if f is None else {"change": f[0], **f[1].as_dict()}}
@@ -196,6 +204,9 @@ def add_cost_parser(sub) -> None:
     p.add_argument("--tflops", type=float, help="custom hardware: peak TFLOP/s")
     p.add_argument("--price-per-hour", type=float, default=0.0, help="custom hardware: US dollars per hour")
     p.add_argument("--mfu", type=float, default=0.35, help="custom hardware: share of the peak a step reaches")
+    p.add_argument("--calibrate", type=int, nargs="?", const=5, default=0, metavar="STEPS",
+                   help="also train STEPS (default 5) real steps here, evaluation off, and hold the prediction "
+                        "against them (memory, time, this machine's MFU)")
     p.add_argument("--json", action="store_true", help="one JSON array instead of text")
     p.set_defaults(func=cmd_cost)
 

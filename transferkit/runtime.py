@@ -73,11 +73,75 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak RSS of this process on CPU (ru_maxrss is KiB on Linux, bytes on macOS); peak allocated on CUDA."""
+    """The peak since the process began or since `reset_peak_memory`: resident set on CPU (VmHWM on Linux, else
+    ru_maxrss: KiB on Linux, bytes on macOS), allocated tensor memory on CUDA."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def memory_now_bytes(device: torch.device) -> int:
+    """Resident set now on CPU (VmRSS; 0 where /proc is missing), allocated tensor memory on CUDA."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return _proc_status_bytes("VmRSS") or 0
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak window: CUDA's peak statistics, or on Linux the resident high-water mark (writing 5 to
+    /proc/self/clear_refs, Linux ≥ 4.0). False where it cannot be reset (the peak stays the process's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_status_bytes("VmHWM") is not None
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class MemoryWatch:
+    """The memory a run reports: what the process held before the model was loaded, the training phase's peak
+    (the quantity `transferkit cost` predicts, as an increase over the first) and the whole run's peak."""
+
+    device: torch.device
+    before_model: int = 0
+    earlier_peak: int = 0          # the process's peak before training began
+    train_peak: int | None = None
+    separate: bool = False         # whether the training phase's peak was measured apart from the rest
+
+    def __post_init__(self) -> None:
+        self.before_model = memory_now_bytes(self.device)
+
+    def start_training(self) -> None:
+        self.earlier_peak = peak_memory_bytes(self.device)
+        self.separate = reset_peak_memory(self.device)
+
+    def end_training(self) -> None:
+        self.train_peak = peak_memory_bytes(self.device)
+
+    def facts(self) -> dict:
+        peak = max(self.earlier_peak, peak_memory_bytes(self.device))
+        train = peak if self.train_peak is None else self.train_peak
+        return {"before_model_bytes": self.before_model, "train_peak_bytes": train,
+                "train_peak_increase_bytes": train - self.before_model, "peak_bytes": peak,
+                "train_peak_measured_apart": self.separate,
+                "kind": "allocated tensor memory (CUDA)" if self.device.type == "cuda" else "resident set (RSS)"}
 
 
 def store_frozen_weights(model: torch.nn.Module, runtime: Runtime, in_bf16: bool = True) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .calibrate import Calibration
 from .estimate import Cost
 
 ORDER = ("weights", "gradients", "optimizer", "activations", "logits", "framework")
@@ -40,3 +41,16 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
         lines.append(f"  verdict     does NOT fit; the cheapest change that fits: {fix[0]} "
                      f"(peak {mib(fix[1].peak_bytes)}, {duration(fix[1].seconds)})")
     return "\n".join(lines)
+
+
+def format_calibration(measured: Calibration) -> str:
+    predicted = measured.predicted
+    step = predicted.seconds / predicted.workload.steps
+    calibrated = measured.calibrated()
+    return "\n".join([
+        format_cost(predicted, None),
+        f"  measured    {measured.steps} real steps here (evaluation off): peak {mib(measured.peak_bytes)} over the "
+        f"process before the model (predicted {mib(predicted.peak_bytes)}, {measured.memory_error:+.0%}); "
+        f"{measured.seconds_per_step:.2f} s per step (predicted {step:.2f} s)",
+        f"  calibrated  MFU {measured.mfu:.1%} measured → the configured {predicted.workload.steps} steps take "
+        f"{duration(calibrated.seconds)}, ${calibrated.dollars:,.2f}"])

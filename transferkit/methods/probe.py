@@ -69,6 +69,10 @@ class CachedFeatureProbe(nn.Module):
         return captured["x"].float()
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from torch._subclasses.fake_tensor import is_fake
+
+        if is_fake(input_ids):  # shapes without data (`transferkit cost`'s replay): the first epoch, uncached
+            return self._compute(input_ids, attention_mask)
         keys = [input_ids[b][attention_mask[b].bool()].cpu().numpy().tobytes() for b in range(input_ids.shape[0])]
         missing = [b for b, k in enumerate(keys) if k not in self._cache]
         if missing:

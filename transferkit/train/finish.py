@@ -19,7 +19,6 @@ from ..models.heads import underlying_model
 from ..models.packaged import portable_reference
 from ..options import MethodConfig
 from ..rundir import RunDir
-from ..runtime import peak_memory_bytes
 from .loop import FitStats, checkpoint_now
 from .setup import Session, scored_split
 
@@ -163,5 +162,6 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
     summary.update(verdict)
     summary["wall_time_s"] = time.perf_counter() - s.wall_start
     summary["timings_s"] = s.clock.seconds  # where the wall time went, by phase
-    summary["peak_memory_bytes"] = peak_memory_bytes(s.runtime.device)
+    summary["memory"] = s.memory.facts()  # the training phase's peak: what `transferkit cost` predicts
+    summary["peak_memory_bytes"] = summary["memory"]["peak_bytes"]
     return summary

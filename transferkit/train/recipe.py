@@ -48,9 +48,11 @@ def run_steps(cfg: RunConfig, run: RunDir, resume: bool, overwrite: bool) -> dic
               f"(summary in {session.run.summary})")
         return json.loads(session.run.summary.read_text())
     validate = session.validate if session.splits.validation is not None else None
+    session.memory.start_training()
     with StopRequest() as stop, session.clock("train"):
         stats = fit(session.parts, session.batches, session.plan, session.run, session.state, cfg.train, validate,
                     stop)
+    session.memory.end_training()
     return finish(session, stats)
 
 

@@ -45,7 +45,7 @@ from ..models import (SequenceClassifier, architecture, count_parameters, format
 from ..objectives import OBJECTIVES, Objective
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir, event_metrics
-from ..runtime import Runtime, Stopwatch, store_frozen_weights
+from ..runtime import MemoryWatch, Runtime, Stopwatch, store_frozen_weights
 from . import checkpoint as ckpt
 from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
@@ -86,6 +86,7 @@ class Session:
     state: ckpt.TrainState
     resumed_from: Path | None
     clock: Stopwatch                 # seconds per phase, reported in summary.json
+    memory: MemoryWatch              # before the model, the training phase's peak; reported in summary.json
     wall_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -117,8 +118,9 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     from accelerate import Accelerator
 
     wall_start, clock = time.perf_counter(), Stopwatch()
-    resume_from = check_run_dir(run, resume, overwrite)
     runtime = Runtime.resolve(cfg.train.device, cfg.train.precision)
+    memory = MemoryWatch(runtime.device)  # before the model exists
+    resume_from = check_run_dir(run, resume, overwrite)
     accelerator = Accelerator(cpu=runtime.device.type == "cpu")
     method = get_method(cfg.method.name)
     with clock("load"):
@@ -159,7 +161,7 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
         log.info(f"training {steps} on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
     batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
     return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
-                   batches, state, resume_from, clock, wall_start)
+                   batches, state, resume_from, clock, memory, wall_start)
 
 
 def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> Path | None:

@@ -1,0 +1,132 @@
+"""How close is `transferkit cost` to what a run really holds and takes? Predicted against measured, per row.
+
+    .venv/bin/python benchmarks/cost_accuracy.py [--models smollm2-135m minilm-l6] [--lengths 64 256]
+                                                 [--micro 1 4] [--steps 3] [--out docs/data/cost_accuracy.json]
+
+Rows: every method that serves the model's task (SmolLM2-135M: causal LM on raw text; all-MiniLM-L6-v2:
+two-class classification), at two sequence lengths and two micro-batch sizes (batch = micro-batch, so one
+forward pass per step). Every sequence is exactly `length` tokens: text longer than that, chunked (causal
+LM) or truncated (classification), so the predicted micro-batch is the one measured.
+
+Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --json`), so that its memory is
+its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
+phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
+CUDA); measured step time = the steps after the first. Printed per row: predicted and measured peak and their
+ratio, predicted-at-assumed-MFU and measured step time, measured MFU. Then, over all rows: the median of
+(measured − predicted) peak, which is what `FRAMEWORK_BYTES` should hold, the rows within 10 % once it is
+added, and the median MFU, which is what the hardware table's `cpu` entry should assume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"smollm2-135m": "causal-lm", "minilm-l6": "classification"}
+
+
+def corpus_text() -> str:
+    rows = [json.loads(line) for line in (ROOT / "transferkit/data/corpus/general.jsonl").read_text().splitlines()]
+    return " ".join(row["text"] for row in rows)
+
+
+def write_data(folder: Path, task: str, length: int, count: int) -> Path:
+    """A training file whose every sequence is `length` tokens for the packaged tokenizers (longer text, cut)."""
+    words = corpus_text().split()
+    per = length * 2  # words per example: comfortably more than `length` tokens
+    texts = [" ".join(words[(i * per) % (len(words) - per):][:per]) for i in range(count)]
+    if task == "causal-lm":
+        path = folder / f"lm-{length}.txt"
+        path.write_text("\n".join(texts) + "\n")
+    else:
+        path = folder / f"classes-{length}.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": ["a", "b"][i % 2]}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def methods_for(task: str) -> list[str]:
+    from transferkit.methods import get_method, method_names
+
+    return [name for name in method_names() if task in get_method(name).tasks]
+
+
+def measure(model: str, method: str, data: Path, length: int, micro: int, steps: int, folder: Path) -> dict:
+    config = folder / f"{model}-{method}-{length}-{micro}.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": model, "data": {"train": str(data), "max_length": length},
+        "method": {"name": method}, "train": {"batch_size": micro, "micro_batch_size": micro, "precision": "fp32"},
+        "output_dir": str(folder / "unused")}))
+    done = subprocess.run([sys.executable, "-m", "transferkit", "cost", str(config), "--calibrate", str(steps),
+                           "--json"], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        return {"model": model, "method": method, "length": length, "micro": micro,
+                "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    result = json.loads(done.stdout)
+    calibration = result["calibration"]
+    return {"model": model, "method": method, "length": length, "micro": micro,
+            "predicted_bytes": calibration["predicted_peak_bytes"], "measured_bytes": calibration["measured_peak_bytes"],
+            "memory_bytes": result["memory_bytes"], "predicted_s": calibration["predicted_seconds_per_step"],
+            "measured_s": calibration["measured_seconds_per_step"], "mfu": calibration["measured_mfu"],
+            "flops_per_step": result["flops_per_step"]}
+
+
+def summarise(rows: list[dict]) -> dict:
+    good = [r for r in rows if "error" not in r]
+    gap = statistics.median(r["measured_bytes"] - r["predicted_bytes"] for r in good)
+    within = [r for r in good if abs((r["predicted_bytes"] + gap) / r["measured_bytes"] - 1) <= 0.10]
+    return {"rows": len(rows), "failed": len(rows) - len(good), "framework_bytes": gap,
+            "within_10pct_with_framework": len(within), "median_mfu": statistics.median(r["mfu"] for r in good)}
+
+
+def table(rows: list[dict], framework: float) -> str:
+    lines = ["| model | method | length | micro | predicted MiB | + framework | measured MiB | ratio | "
+             "step s (measured) | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} ||||||")
+            continue
+        with_framework = r["predicted_bytes"] + framework
+        lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
+                     f"{r['predicted_bytes'] / 2**20:,.0f} | {with_framework / 2**20:,.0f} | "
+                     f"{r['measured_bytes'] / 2**20:,.0f} | {with_framework / r['measured_bytes']:.2f} | "
+                     f"{r['measured_s']:.2f} | {r['mfu']:.1%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: every one the task has)")
+    parser.add_argument("--lengths", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--micro", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per row (after one warm-up step)")
+    parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
+        folder = Path(tmp)
+        plan = [(model, method, length, micro) for model in args.models
+                for method in (args.methods or methods_for(TASKS[model])) for length in args.lengths
+                for micro in args.micro]
+        data = {(model, length): write_data(folder, TASKS[model], length, 2 * (args.steps + 2) * max(args.micro))
+                for model in args.models for length in args.lengths}
+        rows = [measure(model, method, data[model, length], length, micro, args.steps, folder)
+                for model, method, length, micro in tqdm(plan, desc="rows", unit="row")]
+    summary = summarise(rows)
+    print(table(rows, summary["framework_bytes"]))
+    print(json.dumps(summary))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""`transferkit cost --calibrate`: a few real optimizer steps of the config on this machine, held against the
+prediction. The run is the config itself with evaluation switched off (no baseline, no validation, no test,
+no forgetting reference), in a temporary folder that is deleted afterwards.
+
+    measured peak   summary.json's memory.train_peak_increase_bytes: the training phase's peak over what the
+                    process held before the model was loaded (resident set on CPU, allocated on CUDA)
+    measured step   seconds between the end of step 1 and the end of the last step (metrics.jsonl's `time`)
+                    / the steps between: the first step (warm-up) excluded
+    measured MFU    predicted FLOPs per step / (measured seconds per step × the hardware's peak FLOP/s)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import config_to_dict, load_config
+from ..errors import ConfigError
+from ..options import RunConfig
+from ..rundir import RunDir
+from ..train import train
+from .estimate import Cost, estimate
+from .hardware import Hardware
+
+QUIET = ["eval.baseline=false", "forgetting.reference=none", "train.eval_every=0", "train.save_every=0",
+         "data.validation_fraction=0", "data.validation=null", "data.test=null", "forgetting.replay=0",
+         "forgetting.ewc=0"]
+
+
+@dataclass
+class Calibration:
+    predicted: Cost
+    steps: int
+    peak_bytes: int            # measured: the training phase's peak increase
+    seconds_per_step: float    # measured, first step excluded
+
+    @property
+    def mfu(self) -> float:
+        return self.predicted.flops_per_step / (self.seconds_per_step * self.predicted.hardware.peak_flops)
+
+    @property
+    def memory_error(self) -> float:
+        """(predicted − measured) / measured peak."""
+        return self.predicted.peak_bytes / self.peak_bytes - 1
+
+    def calibrated(self) -> Cost:
+        """The prediction with this machine's measured MFU in place of the assumed one."""
+        hardware = dataclasses.replace(self.predicted.hardware, mfu=self.mfu,
+                                       mfu_source=f"measured by --calibrate ({self.steps} steps)")
+        return dataclasses.replace(self.predicted, hardware=hardware)
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "measured_peak_bytes": self.peak_bytes, "predicted_peak_bytes":
+                self.predicted.peak_bytes, "memory_error": self.memory_error,
+                "measured_seconds_per_step": self.seconds_per_step,
+                "predicted_seconds_per_step": self.predicted.seconds / self.predicted.workload.steps,
+                "measured_mfu": self.mfu, "calibrated_seconds": self.calibrated().seconds}
+
+
+@contextlib.contextmanager
+def quiet_run() -> Iterator[None]:
+    """The measuring run's own messages (its run directory, "done") would only confuse: progress bars stay."""
+    logger = logging.getLogger("transferkit")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration:
+    """Predict, then train `steps` + 1 real steps of `cfg` here (the first is the warm-up) and measure."""
+    if hardware.device == "cuda" and not torch.cuda.is_available() or hardware.device == "cpu" and \
+            hardware.name != "cpu":
+        raise ConfigError(f"--calibrate measures this machine, which is not '{hardware.name}': use --hardware cpu, "
+                          f"or run it on that machine")
+    folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
+    try:
+        run = load_config(None, [*QUIET, f"train.max_steps={steps + 1}", "train.log_every=1",
+                                 f"train.device={hardware.device}", f"output_dir={folder}"], base=config_to_dict(cfg))
+        predicted = estimate(cfg, hardware)
+        with quiet_run():
+            summary = train(run)
+        times = [line["time"] for line in RunDir(folder).read_events() if line["event"] == "train"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    seconds = (times[-1] - times[0]) / (len(times) - 1)  # from the end of step 1 to the end of the last
+    return Calibration(predicted, steps, summary["memory"]["train_peak_increase_bytes"], max(seconds, 1e-9))
