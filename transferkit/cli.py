@@ -141,7 +141,7 @@ def cmd_cost(args) -> int:
     config_path, overrides = args.config, list(args.overrides)
     cfg = load_config(config_path, overrides)
     if args.tflops is not None or args.memory is not None:
-        hardware = custom_hardware(args.memory or 0, args.tflops or 0, args.price_per_hour, args.mfu)
+        hardware = custom_hardware(args.memory or 0, args.tflops or 0, args.price_per_hour, args.mfu, args.device)
     else:
         hardware = get_hardware(args.hardware, args.hardware_file)
     if args.calibrate:
@@ -204,6 +204,7 @@ def add_cost_parser(sub) -> None:
     p.add_argument("--tflops", type=float, help="custom hardware: peak TFLOP/s")
     p.add_argument("--price-per-hour", type=float, default=0.0, help="custom hardware: US dollars per hour")
     p.add_argument("--mfu", type=float, default=0.35, help="custom hardware: share of the peak a step reaches")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="custom hardware: a GPU or a CPU")
     p.add_argument("--calibrate", type=int, nargs="?", const=5, default=0, metavar="STEPS",
                    help="also train STEPS (default 5) real steps here, evaluation off, and hold the prediction "
                         "against them (memory, time, this machine's MFU)")

@@ -140,14 +140,18 @@ def weight_bytes(model: torch.nn.Module, quantized: bool, compute_dtype: torch.d
 
 
 def replay(cfg: RunConfig, task: str, labels, work: Workload, runtime: Runtime, attention: str,
-           num_layers: int) -> StepTrace:
-    """One simulated optimizer step of a `num_layers`-deep model (`simulate.py`)."""
+           num_layers: int, real: torch.nn.Module | None = None) -> StepTrace:
+    """One optimizer step of a `num_layers`-deep model replayed on fake tensors (`simulate.py`); or, given
+    `real` (a loaded model with the method applied), the same step run on its real tensors and counted the same
+    way (`tests/test_cost.py` holds the replay against it)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     method = get_method("lora" if cfg.method.name == "qlora" else cfg.method.name)
-    model = skeleton_model(cfg.model, task=task, labels=labels, num_layers=num_layers, attention=attention,
-                           pooling=cfg.method.pooling, trust_remote_code=cfg.trust_remote_code)
-    model = adapt(model, method, cfg.method, cfg.train, task, runtime)
+    model = real
+    if model is None:
+        model = skeleton_model(cfg.model, task=task, labels=labels, num_layers=num_layers, attention=attention,
+                               pooling=cfg.method.pooling, trust_remote_code=cfg.trust_remote_code)
+        model = adapt(model, method, cfg.method, cfg.train, task, runtime)
     objective = OBJECTIVES[task]
     head = None if task == "classification" else model.get_output_embeddings().weight.shape[0]
     if task == "classification":
@@ -161,11 +165,34 @@ def replay(cfg: RunConfig, task: str, labels, work: Workload, runtime: Runtime, 
             batch = objective.collate([item] * work.micro_batch, 0, "cpu")
             yield (lambda m, b=batch: objective.loss_sum(m, b)[0]), units
 
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        model.to_empty(device="cpu")
+    def step() -> StepTrace:
         return simulate_step(model, lambda m: build_optimizer(m, method, cfg.method, cfg.train, work.steps)[0],
                              batches, head, work.micro_batch * min(work.labelled, work.longest - 1),
                              runtime.autocast, cfg.train.max_grad_norm)
+
+    if real is not None:
+        return step()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        materialise(model)
+        return step()
+
+
+def materialise(model: torch.nn.Module) -> None:
+    """Every meta parameter and buffer replaced by a fake CPU tensor of its shape and dtype, a tensor shared by
+    two modules (tied embeddings and output head) staying shared; `Module.to_empty` would untie them, and a
+    full fine-tune would then be charged a second head's gradients and optimizer moments. Call inside a
+    `FakeTensorMode`."""
+    made: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None:
+                    continue
+                if id(tensor) not in made:
+                    empty = torch.empty_like(tensor, device="cpu")
+                    made[id(tensor)] = (torch.nn.Parameter(empty, requires_grad=tensor.requires_grad)
+                                        if isinstance(tensor, torch.nn.Parameter) else empty)
+                table[name] = made[id(tensor)]
 
 
 def precision_on(hardware: Hardware, requested: str) -> str:

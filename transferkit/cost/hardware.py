@@ -49,12 +49,15 @@ def get_hardware(name: str, extra: str | Path | None = None) -> Hardware:
     return table[name]
 
 
-def custom_hardware(memory_gb: float, tflops: float, price_per_hour: float, mfu: float) -> Hardware:
+def custom_hardware(memory_gb: float, tflops: float, price_per_hour: float, mfu: float,
+                    device: str = "cuda") -> Hardware:
+    """A machine described on the command line; `device` says which defaults a run takes there (a GPU's:
+    bf16, SDPA attention, micro-batch = batch; a CPU's: eager attention for short sequences, micro-batch 4)."""
     if memory_gb <= 0 or tflops <= 0 or price_per_hour < 0 or not 0 < mfu <= 1:
         raise ConfigError(f"custom hardware needs --memory > 0, --tflops > 0, --price-per-hour >= 0 and "
                           f"0 < --mfu <= 1; got {memory_gb}, {tflops}, {price_per_hour}, {mfu}")
-    return Hardware("custom", "cuda", int(memory_gb * 2**30), tflops * 1e12, mfu, "given on the command line",
-                    price_per_hour, True, "given on the command line")
+    return Hardware("custom", device, int(memory_gb * 2**30), tflops * 1e12, mfu, "given on the command line",
+                    price_per_hour, device == "cuda", "given on the command line")
 
 
 def _table(extra: str | Path | None) -> dict[str, Hardware]:
