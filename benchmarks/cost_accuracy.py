@@ -12,9 +12,11 @@ Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --j
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
 CUDA); measured step time = the steps after the first. Printed per row: predicted and measured peak and their
-ratio, predicted-at-assumed-MFU and measured step time, measured MFU. Then, over all rows: the median of
-(measured − predicted) peak, which is what `FRAMEWORK_BYTES` should hold, the rows within 10 % once it is
-added, and the median MFU, which is what the hardware table's `cpu` entry should assume.
+ratio; step time predicted at one calibrated speed (the median FLOP/s over all rows, as `--calibrate` would
+give) and measured. Then, over all rows: the median of (measured − predicted) peak, which is what
+`FRAMEWORK_BYTES` should hold, the rows within 10 % once it is added, the rows whose step time the median
+speed predicts within 25 %, and the median MFU, which is what the hardware table's `cpu` entry should
+assume. `--rows FILE` re-summarises a saved run.
 """
 
 from __future__ import annotations
@@ -80,16 +82,21 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
 
 
 def summarise(rows: list[dict]) -> dict:
+    """The framework constant (median of measured − predicted peak) and how many rows are within 10 % with it;
+    one calibrated speed (median FLOP/s over the rows) and how many step times it predicts within 25 %."""
     good = [r for r in rows if "error" not in r]
     gap = statistics.median(r["measured_bytes"] - r["predicted_bytes"] for r in good)
     within = [r for r in good if abs((r["predicted_bytes"] + gap) / r["measured_bytes"] - 1) <= 0.10]
+    speed = statistics.median(r["flops_per_step"] / r["measured_s"] for r in good)
+    timed = [r for r in good if abs(r["flops_per_step"] / speed / r["measured_s"] - 1) <= 0.25]
     return {"rows": len(rows), "failed": len(rows) - len(good), "framework_bytes": gap,
-            "within_10pct_with_framework": len(within), "median_mfu": statistics.median(r["mfu"] for r in good)}
+            "within_10pct_with_framework": len(within), "median_mfu": statistics.median(r["mfu"] for r in good),
+            "median_flops_per_s": speed, "time_within_25pct_at_median_speed": len(timed)}
 
 
-def table(rows: list[dict], framework: float) -> str:
+def table(rows: list[dict], framework: float, speed: float) -> str:
     lines = ["| model | method | length | micro | predicted MiB | + framework | measured MiB | ratio | "
-             "step s (measured) | MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "step s predicted | step s measured | ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} ||||||")
@@ -98,7 +105,8 @@ def table(rows: list[dict], framework: float) -> str:
         lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
                      f"{r['predicted_bytes'] / 2**20:,.0f} | {with_framework / 2**20:,.0f} | "
                      f"{r['measured_bytes'] / 2**20:,.0f} | {with_framework / r['measured_bytes']:.2f} | "
-                     f"{r['measured_s']:.2f} | {r['mfu']:.1%} |")
+                     f"{r['flops_per_step'] / speed:.2f} | {r['measured_s']:.2f} | "
+                     f"{r['flops_per_step'] / speed / r['measured_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -110,7 +118,14 @@ def main() -> None:
     parser.add_argument("--micro", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--steps", type=int, default=3, help="measured steps per row (after one warm-up step)")
     parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here")
+    parser.add_argument("--rows", type=Path, help="summarise the rows of an earlier --out file; measure nothing")
     args = parser.parse_args()
+    if args.rows:
+        rows = json.loads(args.rows.read_text())["rows"]
+        summary = summarise(rows)
+        print(table(rows, summary["framework_bytes"], summary["median_flops_per_s"]))
+        print(json.dumps(summary))
+        return
     with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
         folder = Path(tmp)
         plan = [(model, method, length, micro) for model in args.models
@@ -121,7 +136,7 @@ def main() -> None:
         rows = [measure(model, method, data[model, length], length, micro, args.steps, folder)
                 for model, method, length, micro in tqdm(plan, desc="rows", unit="row")]
     summary = summarise(rows)
-    print(table(rows, summary["framework_bytes"]))
+    print(table(rows, summary["framework_bytes"], summary["median_flops_per_s"]))
     print(json.dumps(summary))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("evaluate", ["transferkit.evaluate"]),
     ("train", ["transferkit.train"]),
     ("cost", ["transferkit.cost"]),
+    ("recommend", ["transferkit.recommend"]),
     ("runs", ["transferkit.runs"]),
     ("api", ["transferkit.api"]),
     ("entry points", ["transferkit.cli", "transferkit.__main__", "transferkit"]),

@@ -58,7 +58,7 @@ def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
     from transferkit.runtime import Runtime
 
     cfg = with_method_defaults(tiny_config(), "causal-lm")
-    work = Workload(2, 1, 24, 8, 24.0, 1, "test")
+    work = Workload(2, 1, 24, 8, 24.0, 1, 1, "test")
     runtime = Runtime(torch.device("cpu"))
     one, two, three = (replay(cfg, "causal-lm", None, work, runtime, "eager", n) for n in (1, 2, 3))
     for kind in ("activations", "gradients", "optimizer"):

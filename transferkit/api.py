@@ -237,5 +237,22 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
         one = cfg if name == cfg.method.name else dataclasses.replace(
             cfg, method=method_config_from_dict({"name": name, "pooling": cfg.method.pooling}))
         estimated = estimate(one, hardware)
-        rows.append((estimated, None if estimated.fits else cheapest_fit(one, hardware, changed)))
+        rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated, changed)))
     return rows
+
+
+def recommend(data: str | Path, *, model: str | None = None, hardware=None, forgetting: str = "any",
+              budget_minutes: float | None = None):
+    """Measure a training file, its shift from `model` (default: minilm-l6 for classification data, else
+    smollm2-135m) and what fits `hardware` (default: this machine), and rank the methods
+    (`transferkit/recommend.py`). Returns (Recommendation, the config it was measured with)."""
+    from .cost import get_hardware
+    from .recommend import recommend as decide
+
+    quiet_libraries()
+    path = Path(data).expanduser().resolve()
+    if model is None:
+        schema = read_train(load_config(None, [f"data.train={path}"]).data)[0]
+        model = "minilm-l6" if schema == "classification" else "smollm2-135m"
+    cfg = load_config(None, [f"model={model}", f"data.train={path}"])
+    return decide(cfg, hardware or get_hardware("cpu"), forgetting=forgetting, budget_minutes=budget_minutes), cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import cost, evaluate_run, generate, predict, train
+from .api import cost, evaluate_run, generate, predict, recommend, train
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
@@ -23,6 +24,8 @@ from .evaluate.plots import reliability_diagram
 from .files import jsonl_text, write_file_atomic
 from .methods.accounting import format_table, parameter_table
 from .options import EvalConfig
+from .recommend import as_dict as recommendation_dict
+from .recommend import format_recommendation, recipe_text
 from .runs import find_runs, format_runs
 from .runtime import quiet_libraries
 from .train.signals import Stopped
@@ -160,6 +163,18 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    hardware = get_hardware(args.hardware, args.hardware_file)
+    rec, cfg = recommend(args.data, model=args.model, hardware=hardware, forgetting=args.forgetting,
+                         budget_minutes=args.budget_minutes)
+    print(json.dumps(recommendation_dict(rec), indent=2) if args.json else format_recommendation(rec))
+    if args.write:
+        text = recipe_text(rec, cfg, datetime.date.today().isoformat())
+        write_file_atomic(Path(args.write), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        print(f"wrote {args.write}: transferkit train {args.write}", file=sys.stderr)
+    return 0
+
+
 def cmd_keys(args) -> int:
     rows = describe_keys()
     widths = [max(len(row[i]) for row in rows) for i in range(3)]  # columns as wide as their longest entry
@@ -210,6 +225,22 @@ def add_cost_parser(sub) -> None:
                         "against them (memory, time, this machine's MFU)")
     p.add_argument("--json", action="store_true", help="one JSON array instead of text")
     p.set_defaults(func=cmd_cost)
+
+
+def add_recommend_parser(sub) -> None:
+    p = sub.add_parser("recommend", help="which method: measures the data, its shift from the model and what "
+                                         "fits, and ranks the methods with reasons")
+    p.add_argument("--data", required=True, help="the training file")
+    p.add_argument("--model", help="short name or HF folder (default: minilm-l6 for classification data, else "
+                                   "smollm2-135m)")
+    p.add_argument("--hardware", default="cpu", help="a name from the hardware table, or cpu (this machine)")
+    p.add_argument("--hardware-file", help="a YAML file of extra hardware entries")
+    p.add_argument("--budget-minutes", type=float, help="leave out what takes longer (at the hardware's MFU)")
+    p.add_argument("--forgetting", choices=["low", "any"], default="any",
+                   help="low: the base must keep what it knew (no full fine-tuning)")
+    p.add_argument("--write", metavar="RECIPE.yaml", help="write the top choice as a ready-to-run config")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.set_defaults(func=cmd_recommend)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
 
     add_cost_parser(sub)
+    add_recommend_parser(sub)
 
     p = sub.add_parser("methods", help="trainable parameters of every method on a model")
     p.add_argument("--model", default="smollm2-135m", help="short name, HF folder or GGUF file")

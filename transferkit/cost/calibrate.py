@@ -11,22 +11,21 @@ no forgetting reference), in a temporary folder that is deleted afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import config_to_dict, load_config
-from ..errors import ConfigError
+from ..config import config_to_dict, dump_config, load_config
+from ..errors import ConfigError, UserError
 from ..options import RunConfig
 from ..rundir import RunDir
-from ..train import train
 from .estimate import Cost, estimate
 from .hardware import Hardware
 
@@ -61,36 +60,34 @@ class Calibration:
         return {"steps": self.steps, "measured_peak_bytes": self.peak_bytes, "predicted_peak_bytes":
                 self.predicted.peak_bytes, "memory_error": self.memory_error,
                 "measured_seconds_per_step": self.seconds_per_step,
-                "predicted_seconds_per_step": self.predicted.seconds / self.predicted.workload.steps,
+                "predicted_seconds_per_step": self.predicted.seconds_per_step,
                 "measured_mfu": self.mfu, "calibrated_seconds": self.calibrated().seconds}
 
 
-@contextlib.contextmanager
-def quiet_run() -> Iterator[None]:
-    """The measuring run's own messages (its run directory, "done") would only confuse: progress bars stay."""
-    logger = logging.getLogger("transferkit")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration:
-    """Predict, then train `steps` + 1 real steps of `cfg` here (the first is the warm-up) and measure."""
+    """Predict, then train `steps` + 1 real steps of `cfg` here (the first is the warm-up) and measure. The
+    steps run in a child process (`transferkit train`): its resident memory before the model is then its own,
+    not inflated by whatever this process allocated and freed before (glibc reuses freed memory, which would
+    hide part of the model's)."""
     if hardware.device == "cuda" and not torch.cuda.is_available() or hardware.device == "cpu" and \
             hardware.name != "cpu":
         raise ConfigError(f"--calibrate measures this machine, which is not '{hardware.name}': use --hardware cpu, "
                           f"or run it on that machine")
+    predicted = estimate(cfg, hardware)
     folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
     try:
         run = load_config(None, [*QUIET, f"train.max_steps={steps + 1}", "train.log_every=1",
-                                 f"train.device={hardware.device}", f"output_dir={folder}"], base=config_to_dict(cfg))
-        predicted = estimate(cfg, hardware)
-        with quiet_run():
-            summary = train(run)
-        times = [line["time"] for line in RunDir(folder).read_events() if line["event"] == "train"]
+                                 f"train.device={hardware.device}", f"output_dir={folder / 'run'}"],
+                          base=config_to_dict(cfg))
+        config = folder / "config.yaml"
+        config.write_text(dump_config(run))
+        child = subprocess.run([sys.executable, "-m", "transferkit", "train", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        if child.returncode:
+            last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit {child.returncode}"
+            raise UserError(f"--calibrate: the measuring run failed: {last}")
+        summary = json.loads((folder / "run" / "summary.json").read_text())
+        times = [line["time"] for line in RunDir(folder / "run").read_events() if line["event"] == "train"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     seconds = (times[-1] - times[0]) / (len(times) - 1)  # from the end of step 1 to the end of the last

@@ -11,6 +11,7 @@
         framework    a constant per device type, measured (`FRAMEWORK_BYTES`)
     FLOPs per step  counted on the same replay, extrapolated the same way
     time            steps × FLOPs per step / (peak FLOP/s × MFU);  money = hours × price per hour
+                    (the probe: the first epoch's steps only; then its features are cached)
 
 The micro-batch simulated is the one that holds the most: `micro_batch_size` copies of the training file's
 longest sequence (with its labelled tokens), else of `data.max_length` fully labelled tokens.
@@ -53,6 +54,8 @@ class Workload:
     labelled: int                # its labelled tokens (classification: 1)
     mean_tokens: float           # mean tokens per sequence (the time estimate)
     steps: int                   # optimizer steps of the run
+    computed_steps: int          # of those, the steps that run the model: all, but for the probe the first
+                                 # epoch's (later epochs read cached features and train the head alone)
     source: str                  # where the lengths come from
 
 
@@ -85,8 +88,13 @@ class Cost:
         return self.flops_per_step / max(tokens, 1)
 
     @property
+    def seconds_per_step(self) -> float:
+        """A step that runs the model, at the hardware's peak × MFU."""
+        return self.flops_per_step / (self.hardware.peak_flops * self.hardware.mfu)
+
+    @property
     def seconds(self) -> float:
-        return self.workload.steps * self.flops_per_step / (self.hardware.peak_flops * self.hardware.mfu)
+        return self.workload.computed_steps * self.seconds_per_step
 
     @property
     def dollars(self) -> float:
@@ -115,8 +123,9 @@ def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: 
     per_epoch = math.ceil(len(tokenized) / cfg.train.batch_size)
     steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
     mean = sum(len(t.input_ids) for t in tokenized) / len(tokenized)
+    computed = min(steps, per_epoch) if get_method(cfg.method.name).caches_features else steps
     return (Workload(micro, cfg.train.batch_size // micro, len(longest.input_ids), longest.num_labels, mean, steps,
-                     f"{cfg.data.train} ({len(tokenized)} sequences)"), labels)
+                     computed, f"{cfg.data.train} ({len(tokenized)} sequences)"), labels)
 
 
 def nf4_bytes(numel: int) -> float:
@@ -125,17 +134,22 @@ def nf4_bytes(numel: int) -> float:
     return numel / 2 + numel / 64 + numel / 64 / 256 * 8
 
 
-def weight_bytes(model: torch.nn.Module, quantized: bool, compute_dtype: torch.dtype) -> int:
-    """Parameters and buffers of the full-depth skeleton in their storage dtype; with `quantized` (QLoRA) the
-    frozen weights of linear layers are NF4 and the other frozen float tensors stay in `compute_dtype`
-    (`prepare_model_for_kbit_training` upcasts them to fp32 in fact; see the note)."""
+def weight_bytes(model: torch.nn.Module, quantized: bool) -> int:
+    """Parameters and buffers of the full-depth skeleton in their storage dtype. With `quantized` (QLoRA), as
+    bitsandbytes and peft store them: the frozen weights of the linear layers in NF4, except the output head
+    (transformers keeps `lm_head` in float), and every other float tensor in fp32
+    (`prepare_model_for_kbit_training` upcasts them)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    kept = {id(head.weight)} if isinstance(head, torch.nn.Module) else set()
+    quantizable = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} - kept
     total = 0
-    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     for tensor in [*model.parameters(), *model.buffers()]:
-        if quantized and id(tensor) in linear_weights and not tensor.requires_grad:
+        if not quantized:
+            total += tensor.numel() * tensor.element_size()
+        elif id(tensor) in quantizable and not tensor.requires_grad:
             total += nf4_bytes(tensor.numel())
         else:
-            total += tensor.numel() * tensor.element_size()
+            total += tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
     return int(total)
 
 
@@ -223,7 +237,7 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
     except UserError:  # a method that needs more depth than 1 or 2 (freeze's train_top): simulate all of it
         one = two = replay(cfg, task, labels, work, runtime, attention, depth)
         depth = 1
-    memory = {"weights": weight_bytes(full, cfg.method.name == "qlora", runtime.compute_dtype)}
+    memory = {"weights": weight_bytes(full, cfg.method.name == "qlora")}
     memory.update({kind: one.peak[kind] + (depth - 1) * (two.peak[kind] - one.peak[kind])
                    for kind in KINDS if kind != "weights"})
     memory["framework"] = FRAMEWORK_BYTES[hardware.device]
@@ -234,27 +248,29 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
                 trainable * 4, memory, float(flops), notes)
 
 
-def fixes(cfg: RunConfig) -> list[tuple[str, list[str]]]:
+def fixes(cfg: RunConfig, work: Workload) -> list[tuple[str, list[str]]]:
     """Changes that lower peak memory, cheapest in compute first: (what, overrides)."""
-    micro = cfg.train.micro_batch_size or cfg.train.batch_size
+    micro = work.micro_batch
     out = [(f"train.micro_batch_size={m}", [f"train.micro_batch_size={m}"])
            for m in (micro // 2, micro // 4, 1) if 0 < m < micro]
     if not cfg.train.gradient_checkpointing:
         out.append(("train.gradient_checkpointing=true", ["train.gradient_checkpointing=true"]))
     if cfg.method.name == "lora":
         out.append(("method.name=qlora", ["method.name=qlora"]))
-    out.append((f"data.max_length={cfg.data.max_length // 2}", [f"data.max_length={cfg.data.max_length // 2}"]))
+    if work.longest > 1:
+        out.append((f"data.max_length={work.longest // 2}", [f"data.max_length={work.longest // 2}"]))
     return list(dict(out).items())
 
 
-def cheapest_fit(cfg: RunConfig, hardware: Hardware, apply_overrides) -> tuple[str, Cost] | None:
-    """The first of `fixes` that alone makes the run fit, else all of them together if that does; with its
-    cost. `apply_overrides(cfg, ["key=value", ...])` returns the changed config."""
-    options = fixes(cfg)
+def cheapest_fit(cfg: RunConfig, cost: Cost, apply_overrides) -> tuple[str, Cost] | None:
+    """The first of `fixes` that alone makes the run `cost` priced fit, else all of them together if that does;
+    with its cost. `apply_overrides(cfg, ["key=value", ...])` returns the changed config."""
+    options = fixes(cfg, cost.workload)
     for what, overrides in options:
-        candidate = estimate(apply_overrides(cfg, overrides), hardware)
+        candidate = estimate(apply_overrides(cfg, overrides), cost.hardware)
         if candidate.fits:
             return what, candidate
-    together = [override for _, overrides in options for override in overrides]
-    candidate = estimate(apply_overrides(cfg, together), hardware)
-    return (" ".join(dict.fromkeys(together)), candidate) if candidate.fits else None
+    last = dict(override.split("=", 1) for _, overrides in options for override in overrides)  # the last wins
+    together = [f"{key}={value}" for key, value in last.items()]
+    candidate = estimate(apply_overrides(cfg, together), cost.hardware)
+    return (" ".join(together), candidate) if candidate.fits else None

@@ -45,7 +45,7 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
 
 def format_calibration(measured: Calibration) -> str:
     predicted = measured.predicted
-    step = predicted.seconds / predicted.workload.steps
+    step = predicted.seconds_per_step
     calibrated = measured.calibrated()
     return "\n".join([
         format_cost(predicted, None),

@@ -122,4 +122,4 @@ DEFAULTS = Defaults(lr=3e-2, epochs=20)
 
 register(Method("probe", ProbeMethodConfig, apply=apply, save=save_trainable, load=load, tasks=("classification",),
                 defaults=DEFAULTS, summary="frozen backbone, cached features, only a new head trains", separate_head=False,
-                closed_form=closed_form))
+                closed_form=closed_form, caches_features=True))

@@ -65,6 +65,7 @@ class Method:
     # `closed_form` leaves it out. False where the head is one of the parameters the method selects itself.
     separate_head: bool = True
     peft_format: bool = False         # the adapter folder loads in stock `peft.PeftModel.from_pretrained`
+    caches_features: bool = False     # after the first epoch, steps read cached features (the backbone idles)
     # Optional capabilities; None where the method has none.
     param_groups: Callable[[Model, MethodConfig, float], list[dict]] | None = None
     disabled: Callable[[Model], ContextManager] | None = None   # yields a model acting as the base
