@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"smollm2-135m": "causal-lm", "minilm-l6": "classification"}
+TENSOR_KINDS = ("weights", "gradients", "optimizer", "activations", "logits")  # what the replay counts
 
 
 def corpus_text() -> str:
@@ -81,30 +82,73 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "flops_per_step": result["flops_per_step"]}
 
 
+def fit_overheads(rows: list[dict]) -> tuple[float, float]:
+    """(slack, framework bytes) minimising the relative error of measured ≈ tensors + slack × (activations +
+    logits) + framework over `rows` (the model `transferkit cost` predicts with)."""
+    import numpy as np
+
+    measured = np.array([r["measured_bytes"] for r in rows], float)
+    tensors = np.array([sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS) for r in rows], float)
+    transient = np.array([r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"] for r in rows], float)
+    design = np.stack([transient, np.ones_like(measured)], 1) / measured[:, None]
+    (slack, framework), *_ = np.linalg.lstsq(design, (measured - tensors) / measured, rcond=None)
+    return float(slack), float(framework)
+
+
+def predicted_now(row: dict) -> float:
+    """The peak `transferkit cost` predicts today for a row's replayed kinds (the package's current constants)."""
+    from transferkit.cost.estimate import overheads
+
+    kinds = {k: v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS}
+    return sum(kinds.values()) + sum(overheads(kinds, "cpu").values())
+
+
+def within(rows: list[dict], predict, tolerance: float) -> int:
+    return sum(abs(predict(r) / r["measured_bytes"] - 1) <= tolerance for r in rows)
+
+
 def summarise(rows: list[dict]) -> dict:
-    """The framework constant (median of measured − predicted peak) and how many rows are within 10 % with it;
-    one calibrated speed (median FLOP/s over the rows) and how many step times it predicts within 25 %."""
+    """How many rows the package's constants predict within 10 %; the constants refitted on all rows, and
+    each model's rows predicted with constants fitted on the other model's only (held out); and one calibrated
+    speed (median FLOP/s) with how many step times it predicts within 25 %. QLoRA rows are left out of the
+    fits (their float base, loaded then quantized, stays partly resident: see docs/cost.md)."""
     good = [r for r in rows if "error" not in r]
-    gap = statistics.median(r["measured_bytes"] - r["predicted_bytes"] for r in good)
-    within = [r for r in good if abs((r["predicted_bytes"] + gap) / r["measured_bytes"] - 1) <= 0.10]
+    fitted = [r for r in good if r["method"] != "qlora"]
+    slack, framework = fit_overheads(fitted)
+
+    def with_fit(constants):
+        return lambda r: (sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS) + constants[1] +
+                          constants[0] * (r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"]))
+
+    held_out = 0
+    for model in {r["model"] for r in fitted}:
+        others = [r for r in fitted if r["model"] != model]
+        if others:
+            held_out += within([r for r in fitted if r["model"] == model], with_fit(fit_overheads(others)), 0.10)
     speed = statistics.median(r["flops_per_step"] / r["measured_s"] for r in good)
     timed = [r for r in good if abs(r["flops_per_step"] / speed / r["measured_s"] - 1) <= 0.25]
-    return {"rows": len(rows), "failed": len(rows) - len(good), "framework_bytes": gap,
-            "within_10pct_with_framework": len(within), "median_mfu": statistics.median(r["mfu"] for r in good),
-            "median_flops_per_s": speed, "time_within_25pct_at_median_speed": len(timed)}
+    return {"rows": len(rows), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
+            "within_10pct_now": within(good, predicted_now, 0.10),
+            "within_10pct_now_without_qlora": within(fitted, predicted_now, 0.10),
+            "fit": {"activation_slack": slack, "framework_bytes": framework,
+                    "within_10pct_in_sample": within(fitted, with_fit((slack, framework)), 0.10),
+                    "within_10pct_held_out_by_model": held_out},
+            "median_mfu": statistics.median(r["mfu"] for r in good), "median_flops_per_s": speed,
+            "time_within_25pct_at_median_speed": len(timed)}
 
 
-def table(rows: list[dict], framework: float, speed: float) -> str:
-    lines = ["| model | method | length | micro | predicted MiB | + framework | measured MiB | ratio | "
+def table(rows: list[dict], speed: float) -> str:
+    lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
              "step s predicted | step s measured | ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} ||||||")
             continue
-        with_framework = r["predicted_bytes"] + framework
+        tensors = sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS)
+        predicted = predicted_now(r)
         lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
-                     f"{r['predicted_bytes'] / 2**20:,.0f} | {with_framework / 2**20:,.0f} | "
-                     f"{r['measured_bytes'] / 2**20:,.0f} | {with_framework / r['measured_bytes']:.2f} | "
+                     f"{tensors / 2**20:,.0f} | {predicted / 2**20:,.0f} | "
+                     f"{r['measured_bytes'] / 2**20:,.0f} | {predicted / r['measured_bytes']:.2f} | "
                      f"{r['flops_per_step'] / speed:.2f} | {r['measured_s']:.2f} | "
                      f"{r['flops_per_step'] / speed / r['measured_s']:.2f} |")
     return "\n".join(lines)
@@ -123,7 +167,7 @@ def main() -> None:
     if args.rows:
         rows = json.loads(args.rows.read_text())["rows"]
         summary = summarise(rows)
-        print(table(rows, summary["framework_bytes"], summary["median_flops_per_s"]))
+        print(table(rows, summary["median_flops_per_s"]))
         print(json.dumps(summary))
         return
     with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
@@ -136,7 +180,7 @@ def main() -> None:
         rows = [measure(model, method, data[model, length], length, micro, args.steps, folder)
                 for model, method, length, micro in tqdm(plan, desc="rows", unit="row")]
     summary = summarise(rows)
-    print(table(rows, summary["framework_bytes"], summary["median_flops_per_s"]))
+    print(table(rows, summary["median_flops_per_s"]))
     print(json.dumps(summary))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,7 @@ def test_the_fake_replay_holds_what_real_tensors_hold(tiny_config, method):
     model, _, _ = load_model(cfg.model, attention="eager")
     model = adapt(model, get_method(method), cfg.method, cfg.train, "causal-lm", runtime)
     real = replay(cfg, "causal-lm", None, predicted.workload, runtime, "eager", 0, real=model)
-    tensors = sum(v for k, v in predicted.memory.items() if k != "framework")
+    tensors = sum(v for k, v in predicted.memory.items() if k not in ("allocator", "framework"))
     assert tensors == pytest.approx(real.peak_bytes, rel=0.2)
     assert predicted.memory["activations"] == pytest.approx(real.peak["activations"], rel=0.2)
     assert predicted.flops_per_step == pytest.approx(real.flops, rel=0.05)

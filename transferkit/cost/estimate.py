@@ -8,7 +8,8 @@
         the rest     one optimizer step replayed on fake tensors (`simulate.py`) for a 1-layer and a 2-layer
                      model; each kind grows linearly with depth, so depth L = one layer + (L − 1) × the
                      difference
-        framework    a constant per device type, measured (`FRAMEWORK_BYTES`)
+        allocator    what a device's allocator holds beyond the live tensors, as a share of the activations
+        framework    a constant per device type (both fitted on measured runs: `overheads`)
     FLOPs per step  counted on the same replay, extrapolated the same way
     time            steps × FLOPs per step / (peak FLOP/s × MFU);  money = hours × price per hour
                     (the probe: the first epoch's steps only; then its features are cached)
@@ -39,9 +40,21 @@ from ..train.setup import adapt
 from .hardware import Hardware
 from .simulate import KINDS, StepTrace, simulate_step
 
-# Bytes a training process holds beyond its tensors (allocator slack, kernels' workspaces, the tokenizer).
-# NOT YET MEASURED (0): benchmarks/cost_accuracy.py, which will measure it, is not built yet (docs/cost.md).
+# What a training process holds beyond the live tensors the replay counts, per device type:
+#   allocator   ACTIVATION_SLACK × (activations + logits): on CPU, memory freed after backward stays resident
+#               (glibc keeps it mapped, oneDNN keeps scratch buffers), so the optimizer's temporaries and the
+#               next step land beside it rather than in it;
+#   framework   FRAMEWORK_BYTES: the tokenizer, data, libraries' buffers.
+# CPU values: fitted by benchmarks/cost_accuracy.py (docs/cost.md names the run, date and CPU). CUDA: not yet
+# measured (no GPU run), 0: `max_memory_allocated` counts live tensors, which is what the replay counts.
+ACTIVATION_SLACK = {"cpu": 0.0, "cuda": 0.0}
 FRAMEWORK_BYTES = {"cpu": 0, "cuda": 0}
+
+
+def overheads(tensors: dict[str, int], device: str) -> dict[str, int]:
+    """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type."""
+    transient = tensors["activations"] + tensors["logits"]
+    return {"allocator": int(ACTIVATION_SLACK[device] * transient), "framework": int(FRAMEWORK_BYTES[device])}
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ class Cost:
     params_total: int
     params_trainable: int
     adapter_bytes: int                          # what `adapter/` holds: trainable tensors in fp32 safetensors
-    memory: dict[str, int]                      # bytes at the peak by kind, + "framework"
+    memory: dict[str, int]                      # bytes at the peak by kind, + "allocator", "framework"
     flops_per_step: float
     notes: list[str] = field(default_factory=list)
 
@@ -240,7 +253,7 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
     memory = {"weights": weight_bytes(full, cfg.method.name == "qlora")}
     memory.update({kind: one.peak[kind] + (depth - 1) * (two.peak[kind] - one.peak[kind])
                    for kind in KINDS if kind != "weights"})
-    memory["framework"] = FRAMEWORK_BYTES[hardware.device]
+    memory.update(overheads(memory, hardware.device))
     flops = one.flops + (depth - 1) * (two.flops - one.flops)
     notes = [] if cfg.method.name != "qlora" else [
         "qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted"]

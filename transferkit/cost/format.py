@@ -5,7 +5,7 @@ from __future__ import annotations
 from .calibrate import Calibration
 from .estimate import Cost
 
-ORDER = ("weights", "gradients", "optimizer", "activations", "logits", "framework")
+ORDER = ("weights", "gradients", "optimizer", "activations", "logits", "allocator", "framework")
 
 
 def mib(n: float) -> str:
