@@ -45,10 +45,11 @@ from .simulate import KINDS, StepTrace, simulate_step
 #               (glibc keeps it mapped, oneDNN keeps scratch buffers), so the optimizer's temporaries and the
 #               next step land beside it rather than in it;
 #   framework   FRAMEWORK_BYTES: the tokenizer, data, libraries' buffers.
-# CPU values: fitted by benchmarks/cost_accuracy.py (docs/cost.md names the run, date and CPU). CUDA: not yet
-# measured (no GPU run), 0: `max_memory_allocated` counts live tensors, which is what the replay counts.
-ACTIVATION_SLACK = {"cpu": 0.0, "cuda": 0.0}
-FRAMEWORK_BYTES = {"cpu": 0, "cuda": 0}
+# CPU values: fitted on the 76 non-QLoRA rows of `benchmarks/cost_accuracy.py --steps 2` (2026-11-30, AMD EPYC,
+# 2 cores, AVX2, fp32; docs/cost.md). CUDA: not yet measured (no GPU run), 0: `max_memory_allocated` counts
+# live tensors, which is what the replay counts.
+ACTIVATION_SLACK = {"cpu": 0.485, "cuda": 0.0}
+FRAMEWORK_BYTES = {"cpu": 170_151_007, "cuda": 0}
 
 
 def overheads(tensors: dict[str, int], device: str) -> dict[str, int]:
