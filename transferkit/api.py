@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import config_to_dict, load_config
+from .config import load_config, with_method
 from .cost import Cost, cheapest_fit, estimate
 from .data import TASK_OF_SCHEMA, Split, read_examples, read_train
 from .data.general import PACKAGED
@@ -26,7 +26,7 @@ from .evaluate.assessment import Assessment, BaseModel, switched_off
 from .evaluate.comparison import label_baselines
 from .evaluate.generation import Sampling
 from .evaluate.metrics import class_log_probs
-from .methods import get_method, method_config_from_dict, method_names
+from .methods import get_method, method_names
 from .models import architecture, load_model, resolve_model, task_of
 from .options import EvalConfig, RunConfig
 from .rundir import RunDir
@@ -228,16 +228,11 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
     task = TASK_OF_SCHEMA[read_train(cfg.data)[0]]
     names = [n for n in method_names() if task in get_method(n).tasks] if all_methods else [cfg.method.name]
 
-    def changed(base: RunConfig, overrides: list[str]) -> RunConfig:
-        return load_config(None, overrides, base=config_to_dict(base))
-
     rows = []
     for name in names:
-        # Another method starts from its own defaults: the config's method keys belong to its method.
-        one = cfg if name == cfg.method.name else dataclasses.replace(
-            cfg, method=method_config_from_dict({"name": name, "pooling": cfg.method.pooling}))
+        one = cfg if name == cfg.method.name else with_method(cfg, name)
         estimated = estimate(one, hardware)
-        rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated, changed)))
+        rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated)))
     return rows
 
 

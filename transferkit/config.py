@@ -95,6 +95,18 @@ def with_method_defaults(cfg: RunConfig, task: str) -> RunConfig:
     return dataclasses.replace(cfg, train=train)
 
 
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """`cfg` with `key=value` overrides applied and checked as on the command line."""
+    return load_config(None, overrides, base=config_to_dict(cfg))
+
+
+def with_method(cfg: RunConfig, name: str, overrides: dict | None = None) -> RunConfig:
+    """`cfg` training method `name` from that method's own defaults (the config's method keys belong to its
+    method; the pooling is kept), then `overrides` {dotted key: value}."""
+    switched = dataclasses.replace(cfg, method=method_config_from_dict({"name": name, "pooling": cfg.method.pooling}))
+    return with_overrides(switched, [f"{key}={value}" for key, value in (overrides or {}).items()])
+
+
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 

@@ -34,7 +34,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .config import config_to_dict, load_config
+from .config import with_method
 from .cost import Cost, Hardware, estimate
 from .data import TASK_OF_SCHEMA, read_train
 from .data.schema import label_vocabulary
@@ -243,9 +243,7 @@ def price(options: list[Option], cfg: RunConfig, hardware: Hardware, budget_minu
 
 
 def option_config(cfg: RunConfig, option: Option) -> RunConfig:
-    base = config_to_dict(cfg)
-    base["method"] = {"name": option.method}
-    return load_config(None, [f"{key}={value}" for key, value in option.overrides.items()], base=base)
+    return with_method(cfg, option.method, option.overrides)
 
 
 def check_budget(budget_minutes: float | None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import config_to_dict, dump_config, load_config
+from ..config import dump_config, with_overrides
 from ..errors import ConfigError, UserError
 from ..options import RunConfig
 from ..rundir import RunDir
@@ -76,9 +76,8 @@ def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration
     predicted = estimate(cfg, hardware)
     folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
     try:
-        run = load_config(None, [*QUIET, f"train.max_steps={steps + 1}", "train.log_every=1",
-                                 f"train.device={hardware.device}", f"output_dir={folder / 'run'}"],
-                          base=config_to_dict(cfg))
+        run = with_overrides(cfg, [*QUIET, f"train.max_steps={steps + 1}", "train.log_every=1",
+                                   f"train.device={hardware.device}", f"output_dir={folder / 'run'}"])
         config = folder / "config.yaml"
         config.write_text(dump_config(run))
         child = subprocess.run([sys.executable, "-m", "transferkit", "train", str(config)], stdout=subprocess.DEVNULL,

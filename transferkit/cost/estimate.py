@@ -276,15 +276,17 @@ def fixes(cfg: RunConfig, work: Workload) -> list[tuple[str, list[str]]]:
     return list(dict(out).items())
 
 
-def cheapest_fit(cfg: RunConfig, cost: Cost, apply_overrides) -> tuple[str, Cost] | None:
+def cheapest_fit(cfg: RunConfig, cost: Cost) -> tuple[str, Cost] | None:
     """The first of `fixes` that alone makes the run `cost` priced fit, else all of them together if that does;
-    with its cost. `apply_overrides(cfg, ["key=value", ...])` returns the changed config."""
+    with its cost."""
+    from ..config import with_overrides
+
     options = fixes(cfg, cost.workload)
     for what, overrides in options:
-        candidate = estimate(apply_overrides(cfg, overrides), cost.hardware)
+        candidate = estimate(with_overrides(cfg, overrides), cost.hardware)
         if candidate.fits:
             return what, candidate
     last = dict(override.split("=", 1) for _, overrides in options for override in overrides)  # the last wins
     together = [f"{key}={value}" for key, value in last.items()]
-    candidate = estimate(apply_overrides(cfg, together), cost.hardware)
+    candidate = estimate(with_overrides(cfg, together), cost.hardware)
     return (" ".join(together), candidate) if candidate.fits else None
