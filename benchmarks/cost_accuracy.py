@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/cost_accuracy.py [--models smollm2-135m minilm-l6] [--lengths 64 256]
                                                  [--micro 1 4] [--steps 3] [--out docs/data/cost_accuracy.json]
+    python benchmarks/cost_accuracy.py --hardware h200 --precision auto   # on a CUDA machine (bf16)
 
 Rows: every method that serves the model's task (SmolLM2-135M: causal LM on raw text; all-MiniLM-L6-v2:
 two-class classification), at two sequence lengths and two micro-batch sizes (batch = micro-batch, so one
@@ -62,20 +63,22 @@ def methods_for(task: str) -> list[str]:
     return [name for name in method_names() if task in get_method(name).tasks]
 
 
-def measure(model: str, method: str, data: Path, length: int, micro: int, steps: int, folder: Path) -> dict:
+def measure(model: str, method: str, data: Path, length: int, micro: int, steps: int, folder: Path,
+            hardware: str = "cpu", precision: str = "fp32") -> dict:
     config = folder / f"{model}-{method}-{length}-{micro}.yaml"
     config.write_text(yaml.safe_dump({
         "model": model, "data": {"train": str(data), "max_length": length},
-        "method": {"name": method}, "train": {"batch_size": micro, "micro_batch_size": micro, "precision": "fp32"},
+        "method": {"name": method}, "train": {"batch_size": micro, "micro_batch_size": micro, "precision": precision},
         "output_dir": str(folder / "unused")}))
-    done = subprocess.run([sys.executable, "-m", "transferkit", "cost", str(config), "--calibrate", str(steps),
-                           "--json"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "transferkit", "cost", str(config), "--hardware", hardware,
+                           "--calibrate", str(steps), "--json"], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         return {"model": model, "method": method, "length": length, "micro": micro,
                 "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     result = json.loads(done.stdout)
     calibration = result["calibration"]
     return {"model": model, "method": method, "length": length, "micro": micro,
+            "device": result["hardware"]["device"], "precision": result["precision"],
             "predicted_bytes": calibration["predicted_peak_bytes"], "measured_bytes": calibration["measured_peak_bytes"],
             "memory_bytes": result["memory_bytes"], "predicted_s": calibration["predicted_seconds_per_step"],
             "measured_s": calibration["measured_seconds_per_step"], "mfu": calibration["measured_mfu"],
@@ -100,7 +103,7 @@ def predicted_now(row: dict) -> float:
     from transferkit.cost.estimate import overheads
 
     kinds = {k: v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS}
-    return sum(kinds.values()) + sum(overheads(kinds, "cpu").values())
+    return sum(kinds.values()) + sum(overheads(kinds, row.get("device", "cpu")).values())
 
 
 def within(rows: list[dict], predict, tolerance: float) -> int:
@@ -161,6 +164,10 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--micro", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--steps", type=int, default=3, help="measured steps per row (after one warm-up step)")
+    parser.add_argument("--hardware", default="cpu", help="this machine's entry in the hardware table (a GPU's "
+                        "name on a CUDA machine)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="train.precision of every row (auto: bf16 where the hardware has it)")
     parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here")
     parser.add_argument("--rows", type=Path, help="summarise the rows of an earlier --out file; measure nothing")
     args = parser.parse_args()
@@ -177,14 +184,22 @@ def main() -> None:
                 for micro in args.micro]
         data = {(model, length): write_data(folder, TASKS[model], length, 2 * (args.steps + 2) * max(args.micro))
                 for model in args.models for length in args.lengths}
-        rows = [measure(model, method, data[model, length], length, micro, args.steps, folder)
-                for model, method, length, micro in tqdm(plan, desc="rows", unit="row")]
+        rows = []
+        for model, method, length, micro in tqdm(plan, desc="rows", unit="row"):
+            rows.append(measure(model, method, data[model, length], length, micro, args.steps, folder,
+                                args.hardware, args.precision))
+            if args.out:  # the rows so far, so that an interrupted run keeps them (--rows re-summarises)
+                write(args.out, {"rows": rows})
     summary = summarise(rows)
     print(table(rows, summary["median_flops_per_s"]))
     print(json.dumps(summary))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
+        write(args.out, {"summary": summary, "rows": rows})
+
+
+def write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ is kept under --out, and a re-run reuses the finished ones and resumes an interr
 
     .venv/bin/python experiments/forgetting.py            # 23 runs: ~70 min on 2 AVX512-BF16 cores, ~3 h on AVX2
     .venv/bin/python experiments/forgetting.py --steps 5 --seeds 0  # a quick smoke run
+    python experiments/forgetting.py --jobs 12   # on a GPU machine with 16 cores: 12 runs at once
     .venv/bin/python experiments/forgetting.py --results docs/data/forgetting_results.json  # redraw only
 """
 
@@ -21,7 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from multiprocessing import get_context
 from pathlib import Path
 
 from common import continue_run
@@ -51,10 +57,28 @@ def one_run(name: str, overrides: list[str], out: Path, seed: int, steps: int | 
             "reference": summary["general"]["base"]["text"], "minutes": summary["wall_time_s"] / 60}
 
 
-def choose(out: Path, steps: int | None) -> tuple[list[dict], dict[str, str]]:
+def run_all(runs: list[tuple], jobs: int) -> list[dict]:
+    """`one_run(*args)` for each of `runs`, in order; with jobs > 1 that many at once, each in a fresh process
+    with its share of the CPU threads (on a GPU they share the device). The first runs alone, so the model is
+    converted into the cache once."""
+    if jobs <= 1 or len(runs) <= 1:
+        return [one_run(*r) for r in runs]
+    first = one_run(*runs[0])
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_set_threads, initargs=(threads,),
+                             max_tasks_per_child=1) as pool:
+        return [first] + list(pool.map(one_run, *zip(*runs[1:])))
+
+
+def _set_threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)
+
+
+def choose(out: Path, steps: int | None, jobs: int = 1) -> tuple[list[dict], dict[str, str]]:
     """Stage 1: every candidate on validation data; the chosen name per mitigation."""
-    rows = [one_run(name, overrides + VALIDATION, out / "choose", 0, steps)
-            for group in CANDIDATES.values() for name, overrides in group.items()]
+    rows = run_all([(name, overrides + VALIDATION, out / "choose", 0, steps)
+                    for group in CANDIDATES.values() for name, overrides in group.items()], jobs)
     none = next(r for r in rows if r["mitigation"] == "none")
     chosen = {}
     for group, candidates in CANDIDATES.items():
@@ -65,10 +89,19 @@ def choose(out: Path, steps: int | None) -> tuple[list[dict], dict[str, str]]:
     return rows, chosen
 
 
-def report(out: Path, chosen: dict[str, str], seeds: list[int], steps: int | None) -> list[dict]:
+def report(out: Path, chosen: dict[str, str], seeds: list[int], steps: int | None, jobs: int = 1) -> list[dict]:
     """Stage 2: the chosen settings on test data, one run per seed."""
     overrides = {name: o for group in CANDIDATES.values() for name, o in group.items()}
-    return [one_run(name, overrides[name], out / "report", seed, steps) for name in chosen.values() for seed in seeds]
+    return run_all([(name, overrides[name], out / "report", seed, steps) for name in chosen.values() for seed in seeds],
+                   jobs)
+
+
+def machine() -> dict:
+    """Where the figures were measured: they depend on the device and its numerics."""
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"date": date.today().isoformat(), "device": gpu or platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def spread(rows: list[dict], key: str) -> tuple[float, float, float]:
@@ -79,6 +112,9 @@ def spread(rows: list[dict], key: str) -> tuple[float, float, float]:
 def tables(results: dict) -> str:
     lines = ["Stage 1, validation data (seed 0): task = quickstart validation split, forgetting on Northanger Abbey",
              "", "| candidate | JSON field accuracy | general ppl (base → tuned) | forgetting | chosen |", "|---|---|---|---|---|"]
+    if "machine" in results:
+        m = results["machine"]
+        lines = [f"Measured {m['date']} on {m['device']} (torch {m['torch']}), {m['jobs']} run(s) at once", ""] + lines
     for r in results["choose"]:
         mark = "yes" if r["mitigation"] in results["chosen"].values() else ""
         lines.append(f"| {r['mitigation']} | {100 * r['task']:.1f} % | {r['base_ppl']:.2f} → {r['tuned_ppl']:.2f} | "
@@ -127,12 +163,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the report stage")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "forgetting.png")
     parser.add_argument("--results", type=Path, help="redraw the tables and plot from a saved results.json")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (a machine with many cores or a GPU); their minutes then overlap")
     args = parser.parse_args()
     if args.results:
         results = json.loads(args.results.read_text())
     else:
-        rows, chosen = choose(args.out, args.steps)
-        results = {"choose": rows, "chosen": chosen, "report": report(args.out, chosen, args.seeds, args.steps)}
+        rows, chosen = choose(args.out, args.steps, args.jobs)
+        results = {"machine": machine() | {"jobs": args.jobs}, "choose": rows, "chosen": chosen,
+                   "report": report(args.out, chosen, args.seeds, args.steps, args.jobs)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(tables(results))

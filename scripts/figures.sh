@@ -13,8 +13,12 @@ $PY benchmarks/train_throughput.py
 echo "== README: Performance (the lever table and the profile)"
 $PY benchmarks/levers.py
 echo "== docs/forgetting.md and README: the mitigation experiment (writes runs/forgetting/results.json, docs/forgetting.png)"
+# on a GPU machine with many cores (as docs/forgetting.md's table was made): add --jobs 11 (about 4 minutes on an H200)
 $PY experiments/forgetting.py --out runs/forgetting
 cp runs/forgetting/results.json docs/data/forgetting_results.json
+echo "== docs/cost.md: the calculator against measured runs (38 min on 2 cores; add --hardware h200 --precision auto
+#    --out docs/data/cost_accuracy_h200.json on a GPU machine)"
+$PY benchmarks/cost_accuracy.py --steps 2 --out docs/data/cost_accuracy.json
 echo "== docs/methods.md: trainable parameters of every method"
 .venv/bin/transferkit methods --model smollm2-135m
 .venv/bin/transferkit methods --model minilm-l6
