@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,11 +130,14 @@ def test_the_training_peak_is_measured_apart_from_what_came_before():
     assert facts["peak_bytes"] >= facts["before_model_bytes"] + 250 * 2**20
 
 
-@pytest.mark.parametrize("method", ["lora", "full", "prefix"])
-def test_the_fake_replay_holds_what_real_tensors_hold(tiny_config, method):
+@pytest.mark.parametrize("method,checkpointing", [("lora", False), ("full", False), ("prefix", False),
+                                                  ("lora", True)])
+def test_the_fake_replay_holds_what_real_tensors_hold(tiny_config, method, checkpointing):
     """The estimate (fake tensors, 1 and 2 layers, extrapolated) against the same step on the real, full-depth
     tiny model, counted tensor by tensor: within 20 % in all and for activations (CI's drift alarm; the
-    benchmark holds the packaged models to 10 % of the measured process)."""
+    benchmark holds the packaged models to 10 % of the measured process). With gradient checkpointing and two
+    micro-batches per step, where counting FLOPs during the measured step once kept every recomputed layer
+    alive (2.7× the real activations)."""
     from transferkit.config import with_method_defaults
     from transferkit.cost import estimate
     from transferkit.cost.estimate import replay
@@ -142,7 +146,8 @@ def test_the_fake_replay_holds_what_real_tensors_hold(tiny_config, method):
     from transferkit.runtime import Runtime
     from transferkit.train.setup import adapt
 
-    cfg = tiny_config("train.batch_size=4", "train.micro_batch_size=2")
+    cfg = tiny_config("train.batch_size=4", "train.micro_batch_size=2",
+                      f"train.gradient_checkpointing={str(checkpointing).lower()}")
     if method != "lora":  # the tiny config's method keys are LoRA's
         cfg = dataclasses.replace(cfg, method=method_config_from_dict({"name": method}))
     cfg = with_method_defaults(cfg, "causal-lm")
@@ -155,3 +160,48 @@ def test_the_fake_replay_holds_what_real_tensors_hold(tiny_config, method):
     assert tensors == pytest.approx(real.peak_bytes, rel=0.2)
     assert predicted.memory["activations"] == pytest.approx(real.peak["activations"], rel=0.2)
     assert predicted.flops_per_step == pytest.approx(real.flops, rel=0.05)
+
+
+def test_the_calculator_shows_activations_with_and_without_checkpointing(tiny_config, tmp_path, capsys):
+    """Each row carries both: the configured one is the breakdown's, checkpointing keeps less, and a
+    replay of the other setting agrees with the row."""
+    import yaml
+
+    from transferkit.api import cost
+    from transferkit.cli import main
+    from transferkit.config import config_to_dict, with_overrides
+    from transferkit.cost import estimate
+
+    cfg = tiny_config("train.batch_size=4", "train.micro_batch_size=4")
+    [(row, _)] = cost(cfg, _roomy())
+    both = row.activations_by_checkpointing
+    assert not row.gradient_checkpointing and both["off"] == row.memory["activations"]
+    checkpointed = estimate(with_overrides(cfg, ["train.gradient_checkpointing=true"]), _roomy())
+    assert checkpointed.gradient_checkpointing and both["on"] == checkpointed.memory["activations"]
+    assert 0 < both["on"] < both["off"]
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert main(["cost", str(path), "--memory", "64", "--tflops", "2", "--device", "cpu"]) == 0
+    assert "without gradient checkpointing" in capsys.readouterr().out
+    assert main(["cost", str(path), "--memory", "64", "--tflops", "2", "--device", "cpu", "--json"]) == 0
+    [printed] = json.loads(capsys.readouterr().out)
+    assert printed["activations_by_checkpointing"] == both
+
+
+def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
+    """`--calibrate`: real steps in a child process; the calibrated run time is the measured step time × the
+    run's steps, whatever MFU the hardware table assumed; the measured peak is the child's own."""
+    from transferkit.cost import get_hardware
+    from transferkit.cost.calibrate import calibrate
+
+    cfg = tiny_config("train.max_steps=40", "train.batch_size=4")
+    measured = calibrate(cfg, get_hardware("cpu"), steps=2)
+    assert measured.steps == 2 and measured.peak_bytes > 0 and measured.seconds_per_step > 0
+    assert measured.calibrated().seconds == pytest.approx(40 * measured.seconds_per_step)
+    assert measured.mfu == pytest.approx(measured.predicted.flops_per_step / (
+        measured.seconds_per_step * measured.predicted.hardware.peak_flops))
+    assert not (Path(cfg.output_dir)).exists()  # nothing written where the real run would go
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="measures this machine"):
+            calibrate(cfg, get_hardware("h100"), steps=2)

@@ -61,3 +61,19 @@ def test_method_trains_end_to_end(name, tiny_config, llama64):
     splits = load_splits(loaded_cfg.data, tokenizer, loaded_cfg.seed)
     again = mean_loss(model, splits.test.tokenized, tokenizer.pad_token_id, 4, CPU)
     assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-4)
+
+
+def test_prefix_with_gradient_checkpointing_is_refused_in_one_line(tiny_config):
+    """transformers drops the key/value cache under checkpointing, so the prefix would silently vanish (or the
+    attention fail on mismatched shapes): refused with the key named, before any step."""
+    from transferkit import train
+    from transferkit.errors import ConfigError
+
+    import dataclasses
+
+    from transferkit.methods import method_config_from_dict
+
+    cfg = tiny_config("train.gradient_checkpointing=true")  # its method keys are LoRA's: swapped below
+    cfg = dataclasses.replace(cfg, method=method_config_from_dict({"name": "prefix"}))
+    with pytest.raises(ConfigError, match="train.gradient_checkpointing.*prefix"):
+        train(cfg)

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import load_config, with_method
-from .cost import Cost, cheapest_fit, estimate
+from .cost import Cost, activations_both_ways, cheapest_fit, estimate
 from .data import TASK_OF_SCHEMA, Split, read_examples, read_train
 from .data.general import PACKAGED
 from .data.overlap import count_overlap, overlap_warnings
@@ -231,7 +231,7 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
     rows = []
     for name in names:
         one = cfg if name == cfg.method.name else with_method(cfg, name)
-        estimated = estimate(one, hardware)
+        estimated = activations_both_ways(one, estimate(one, hardware))
         rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated)))
     return rows
 

@@ -87,6 +87,10 @@ class Cost:
     memory: dict[str, int]                      # bytes at the peak by kind, + "allocator", "framework"
     flops_per_step: float
     notes: list[str] = field(default_factory=list)
+    gradient_checkpointing: bool = False        # whether this estimate's run checkpoints (train.gradient_checkpointing)
+    # activation bytes at the peak without and with gradient checkpointing ({"off", "on"}): filled by
+    # `activations_both_ways` for the calculator's rows; None where not asked or the model cannot checkpoint
+    activations_by_checkpointing: dict[str, int] | None = None
 
     @property
     def peak_bytes(self) -> int:
@@ -120,7 +124,9 @@ class Cost:
                 "params": {"total": self.params_total, "trainable": self.params_trainable},
                 "adapter_bytes": self.adapter_bytes, "memory_bytes": self.memory, "peak_bytes": self.peak_bytes,
                 "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
-                "seconds": self.seconds, "dollars": self.dollars, "notes": self.notes}
+                "seconds": self.seconds, "dollars": self.dollars, "notes": self.notes,
+                "gradient_checkpointing": self.gradient_checkpointing,
+                "activations_by_checkpointing": self.activations_by_checkpointing}
 
 
 def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: int
@@ -259,7 +265,22 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
     notes = [] if cfg.method.name != "qlora" else [
         "qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted"]
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
-                trainable * 4, memory, float(flops), notes)
+                trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing)
+
+
+def activations_both_ways(cfg: RunConfig, cost: Cost) -> Cost:
+    """`cost` (the estimate of `cfg`) with its activations under both gradient-checkpointing settings, the other
+    one estimated too; unchanged where the model cannot checkpoint. With checkpointing each layer keeps only its
+    input (micro-batch × tokens × hidden) and recomputes the rest in backward (Chen et al. 2016)."""
+    from ..config import with_overrides
+
+    other = not cfg.train.gradient_checkpointing
+    try:
+        flipped = estimate(with_overrides(cfg, [f"train.gradient_checkpointing={str(other).lower()}"]), cost.hardware)
+    except UserError:  # the architecture does not support gradient checkpointing
+        return cost
+    both = {cost.gradient_checkpointing: cost.memory["activations"], other: flipped.memory["activations"]}
+    return dataclasses.replace(cost, activations_by_checkpointing={"off": both[False], "on": both[True]})
 
 
 def fixes(cfg: RunConfig, work: Workload) -> list[tuple[str, list[str]]]:
@@ -267,7 +288,7 @@ def fixes(cfg: RunConfig, work: Workload) -> list[tuple[str, list[str]]]:
     micro = work.micro_batch
     out = [(f"train.micro_batch_size={m}", [f"train.micro_batch_size={m}"])
            for m in (micro // 2, micro // 4, 1) if 0 < m < micro]
-    if not cfg.train.gradient_checkpointing:
+    if not cfg.train.gradient_checkpointing and get_method(cfg.method.name).checkpointable:
         out.append(("train.gradient_checkpointing=true", ["train.gradient_checkpointing=true"]))
     if cfg.method.name == "lora":
         out.append(("method.name=qlora", ["method.name=qlora"]))

@@ -27,6 +27,7 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
              f"({100 * cost.params_trainable / cost.params_total:.2f} %); adapter on disk {mib(cost.adapter_bytes)}",
              f"  peak memory {mib(cost.peak_bytes)} = " + " + ".join(f"{kind} {mib(cost.memory[kind])}"
                                                                for kind in ORDER),
+             *checkpointing_line(cost),
              f"  compute     {cost.flops_per_step / 1e12:.3f} TFLOP per step, {cost.flops_per_token / 1e9:.2f} "
              f"GFLOP per token",
              f"  time        {duration(cost.seconds)} at MFU {hw.mfu:.0%} ({hw.mfu_source}); "
@@ -41,6 +42,16 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
         lines.append(f"  verdict     does NOT fit; the cheapest change that fits: {fix[0]} "
                      f"(peak {mib(fix[1].peak_bytes)}, {duration(fix[1].seconds)})")
     return "\n".join(lines)
+
+
+def checkpointing_line(cost: Cost) -> list[str]:
+    """The activations without and with gradient checkpointing, where both were estimated."""
+    both = cost.activations_by_checkpointing
+    if both is None:
+        return []
+    now = "on" if cost.gradient_checkpointing else "off"
+    return [f"  activations {mib(both['off'])} without gradient checkpointing, {mib(both['on'])} with it "
+            f"(train.gradient_checkpointing is {now} here)"]
 
 
 def format_calibration(measured: Calibration) -> str:

@@ -14,7 +14,7 @@ every instant is known; the second step's peak is the steady state (the optimize
     logits          logits and loss buffers at labelled positions           last dimension = the head's outputs
     activations     everything else: tensors saved for backward, temporaries
 
-FLOPs are counted by torch's `FlopCounterMode` (matmuls, attention, convolutions) over the second step:
+FLOPs are counted by torch's `FlopCounterMode` (matmuls, attention, convolutions) over the first step:
 what the step really runs, frozen weights' skipped weight-gradients and the head at labelled positions only.
 """
 
@@ -122,6 +122,7 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
     `step_batches()` yields (loss_fn, normaliser) pairs whose loss_fn(model) returns a loss sum."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    model.train()  # as the training loop runs it: dropout, and gradient checkpointing (off in eval mode)
     live = LiveBytes(head_outputs, mask_true)
     weights: dict[str, int] = {}
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -134,7 +135,9 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
     for step in range(2):
         if step == 1:
             live.reset_peak()
-        counter = FlopCounterMode(display=False) if step == 1 else contextlib.nullcontext()
+        # FLOPs are counted in the first step, apart from the peak of the second: the counter's module tracker
+        # holds each checkpointed layer's recomputed outputs until it exits, which a real run never holds.
+        counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
         with live, counter:
             for loss_fn, normaliser in step_batches():
                 with autocast():
@@ -152,6 +155,6 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
                     if isinstance(value, torch.Tensor):
                         live.adopt(value, "optimizer")
             optimizer.zero_grad(set_to_none=True)
-        if step == 1:
+        if step == 0:
             flops = counter.get_total_flops()
     return StepTrace(live.peak_by_kind(), flops, weights)

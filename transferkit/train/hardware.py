@@ -24,7 +24,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     inner = underlying_model(model)
     if not getattr(inner, "supports_gradient_checkpointing", False):
         raise ConfigError(f"config key 'train.gradient_checkpointing': {type(inner).__name__} does not support it")
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers ≥ 5.2x; the old name warns, goes in v6
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 EAGER_MAX_TOKENS = 512

@@ -317,6 +317,9 @@ def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, trai
     model = method.apply(model, method_cfg, task)
     store_frozen_weights(model, runtime, train_cfg.frozen_bf16)
     if train_cfg.gradient_checkpointing:
+        if not method.checkpointable:  # transformers turns the cache off under checkpointing: the prefix is lost
+            raise ConfigError(f"config key 'train.gradient_checkpointing': method '{method.name}' passes its prefix "
+                              f"as a key/value cache, which gradient checkpointing drops; set it to false")
         enable_gradient_checkpointing(model)
     return model
 
