@@ -8,7 +8,16 @@
 #   4. public-domain English for the forgetting reference: Jane Austen's novels, the one data
 #      file of Debian's r-cran-janeaustenr (downloaded with apt-get, not installed: R is not
 #      needed). Optional: without it transferkit measures forgetting on its own written text.
+#   5. with --browser (the test command): Debian's chromium, for the test that renders report.html
+#      in a real headless browser (skipped, with a message, where it cannot be installed).
 set -euo pipefail
+BROWSER=0
+for arg in "$@"; do
+    case "$arg" in
+        --browser) BROWSER=1 ;;
+        *) echo "usage: bash scripts/setup.sh [--browser]" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
@@ -29,5 +38,14 @@ if [ ! -f "$AUSTEN/Rdata.rdb" ]; then
         echo "note: Debian's r-cran-janeaustenr is not available; forgetting is measured on transferkit's own text"
     fi
     rm -rf "${tmp:-/nonexistent}"
+fi
+if [ "$BROWSER" = 1 ] && ! command -v chromium >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
+        && { apt-get install -y -qq chromium >/dev/null 2>&1 \
+             || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; }; then
+        :
+    else
+        echo "note: Debian's chromium could not be installed; the report's browser test will be skipped"
+    fi
 fi
 echo "transferkit is set up in .venv ($(.venv/bin/python -c 'import transferkit; print(transferkit.__version__)'))"

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("methods", ["transferkit.methods"]),
     ("config", ["transferkit.config"]),
     ("evaluate", ["transferkit.evaluate"]),
+    ("report", ["transferkit.report"]),
     ("train", ["transferkit.train"]),
     ("cost", ["transferkit.cost"]),
     ("recommend", ["transferkit.recommend"]),

@@ -17,8 +17,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 __version__ = "0.1.0"
 
-from .api import evaluate_run, generate, load_trained, predict, train  # noqa: E402
+from .api import evaluate_run, generate, load_trained, predict, report, train  # noqa: E402
 from .config import load_config  # noqa: E402
 from .options import RunConfig  # noqa: E402
 
-__all__ = ["train", "load_config", "load_trained", "generate", "evaluate_run", "predict", "RunConfig", "__version__"]
+__all__ = ["train", "load_config", "load_trained", "generate", "evaluate_run", "predict", "report", "RunConfig",
+           "__version__"]

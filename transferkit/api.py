@@ -28,6 +28,7 @@ from .evaluate.generation import Sampling
 from .evaluate.metrics import class_log_probs
 from .methods import get_method, method_names
 from .models import architecture, load_model, resolve_model, task_of
+from .report import write_report
 from .options import EvalConfig, RunConfig
 from .rundir import RunDir
 from .runs import load_trained
@@ -234,6 +235,14 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
         estimated = activations_both_ways(one, estimate(one, hardware))
         rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated)))
     return rows
+
+
+def report(run_dir: str | Path) -> Path:
+    """(Re)write `run_dir`/report.html from what the run wrote (`transferkit/report`); returns its path."""
+    run = RunDir(run_dir)
+    if not (run.config.is_file() and run.metrics.is_file()):
+        raise UserError(f"{run.path}: not a transferkit run directory (no config.yaml and metrics.jsonl)")
+    return write_report(run.path)
 
 
 def recommend(data: str | Path, *, model: str | None = None, hardware=None, forgetting: str = "any",

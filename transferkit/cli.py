@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import cost, evaluate_run, generate, predict, recommend, train
+from .api import cost, evaluate_run, generate, predict, recommend, report, train
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
@@ -137,6 +137,11 @@ def cmd_runs(args) -> int:
     if not rows:
         raise UserError(f"{args.folder}: no run directories (folders with config.yaml and metrics.jsonl) here")
     print(format_runs(rows))
+    return 0
+
+
+def cmd_report(args) -> int:
+    print(report(args.run_dir))
     return 0
 
 
@@ -304,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="every run under a folder: method, task, headline, gain, forgetting, time, status")
     p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: one self-contained page of what the run did")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
 
     add_cost_parser(sub)
     add_recommend_parser(sub)

@@ -18,6 +18,7 @@ from ..models.fingerprint import write_fingerprint
 from ..models.heads import underlying_model
 from ..models.packaged import portable_reference
 from ..options import MethodConfig
+from ..report import write_report
 from ..rundir import RunDir
 from .loop import FitStats, checkpoint_now
 from .setup import Session, scored_split
@@ -52,7 +53,8 @@ def finish(s: Session, stats: FitStats) -> dict:
         log.info(hint)
     summary = build_summary(s, stats, evaluation, general_tuned, verdict)
     s.run.write_json(s.run.summary, summary)
-    log.info(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary})")
+    report = write_report(s.run.path)
+    log.info(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary}, open {report})")
     return summary
 
 

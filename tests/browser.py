@@ -1,0 +1,38 @@
+"""Headless Chromium for the tests that look at a page as a person would (Debian's `chromium`, installed by
+`bash scripts/setup.sh --browser`). Flags as this machine needs them: no sandbox (root), no GPU, and no
+background networking (the network is closed; Chromium would otherwise retry at every start)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+
+
+def find_chromium() -> str | None:
+    return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
+                None)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to the browser console (errors, uncaught exceptions, warnings)."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def open_page(page: Path, screenshot: Path | None = None, width: int = 1200, height: int = 3000) -> tuple[str, list[str]]:
+    """(the DOM after loading `page`, its console messages); with `screenshot`, a PNG of the page too."""
+    browser = find_chromium()
+    assert browser, "no Chromium"
+    url = page.resolve().as_uri()
+    with tempfile.TemporaryDirectory() as profile:
+        base = [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]
+        dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
+                           check=True)
+    return dom.stdout, console_messages(dom.stderr)
