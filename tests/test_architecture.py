@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("cost", ["transferkit.cost"]),
     ("recommend", ["transferkit.recommend"]),
     ("runs", ["transferkit.runs"]),
+    ("compare", ["transferkit.compare"]),
     ("api", ["transferkit.api"]),
     ("entry points", ["transferkit.cli", "transferkit.__main__", "transferkit"]),
 ]

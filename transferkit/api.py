@@ -27,7 +27,7 @@ from .evaluate.comparison import label_baselines
 from .evaluate.generation import Sampling
 from .evaluate.metrics import class_log_probs
 from .methods import get_method, method_names
-from .models import architecture, load_model, resolve_model, task_of
+from .models import architecture, load_model, load_tokenizer, resolve_model, task_of
 from .report import write_report
 from .options import EvalConfig, RunConfig
 from .rundir import RunDir
@@ -235,6 +235,24 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
         estimated = activations_both_ways(one, estimate(one, hardware))
         rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated)))
     return rows
+
+
+def compare(cfg: RunConfig, methods: str, budget: str) -> dict:
+    """`transferkit compare`: the methods named in `methods` ("baseline,probe,lora") on `cfg`'s data under one
+    `budget` ("steps=N" or "tokens=N"), each a run under `cfg.output_dir`; comparison.json's content
+    (`transferkit/compare.py`)."""
+    from . import compare as ladder
+    from .cost.estimate import workload
+
+    quiet_libraries()
+    names = ladder.parse_methods(methods)
+    measure = ladder.Budget.parse(budget)
+    tokens_per_step = 0.0
+    if measure.kind == "tokens":  # training tokens per optimizer step, from the data as the config batches it
+        work, _ = workload(cfg, read_train(cfg.data), load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code),
+                           cfg.train.batch_size)
+        tokens_per_step = cfg.train.batch_size * work.mean_tokens
+    return ladder.compare(cfg, names, measure, tokens_per_step)
 
 
 def report(run_dir: str | Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import cost, evaluate_run, generate, predict, recommend, report, train
+from .api import compare, cost, evaluate_run, generate, predict, recommend, report, train
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
@@ -137,6 +137,14 @@ def cmd_runs(args) -> int:
     if not rows:
         raise UserError(f"{args.folder}: no run directories (folders with config.yaml and metrics.jsonl) here")
     print(format_runs(rows))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import format_table
+
+    result = compare(load_config(args.config, list(args.overrides)), args.methods, args.budget)
+    print(format_table(result))
     return 0
 
 
@@ -310,10 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", nargs="?", default="runs", help="where to look (default: runs)")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: one self-contained page of what the run did")
-    p.add_argument("run_dir")
-    p.set_defaults(func=cmd_report)
-
+    add_compare_parsers(sub)
     add_cost_parser(sub)
     add_recommend_parser(sub)
 
@@ -324,6 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="every config key with its type, default and help")
     p.set_defaults(func=cmd_keys)
     return parser
+
+
+def add_compare_parsers(sub) -> None:
+    """`compare` (several methods, one budget) and `report` (a run on one page)."""
+    p = sub.add_parser("compare", help="several methods on the same data, seed and budget: a table, comparison.json, "
+                                       "a plot, and which to use")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value, applied to every method's run")
+    p.add_argument("--methods", default="baseline,probe,freeze,lora,full",
+                   help="comma-separated: baseline (the prompting baseline, measured once) and method names")
+    p.add_argument("--budget", default="steps=100", help="steps=N or tokens=N, the same for every method")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: one self-contained page of what the run did")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
 
 
 def main(argv: list[str] | None = None) -> int:

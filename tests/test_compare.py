@@ -1,0 +1,100 @@
+"""`transferkit compare`: every method a normal run on the same data and budget, failures recorded, finished
+runs reused on a re-run, the table's marks and advice, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from transferkit.errors import ConfigError
+
+
+@pytest.fixture()
+def compared(tiny_config):
+    """baseline, lora, ia3 and prefix for 3 steps, with gradient checkpointing on: prefix is refused with it."""
+    from transferkit.api import compare
+
+    cfg = tiny_config("train.gradient_checkpointing=true", "train.eval_every=0")
+    return cfg, compare(cfg, "baseline,lora,ia3,prefix", "steps=3")
+
+
+def test_each_method_is_a_run_on_the_same_budget_and_a_failure_is_recorded(compared):
+    cfg, result = compared
+    out = Path(cfg.output_dir)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"lora", "ia3", "prefix"}
+    assert "gradient_checkpointing" in rows["prefix"]["failed"]
+    summaries = {m: json.loads((out / m / "summary.json").read_text()) for m in ("lora", "ia3")}
+    assert all(s["steps"] == 3 for s in summaries.values())
+    assert summaries["lora"]["baseline"] is not None and summaries["ia3"]["baseline"] is None  # measured once
+    assert summaries["lora"]["method"] == "lora" and summaries["ia3"]["method"] == "ia3"
+    for name in ("lora", "ia3"):
+        row = rows[name]
+        assert row["score"] == summaries[name]["test"][row["metric"]]
+        assert row["gain"] == pytest.approx(row["score"] - summaries["lora"]["comparison"]["baseline"])  # one baseline
+        assert row["trainable"] == summaries[name]["params"]["trainable"]
+        assert row["adapter_bytes"] > 0 and (out / name / "report.html").is_file()
+    assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(result))
+    assert (out / "comparison.png").is_file()
+    assert result["advice"].startswith("Use lora") or result["advice"].startswith("Use ia3")
+
+
+def test_a_rerun_reuses_finished_runs_and_a_changed_budget_trains_again(compared, monkeypatch):
+    from transferkit import compare as ladder
+    from transferkit.api import compare
+
+    cfg, first = compared
+    calls = []
+    real_train = ladder.train
+    monkeypatch.setattr(ladder, "train", lambda c, **kw: calls.append((Path(c.output_dir).name, kw)) or real_train(c, **kw))
+    again = compare(cfg, "baseline,lora,ia3,prefix", "steps=3")
+    assert [name for name, _ in calls] == ["prefix"]  # only the failed one is tried again
+    assert [r.get("score") for r in again["rows"]] == [r.get("score") for r in first["rows"]]
+    calls.clear()
+    compare(cfg, "lora", "steps=4")
+    assert calls == [("lora", {"resume": False, "overwrite": True})]
+
+
+def test_pareto_marks_and_advice():
+    from transferkit.compare import advice, pareto
+
+    rows = [{"method": "probe", "metric": "macro_f1", "score": 0.80, "train_s": 10, "mem": 1},
+            {"method": "lora", "metric": "macro_f1", "score": 0.905, "train_s": 50, "mem": 3},
+            {"method": "full", "metric": "macro_f1", "score": 0.91, "train_s": 200, "mem": 9},
+            {"method": "freeze", "metric": "macro_f1", "score": 0.79, "train_s": 30, "mem": 2}]
+    assert pareto(rows, "train_s") == {"probe", "lora", "full"}  # freeze: worse and slower than the probe
+    assert advice(rows, True).startswith("Use lora: macro_f1 0.905, within 0.01 of the best (full")
+
+
+def test_bootstrap_interval_brackets_the_score(tmp_path):
+    from transferkit.compare import bootstrap_interval, macro_f1
+
+    rows = [{"label": "a", "prediction": "a"}] * 40 + [{"label": "b", "prediction": "a"}] * 10 + \
+        [{"label": "b", "prediction": "b"}] * 50
+    (tmp_path / "test_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    low, high = bootstrap_interval(tmp_path, "macro_f1")
+    # by hand: a: tp 40, fp 10, fn 0 → 80/90; b: tp 50, fp 0, fn 10 → 100/110
+    assert macro_f1(rows) == pytest.approx((80 / 90 + 100 / 110) / 2)
+    assert low < macro_f1(rows) < high and high - low < 0.2
+    assert bootstrap_interval(tmp_path, "perplexity") is None
+
+
+def test_bad_methods_and_budgets_are_one_clear_error(tiny_config, tmp_path, capsys):
+    import yaml
+
+    from transferkit.api import compare
+    from transferkit.cli import main
+    from transferkit.config import config_to_dict
+
+    with pytest.raises(ConfigError, match=r"unknown 'lorra', 'fulll'; known: baseline, .*lora"):
+        compare(tiny_config(), "lorra,fulll", "steps=3")
+    with pytest.raises(ConfigError, match="nothing to train"):
+        compare(tiny_config(), "baseline", "steps=3")
+    with pytest.raises(ConfigError, match="less than one optimizer step"):
+        compare(tiny_config(), "lora", "tokens=3")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(tiny_config())))
+    assert main(["compare", str(path), "--methods", "lora", "--budget", "minutes=5"]) == 2
+    assert "steps=N or tokens=N" in capsys.readouterr().err

@@ -1,0 +1,243 @@
+"""`transferkit compare`: several rungs of the ladder on the same data, splits, seed and budget.
+
+    OUTPUT_DIR/
+      <method>/             a normal run directory per method: inspect, evaluate, report or serve it as any run
+      <method>.requested.yaml   the config as asked, so that a re-run knows a finished run is the same one
+      comparison.json       one row per method (below), the Pareto marks and the one-sentence advice
+      comparison.png        score against train time and against trainable parameters (log axis)
+
+Each method starts from its own defaults (`methods/<name>.py` declares them: a LoRA learning rate is not a full
+fine-tune's; `transferkit keys` lists them) with the config's data, model, seed and the one budget; `baseline`
+in the list means the prompting baseline, measured once (by the first trained method's run) instead of by
+every run. A re-run reuses every finished run whose config is unchanged and resumes an interrupted one from
+its last checkpoint; a method that fails (out of memory, a refused combination) is recorded with its error
+and the others go on.
+
+Per row: the headline test score with a bootstrap 95 % interval over the test examples (Efron & Tibshirani
+1993; 1,000 resamples, percentile interval), the gain over the best baseline, trainable parameters, adapter
+bytes on disk, train seconds, peak memory, forgetting, and the calculator's predicted peak beside the
+measured one. A method is Pareto-optimal when no other scores at least as well at no more train time (or
+peak memory), better in one. The advice: the cheapest method (train time) within `SLACK` of the best score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import dump_config, load_config, with_method, with_overrides
+from .errors import ConfigError, UserError
+from .evaluate.comparison import compare as judge
+from .methods import method_names
+from .options import RunConfig
+from .train import train
+
+SLACK = 0.01            # within 1 point of the best score counts as as good
+RESAMPLES = 1000        # bootstrap resamples of the test examples
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The same amount of training for every method: optimizer steps, or training tokens."""
+
+    kind: str        # "steps" or "tokens"
+    amount: int
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        kind, _, amount = text.partition("=")
+        if kind not in ("steps", "tokens") or not amount.isdigit() or int(amount) <= 0:
+            raise ConfigError(f"--budget '{text}': give steps=N or tokens=N with N > 0 (minutes=N needs a measured "
+                              f"speed per method and is not supported yet)")
+        return cls(kind, int(amount))
+
+    def steps(self, tokens_per_step: float) -> int:
+        if self.kind == "steps":
+            return self.amount
+        steps = math.floor(self.amount / tokens_per_step)
+        if steps < 1:
+            raise ConfigError(f"--budget tokens={self.amount} is less than one optimizer step "
+                              f"(about {tokens_per_step:,.0f} training tokens per step here)")
+        return steps
+
+
+def parse_methods(text: str) -> list[str]:
+    """'baseline,probe,lora' → names, each checked against the registry; every problem in one message."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n != "baseline" and n not in method_names()]
+    if unknown or not [n for n in names if n != "baseline"]:
+        raise ConfigError(f"--methods: unknown {', '.join(map(repr, unknown)) or 'nothing to train'}; known: "
+                          f"baseline, {', '.join(method_names())}")
+    return names
+
+
+def method_config(cfg: RunConfig, name: str, steps: int, out: Path, baseline: bool) -> RunConfig:
+    """The run of method `name` in the comparison: its defaults, the shared budget, its own folder."""
+    return with_overrides(with_method(cfg, name), [f"train.max_steps={steps}", "train.epochs=null",
+                                                   f"eval.baseline={str(baseline).lower()}",
+                                                   f"output_dir={out / name}"])
+
+
+def continue_run(cfg: RunConfig) -> dict:
+    """The summary of the run `cfg` describes: read back when a run with this config finished, resumed from its
+    checkpoint when one stopped midway, else trained from the start. The config as asked is kept beside the run
+    directory (`<run>.requested.yaml`) and compared as a config, so a key added to the code since reads as its
+    default."""
+    run_dir = Path(cfg.output_dir)
+    requested = run_dir.with_name(run_dir.name + ".requested.yaml")
+    same = requested.is_file() and load_config(None, base=yaml.safe_load(requested.read_text())) == cfg
+    if same and (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    resume = same and any((run_dir / "checkpoints").glob("step-*"))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    requested.write_text(dump_config(cfg))
+    return train(cfg, resume=resume, overwrite=not resume)
+
+
+def bootstrap_interval(folder: Path, metric: str, seed: int = 0) -> tuple[float, float] | None:
+    """95 % percentile interval of the headline over resampled test examples, from test_predictions.jsonl:
+    accuracy / exact match from each example's `match`, macro-F1 from labels and predictions. None for a
+    headline with no per-example form (perplexity, a task metric's field score)."""
+    path = folder / "test_predictions.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if metric == "macro_f1" and rows and "label" in rows[0]:
+        score = macro_f1
+    elif metric in ("accuracy", "exact_match") and rows and "match" in rows[0]:
+        def score(sample):
+            return sum(bool(r["match"]) for r in sample) / len(sample)
+    else:
+        return None
+    rng = random.Random(seed)
+    scores = sorted(score([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(RESAMPLES))
+    return scores[int(0.025 * RESAMPLES)], scores[int(0.975 * RESAMPLES) - 1]
+
+
+def macro_f1(rows: list[dict]) -> float:
+    """Mean over the classes present of 2·TP / (2·TP + FP + FN)."""
+    classes = {r["label"] for r in rows} | {r["prediction"] for r in rows}
+    f1 = []
+    for c in classes:
+        tp = sum(r["label"] == c and r["prediction"] == c for r in rows)
+        wrong = sum((r["label"] == c) != (r["prediction"] == c) for r in rows)
+        f1.append(2 * tp / (2 * tp + wrong) if tp or wrong else 0.0)
+    return sum(f1) / len(f1)
+
+
+def pareto(rows: list[dict], cost: str) -> set[str]:
+    """Methods no other beats on score at no more `cost`, better in one."""
+    def dominated(r):
+        return any(o is not r and o["score"] >= r["score"] and o[cost] <= r[cost] and
+                   (o["score"] > r["score"] or o[cost] < r[cost]) for o in rows)
+    return {r["method"] for r in rows if not dominated(r)}
+
+
+def advice(rows: list[dict], higher_is_better: bool) -> str:
+    scored = [r for r in rows if r.get("score") is not None]
+    if not scored:
+        return "No method finished; see each row's error."
+    sign = 1 if higher_is_better else -1
+    best = max(scored, key=lambda r: sign * r["score"])
+    near = [r for r in scored if sign * (best["score"] - r["score"]) <= SLACK]
+    pick = min(near, key=lambda r: r["train_s"])
+    why = "the best score" if pick is best else f"within {SLACK:g} of the best ({best['method']}, " \
+                                                f"{best['score']:.4g}) at {pick['train_s']:.0f} s instead of {best['train_s']:.0f} s"
+    return f"Use {pick['method']}: {pick['metric']} {pick['score']:.4g}, {why}."
+
+
+def result_row(name: str, cfg: RunConfig, summary: dict, baselines: dict) -> dict:
+    """One method's row of comparison.json from its summary.json, scored against the comparison's one baseline
+    measurement `baselines` ({prompt: metrics}; {} when none was asked for)."""
+    folder = Path(cfg.output_dir)
+    tuned = summary.get("test") or summary.get("validation") or {}
+    versus = judge(summary["schema"], tuned, baselines, cfg.eval.headline)
+    forgetting = (summary.get("forgetting") or {}).get("forgetting")
+    return {"method": name, "run": str(folder), "metric": versus["metric"], "score": versus["tuned"],
+            "interval95": bootstrap_interval(folder, versus["metric"]), "gain": versus["gain"],
+            "baseline": versus["baseline"], "trainable": summary["params"]["trainable"],
+            "adapter_bytes": folder_bytes(folder / "adapter"), "train_s": summary["timings_s"].get("train", 0.0),
+            "peak_memory_bytes": summary.get("peak_memory_bytes"), "forgetting": forgetting,
+            "higher_is_better": versus.get("higher_is_better", versus["metric"] not in ("loss", "perplexity"))}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def compare(cfg: RunConfig, methods: list[str], budget: Budget, tokens_per_step: float) -> dict:
+    """Run every method of `methods` (see the module docstring) under `cfg.output_dir`; comparison.json's
+    content, also written there."""
+    out = Path(cfg.output_dir)
+    steps = budget.steps(tokens_per_step)
+    baseline_pending = "baseline" in methods
+    baselines: dict = {}
+    rows = []
+    for name in [m for m in methods if m != "baseline"]:
+        run_cfg = method_config(cfg, name, steps, out, baseline_pending)
+        try:
+            summary = continue_run(run_cfg)
+        except (UserError, RuntimeError, MemoryError) as error:  # this method fails; the others go on
+            rows.append({"method": name, "run": run_cfg.output_dir, "failed": str(error).splitlines()[0]})
+            continue
+        if baseline_pending:  # the first finished run measured it for all
+            baselines = {k: v for k, v in (summary.get("baseline") or {}).items() if isinstance(v, dict)}
+            baseline_pending = False
+        rows.append(result_row(name, run_cfg, summary, baselines))
+    scored = [r for r in rows if "failed" not in r and r["score"] is not None]
+    higher = scored[0]["higher_is_better"] if scored else True
+    for cost, mark in (("train_s", "pareto_time"), ("peak_memory_bytes", "pareto_memory")):
+        best = pareto([r if higher else dict(r, score=-r["score"]) for r in scored], cost)
+        for r in scored:
+            r[mark] = r["method"] in best
+    result = {"budget": dataclasses.asdict(budget), "steps": steps, "methods": methods, "rows": rows,
+              "advice": advice(scored, higher)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(scored, out / "comparison.png")
+    return result
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Score against train time and against trainable parameters (log axis), one point per method."""
+    if not rows:
+        return
+    from .evaluate.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, key, label in ((axes[0], "train_s", "train time (s)"), (axes[1], "trainable", "trainable parameters")):
+        for r in rows:
+            ax.scatter(r[key], r["score"])
+            ax.annotate(r["method"], (r[key], r["score"]), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].set_ylabel(f"test {rows[0]['metric']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"budget: {result['budget']['kind']}={result['budget']['amount']} ({result['steps']} steps per method)",
+             "| method | score (95 % CI) | gain | trainable | adapter MiB | train s | peak MiB | forgetting | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['method']} | failed: {r['failed']} ||||||||")
+            continue
+        ci = f" ({r['interval95'][0]:.3f}–{r['interval95'][1]:.3f})" if r["interval95"] else ""
+        gain = "–" if r["gain"] is None else f"{r['gain']:+.3f}"
+        forgot = "–" if r["forgetting"] is None else f"{r['forgetting']:+.1%}"
+        marks = ", ".join(m for m, k in (("time", "pareto_time"), ("memory", "pareto_memory")) if r.get(k))
+        lines.append(f"| {r['method']} | {r['metric']} {r['score']:.3f}{ci} | {gain} | {r['trainable']:,} | "
+                     f"{r['adapter_bytes'] / 2**20:.1f} | {r['train_s']:.0f} | "
+                     f"{(r['peak_memory_bytes'] or 0) / 2**20:,.0f} | {forgot} | {marks} |")
+    return "\n".join(lines + ["", result["advice"]])
