@@ -47,14 +47,40 @@ def test_a_rerun_reuses_finished_runs_and_a_changed_budget_trains_again(compared
 
     cfg, first = compared
     calls = []
-    real_train = ladder.train
-    monkeypatch.setattr(ladder, "train", lambda c, **kw: calls.append((Path(c.output_dir).name, kw)) or real_train(c, **kw))
+    real_plan = ladder.plan_run
+    monkeypatch.setattr(ladder, "plan_run", lambda c: calls.append((Path(c.output_dir).name, real_plan(c))) or calls[-1][1])
     again = compare(cfg, "baseline,lora,ia3,prefix", "steps=3")
-    assert [name for name, _ in calls] == ["prefix"]  # only the failed one is tried again
+    assert calls == [("lora", "finished"), ("ia3", "finished"), ("prefix", "fresh")]  # only the failed one again
     assert [r.get("score") for r in again["rows"]] == [r.get("score") for r in first["rows"]]
     calls.clear()
     compare(cfg, "lora", "steps=4")
-    assert calls == [("lora", {"resume": False, "overwrite": True})]
+    assert calls == [("lora", "fresh")]
+
+
+def test_a_killed_run_is_resumed_from_its_checkpoint(tiny_config, monkeypatch):
+    """A comparison whose run crashed after step 3's checkpoint: the re-run resumes that run from there."""
+    from transferkit import compare as ladder
+    from transferkit.api import compare
+    from transferkit.train import loop
+
+    cfg = tiny_config("train.save_every=3", "train.eval_every=0", "eval.baseline=false")
+    run_cfg = ladder.method_config(cfg, "lora", 6, Path(cfg.output_dir), False)
+    real_step, calls = loop.optimizer_step, []
+
+    def crashing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash during step 5")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "optimizer_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ladder.continue_run(run_cfg)  # what `compare` runs for the method, here in this process to crash it
+    monkeypatch.setattr(loop, "optimizer_step", real_step)
+    assert ladder.plan_run(run_cfg) == "resume"
+    result = compare(cfg, "lora", "steps=6")
+    summary = json.loads((Path(cfg.output_dir) / "lora" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 3 and summary["steps"] == 6 and result["rows"][0]["score"] is not None
 
 
 def test_pareto_marks_and_advice():
@@ -98,3 +124,21 @@ def test_bad_methods_and_budgets_are_one_clear_error(tiny_config, tmp_path, caps
     path.write_text(yaml.safe_dump(config_to_dict(tiny_config())))
     assert main(["compare", str(path), "--methods", "lora", "--budget", "minutes=5"]) == 2
     assert "steps=N or tokens=N" in capsys.readouterr().err
+
+
+def test_the_comparison_report_shows_comparison_json_in_a_browser(compared):
+    from browser import find_chromium, open_page
+    from test_report import lookup, numbers_in
+
+    cfg, result = compared
+    page = Path(cfg.output_dir) / "report.html"
+    html = page.read_text(encoding="utf-8")
+    assert 'href="lora/report.html"' in html and "failed: " in html and "<script" not in html
+    found = numbers_in(html)
+    assert {"rows.0.score", "rows.0.predicted_peak_bytes", "rows.1.train_s"} <= {k for k, _ in found}
+    assert all(value == lookup(result, key) for key, value in found)
+    assert all(r["predicted_peak_bytes"] > 0 for r in result["rows"] if "failed" not in r)  # trained on this CPU
+    if find_chromium() is None:
+        pytest.skip("no Chromium here: `bash scripts/setup.sh --browser` installs Debian's chromium")
+    dom, console = open_page(page, Path(__file__).resolve().parents[1] / "test-artifacts" / "comparison.png")
+    assert console == [] and all(value == lookup(result, key) for key, value in numbers_in(dom))

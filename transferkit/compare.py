@@ -5,6 +5,7 @@
       <method>.requested.yaml   the config as asked, so that a re-run knows a finished run is the same one
       comparison.json       one row per method (below), the Pareto marks and the one-sentence advice
       comparison.png        score against train time and against trainable parameters (log axis)
+      report.html           the comparison on one page: advice, table linked to each run's report, four charts
 
 Each method starts from its own defaults (`methods/<name>.py` declares them: a LoRA learning rate is not a full
 fine-tune's; `transferkit keys` lists them) with the config's data, model, seed and the one budget; `baseline`
@@ -15,27 +16,32 @@ and the others go on.
 
 Per row: the headline test score with a bootstrap 95 % interval over the test examples (Efron & Tibshirani
 1993; 1,000 resamples, percentile interval), the gain over the best baseline, trainable parameters, adapter
-bytes on disk, train seconds, peak memory, forgetting, and the calculator's predicted peak beside the
-measured one. A method is Pareto-optimal when no other scores at least as well at no more train time (or
+bytes on disk, train seconds, peak memory beside the calculator's predicted peak (`transferkit cost`, for
+runs on this CPU), and forgetting. A method is Pareto-optimal when no other scores at least as well at no more train time (or
 peak memory), better in one. The advice: the cheapest method (train time) within `SLACK` of the best score.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import math
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .config import dump_config, load_config, with_method, with_overrides
+from .cost import estimate, get_hardware
 from .errors import ConfigError, UserError
 from .evaluate.comparison import compare as judge
 from .methods import method_names
 from .options import RunConfig
+from .report import write_comparison_report
 from .train import train
 
 SLACK = 0.01            # within 1 point of the best score counts as as good
@@ -84,20 +90,50 @@ def method_config(cfg: RunConfig, name: str, steps: int, out: Path, baseline: bo
                                                    f"output_dir={out / name}"])
 
 
-def continue_run(cfg: RunConfig) -> dict:
-    """The summary of the run `cfg` describes: read back when a run with this config finished, resumed from its
-    checkpoint when one stopped midway, else trained from the start. The config as asked is kept beside the run
-    directory (`<run>.requested.yaml`) and compared as a config, so a key added to the code since reads as its
-    default."""
+def plan_run(cfg: RunConfig) -> str:
+    """"finished", "resume" or "fresh" for the run `cfg` describes: finished when a run with this config wrote
+    its summary, resume when one stopped after a checkpoint, else fresh. The config as asked is kept beside the
+    run directory (`<run>.requested.yaml`) and compared as a config, so a key added to the code since reads as
+    its default."""
     run_dir = Path(cfg.output_dir)
     requested = run_dir.with_name(run_dir.name + ".requested.yaml")
     same = requested.is_file() and load_config(None, base=yaml.safe_load(requested.read_text())) == cfg
     if same and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    resume = same and any((run_dir / "checkpoints").glob("step-*"))
+        return "finished"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     requested.write_text(dump_config(cfg))
-    return train(cfg, resume=resume, overwrite=not resume)
+    return "resume" if same and any((run_dir / "checkpoints").glob("step-*")) else "fresh"
+
+
+def continue_run(cfg: RunConfig) -> dict:
+    """The summary of the run `cfg` describes, trained in this process only where `plan_run` says so."""
+    state = plan_run(cfg)
+    if state == "finished":
+        return json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+    return train(cfg, resume=state == "resume", overwrite=state == "fresh")
+
+
+def continue_run_apart(cfg: RunConfig) -> dict:
+    """`continue_run` in a child process (`transferkit train`): its peak memory is its own, and a crash or an
+    out-of-memory kill ends that run alone. Its progress passes through to this process's stderr; a failure
+    raises `UserError` with the child's last line."""
+    state = plan_run(cfg)
+    run_dir = Path(cfg.output_dir)
+    if state != "finished":
+        requested = run_dir.with_name(run_dir.name + ".requested.yaml")
+        how = ["--resume", str(run_dir)] if state == "resume" else [str(requested), "--overwrite"]
+        child = subprocess.Popen([sys.executable, "-m", "transferkit", "train", *how], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+        decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+        for chunk in iter(lambda: child.stderr.read1(4096), b""):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail = (tail + text)[-4096:]
+        if child.wait():
+            last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+            raise UserError(last[-1].removeprefix("error: ") if last else f"exit code {child.returncode}")
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def bootstrap_interval(folder: Path, metric: str, seed: int = 0) -> tuple[float, float] | None:
@@ -163,8 +199,19 @@ def result_row(name: str, cfg: RunConfig, summary: dict, baselines: dict) -> dic
             "interval95": bootstrap_interval(folder, versus["metric"]), "gain": versus["gain"],
             "baseline": versus["baseline"], "trainable": summary["params"]["trainable"],
             "adapter_bytes": folder_bytes(folder / "adapter"), "train_s": summary["timings_s"].get("train", 0.0),
-            "peak_memory_bytes": summary.get("peak_memory_bytes"), "forgetting": forgetting,
+            # the training phase's peak over the process before the model: what the calculator predicts
+            "peak_memory_bytes": (summary.get("memory") or {}).get("train_peak_increase_bytes",
+                                                                   summary.get("peak_memory_bytes")),
+            "forgetting": forgetting,
             "higher_is_better": versus.get("higher_is_better", versus["metric"] not in ("loss", "perplexity"))}
+
+
+def predicted_peak(cfg: RunConfig, summary: dict) -> int | None:
+    """What `transferkit cost` predicts for this run's peak (the same quantity summary.json's peak memory
+    measures), where the run trained on this machine's CPU; None on other devices."""
+    if summary.get("device") != "cpu":
+        return None
+    return estimate(cfg, get_hardware("cpu")).peak_bytes
 
 
 def folder_bytes(folder: Path) -> int:
@@ -182,14 +229,15 @@ def compare(cfg: RunConfig, methods: list[str], budget: Budget, tokens_per_step:
     for name in [m for m in methods if m != "baseline"]:
         run_cfg = method_config(cfg, name, steps, out, baseline_pending)
         try:
-            summary = continue_run(run_cfg)
-        except (UserError, RuntimeError, MemoryError) as error:  # this method fails; the others go on
+            summary = continue_run_apart(run_cfg)
+        except UserError as error:  # this method fails; the others go on
             rows.append({"method": name, "run": run_cfg.output_dir, "failed": str(error).splitlines()[0]})
             continue
         if baseline_pending:  # the first finished run measured it for all
             baselines = {k: v for k, v in (summary.get("baseline") or {}).items() if isinstance(v, dict)}
             baseline_pending = False
-        rows.append(result_row(name, run_cfg, summary, baselines))
+        rows.append(result_row(name, run_cfg, summary, baselines) | {"predicted_peak_bytes": predicted_peak(run_cfg,
+                                                                                                       summary)})
     scored = [r for r in rows if "failed" not in r and r["score"] is not None]
     higher = scored[0]["higher_is_better"] if scored else True
     for cost, mark in (("train_s", "pareto_time"), ("peak_memory_bytes", "pareto_memory")):
@@ -201,6 +249,7 @@ def compare(cfg: RunConfig, methods: list[str], budget: Budget, tokens_per_step:
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(scored, out / "comparison.png")
+    write_comparison_report(out, result)
     return result
 
 
@@ -227,8 +276,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def format_table(result: dict) -> str:
     lines = [f"budget: {result['budget']['kind']}={result['budget']['amount']} ({result['steps']} steps per method)",
-             "| method | score (95 % CI) | gain | trainable | adapter MiB | train s | peak MiB | forgetting | Pareto |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | score (95 % CI) | gain | trainable | adapter MiB | train s | peak MiB (predicted) | forgetting "
+             "| Pareto |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "failed" in r:
             lines.append(f"| {r['method']} | failed: {r['failed']} ||||||||")
@@ -236,8 +285,9 @@ def format_table(result: dict) -> str:
         ci = f" ({r['interval95'][0]:.3f}–{r['interval95'][1]:.3f})" if r["interval95"] else ""
         gain = "–" if r["gain"] is None else f"{r['gain']:+.3f}"
         forgot = "–" if r["forgetting"] is None else f"{r['forgetting']:+.1%}"
+        predicted = "–" if r.get("predicted_peak_bytes") is None else f"{r['predicted_peak_bytes'] / 2**20:,.0f}"
         marks = ", ".join(m for m, k in (("time", "pareto_time"), ("memory", "pareto_memory")) if r.get(k))
         lines.append(f"| {r['method']} | {r['metric']} {r['score']:.3f}{ci} | {gain} | {r['trainable']:,} | "
                      f"{r['adapter_bytes'] / 2**20:.1f} | {r['train_s']:.0f} | "
-                     f"{(r['peak_memory_bytes'] or 0) / 2**20:,.0f} | {forgot} | {marks} |")
+                     f"{(r['peak_memory_bytes'] or 0) / 2**20:,.0f} ({predicted}) | {forgot} | {marks} |")
     return "\n".join(lines + ["", result["advice"]])
