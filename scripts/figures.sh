@@ -19,6 +19,13 @@ cp runs/forgetting/results.json docs/data/forgetting_results.json
 echo "== docs/cost.md: the calculator against measured runs (38 min on 2 cores; add --hardware h200 --precision auto
 #    --out docs/data/cost_accuracy_h200.json on a GPU machine)"
 $PY benchmarks/cost_accuracy.py --steps 2 --out docs/data/cost_accuracy.json
+echo "== README: compare on the topics task (table and docs/compare-topics.png)"
+.venv/bin/transferkit compare recipes/compare-topics.yaml --methods baseline,probe,lora,full --budget steps=30
+cp runs/compare-topics/comparison.png docs/compare-topics.png
+echo "== docs/defaults.md: the learning-rate sweep around each method's default (hours; resumable)"
+(cd experiments && ../$PY defaults.py)
+echo "== docs/recommend.md: the recommendation against every rung, measured (hours; resumable)"
+(cd experiments && ../$PY recommend_check.py)
 echo "== docs/methods.md: trainable parameters of every method"
 .venv/bin/transferkit methods --model smollm2-135m
 .venv/bin/transferkit methods --model minilm-l6
