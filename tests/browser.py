@@ -1,12 +1,15 @@
 """Headless Chromium for the tests that look at a page as a person would (Debian's `chromium`, installed by
-`bash scripts/setup.sh --browser`). Flags as this machine needs them: no sandbox (root), no GPU, and no
-background networking (the network is closed; Chromium would otherwise retry at every start)."""
+`bash scripts/setup.sh --browser`), and the numbers a page shows with their summary.json paths. Flags as this
+machine needs them: no sandbox (root), no GPU, and no background networking (the network is closed; Chromium
+would otherwise retry at every start)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -36,3 +39,30 @@ def open_page(page: Path, screenshot: Path | None = None, width: int = 1200, hei
             subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
                            check=True)
     return dom.stdout, console_messages(dom.stderr)
+
+
+class Numbers(HTMLParser):
+    """Every element's (data-key, data-value), in page order: a number on the page and its summary.json path."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "data-key" in attrs:
+            self.found.append((attrs["data-key"], attrs["data-value"]))
+
+
+def numbers_in(html: str) -> list[tuple[str, object]]:
+    parser = Numbers()
+    parser.feed(html)
+    return [(key, json.loads(value)) for key, value in parser.found]
+
+
+def lookup(summary: dict, key: str):
+    """summary.json's value at a dotted path (list indices as numbers)."""
+    node = summary
+    for part in key.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node

@@ -127,8 +127,7 @@ def test_bad_methods_and_budgets_are_one_clear_error(tiny_config, tmp_path, caps
 
 
 def test_the_comparison_report_shows_comparison_json_in_a_browser(compared):
-    from browser import find_chromium, open_page
-    from test_report import lookup, numbers_in
+    from browser import find_chromium, lookup, numbers_in, open_page
 
     cfg, result = compared
     page = Path(cfg.output_dir) / "report.html"

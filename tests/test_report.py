@@ -4,44 +4,15 @@ screenshot kept under test-artifacts/."""
 
 from __future__ import annotations
 
-import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from browser import find_chromium, open_page
+from browser import find_chromium, lookup, numbers_in, open_page
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 NO_BROWSER = "no Chromium here: `bash scripts/setup.sh --browser` installs Debian's chromium for this test"
-
-
-class Numbers(HTMLParser):
-    """Every element's (data-key, data-value) and its text, in page order."""
-
-    def __init__(self):
-        super().__init__()
-        self.found: list[tuple[str, str]] = []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if "data-key" in attrs:
-            self.found.append((attrs["data-key"], attrs["data-value"]))
-
-
-def numbers_in(html: str) -> list[tuple[str, object]]:
-    parser = Numbers()
-    parser.feed(html)
-    return [(key, json.loads(value)) for key, value in parser.found]
-
-
-def lookup(summary: dict, key: str):
-    """summary.json's value at a dotted path (list indices as numbers)."""
-    node = summary
-    for part in key.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node
 
 
 @pytest.fixture(scope="module")
