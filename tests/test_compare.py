@@ -141,3 +141,24 @@ def test_the_comparison_report_shows_comparison_json_in_a_browser(compared):
         pytest.skip("no Chromium here: `bash scripts/setup.sh --browser` installs Debian's chromium")
     dom, console = open_page(page, Path(__file__).resolve().parents[1] / "test-artifacts" / "comparison.png")
     assert console == [] and all(value == lookup(result, key) for key, value in numbers_in(dom))
+
+
+def test_a_run_killed_by_the_kernel_is_recorded_as_killed(tiny_config, monkeypatch):
+    """An out-of-memory kill (SIGKILL) leaves a progress bar as the child's last output: the row says killed."""
+    import io
+
+    from transferkit import compare as ladder
+
+    class Killed:
+        def __init__(self, *args, **kwargs):
+            self.stderr = io.BytesIO("train:  40%|████      | 2/5 [00:01<00:01]\r".encode())
+
+        def wait(self):
+            return -9
+
+    monkeypatch.setattr(ladder.subprocess, "Popen", Killed)
+    cfg = tiny_config("eval.baseline=false")
+    result = ladder.compare(cfg, ["lora"], ladder.Budget("steps", 2), 0.0)
+    assert result["rows"] == [{"method": "lora", "run": str(Path(cfg.output_dir) / "lora"),
+                               "failed": "killed by signal 9 (as the kernel's out-of-memory killer does)"}]
+    assert result["advice"].startswith("No method finished")

@@ -130,9 +130,13 @@ def continue_run_apart(cfg: RunConfig) -> dict:
             sys.stderr.write(text)
             sys.stderr.flush()
             tail = (tail + text)[-4096:]
-        if child.wait():
+        code = child.wait()
+        if code < 0:  # killed: the last line is whatever it was printing, not a reason
+            raise UserError(f"killed by signal {-code}" + (" (as the kernel's out-of-memory killer does)"
+                                                          if -code == 9 else ""))
+        if code:
             last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-            raise UserError(last[-1].removeprefix("error: ") if last else f"exit code {child.returncode}")
+            raise UserError(last[-1].removeprefix("error: ") if last else f"exit code {code}")
     return json.loads((run_dir / "summary.json").read_text())
 
 
