@@ -22,6 +22,8 @@ $PY benchmarks/cost_accuracy.py --steps 2 --out docs/data/cost_accuracy.json
 echo "== README: compare on the topics task (table and docs/compare-topics.png)"
 .venv/bin/transferkit compare recipes/compare-topics.yaml --methods baseline,probe,lora,full --budget steps=30
 cp runs/compare-topics/comparison.png docs/compare-topics.png
+.venv/bin/transferkit compare recipes/compare-quickstart.yaml --methods baseline,lora,ia3,full --budget steps=30
+cp runs/compare-quickstart/comparison.png docs/compare-quickstart.png
 echo "== docs/defaults.md: the learning-rate sweep around each method's default (hours; resumable)"
 (cd experiments && ../$PY defaults.py)
 echo "== docs/recommend.md: the recommendation against every rung, measured (hours; resumable)"
