@@ -33,7 +33,7 @@ def continue_run(cfg: RunConfig, task: str) -> dict:
     """`transferkit.compare.continue_run`, which also adopts a finished run from before
     `<run>.requested.yaml` existed when its config.yaml records `cfg`."""
     run_dir = Path(cfg.output_dir)
-    requested = run_dir.with_name(run_dir.name + ".requested.yaml")
+    requested = compare.requested_path(run_dir)
     if not requested.is_file() and (run_dir / "config.yaml").is_file() and \
             same_as_recorded(run_dir / "config.yaml", cfg, task):
         requested.write_text(dump_config(cfg))

@@ -38,10 +38,13 @@ import yaml
 from .config import dump_config, load_config, with_method, with_overrides
 from .cost import estimate, get_hardware
 from .errors import ConfigError, UserError
+from .evaluate.comparison import LOWER_IS_BETTER
 from .evaluate.comparison import compare as judge
+from .evaluate.metrics import macro_f1
 from .methods import method_names
 from .options import RunConfig
 from .report import write_comparison_report
+from .rundir import RunDir
 from .train import train
 
 SLACK = 0.01            # within 1 point of the best score counts as as good
@@ -90,13 +93,18 @@ def method_config(cfg: RunConfig, name: str, steps: int, out: Path, baseline: bo
                                                    f"output_dir={out / name}"])
 
 
+def requested_path(run_dir: Path) -> Path:
+    """Where the config a run was asked with is kept: beside its run directory, `<run>.requested.yaml`."""
+    return run_dir.with_name(run_dir.name + ".requested.yaml")
+
+
 def plan_run(cfg: RunConfig) -> str:
     """"finished", "resume" or "fresh" for the run `cfg` describes: finished when a run with this config wrote
     its summary, resume when one stopped after a checkpoint, else fresh. The config as asked is kept beside the
     run directory (`<run>.requested.yaml`) and compared as a config, so a key added to the code since reads as
     its default."""
     run_dir = Path(cfg.output_dir)
-    requested = run_dir.with_name(run_dir.name + ".requested.yaml")
+    requested = requested_path(run_dir)
     same = requested.is_file() and load_config(None, base=yaml.safe_load(requested.read_text())) == cfg
     if same and (run_dir / "summary.json").is_file():
         return "finished"
@@ -120,8 +128,7 @@ def continue_run_apart(cfg: RunConfig) -> dict:
     state = plan_run(cfg)
     run_dir = Path(cfg.output_dir)
     if state != "finished":
-        requested = run_dir.with_name(run_dir.name + ".requested.yaml")
-        how = ["--resume", str(run_dir)] if state == "resume" else [str(requested), "--overwrite"]
+        how = ["--resume", str(run_dir)] if state == "resume" else [str(requested_path(run_dir)), "--overwrite"]
         child = subprocess.Popen([sys.executable, "-m", "transferkit", "train", *how], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE)
         decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
@@ -142,14 +149,15 @@ def continue_run_apart(cfg: RunConfig) -> dict:
 
 def bootstrap_interval(folder: Path, metric: str, seed: int = 0) -> tuple[float, float] | None:
     """95 % percentile interval of the headline over resampled test examples, from test_predictions.jsonl:
-    accuracy / exact match from each example's `match`, macro-F1 from labels and predictions. None for a
-    headline with no per-example form (perplexity, a task metric's field score)."""
-    path = folder / "test_predictions.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    accuracy / exact match from each example's `match`, macro-F1 from labels and predictions
+    (`evaluate.metrics.macro_f1`). None for a headline with no per-example form (perplexity, a task metric's
+    field score)."""
+    rows = RunDir(folder).read_predictions()
     if metric == "macro_f1" and rows and "label" in rows[0]:
-        score = macro_f1
+        index = {name: i for i, name in enumerate(sorted({r["label"] for r in rows} | {r["prediction"] for r in rows}))}
+
+        def score(sample):
+            return macro_f1([index[r["prediction"]] for r in sample], [index[r["label"]] for r in sample])
     elif metric in ("accuracy", "exact_match") and rows and "match" in rows[0]:
         def score(sample):
             return sum(bool(r["match"]) for r in sample) / len(sample)
@@ -158,17 +166,6 @@ def bootstrap_interval(folder: Path, metric: str, seed: int = 0) -> tuple[float,
     rng = random.Random(seed)
     scores = sorted(score([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(RESAMPLES))
     return scores[int(0.025 * RESAMPLES)], scores[int(0.975 * RESAMPLES) - 1]
-
-
-def macro_f1(rows: list[dict]) -> float:
-    """Mean over the classes present of 2·TP / (2·TP + FP + FN)."""
-    classes = {r["label"] for r in rows} | {r["prediction"] for r in rows}
-    f1 = []
-    for c in classes:
-        tp = sum(r["label"] == c and r["prediction"] == c for r in rows)
-        wrong = sum((r["label"] == c) != (r["prediction"] == c) for r in rows)
-        f1.append(2 * tp / (2 * tp + wrong) if tp or wrong else 0.0)
-    return sum(f1) / len(f1)
 
 
 def pareto(rows: list[dict], cost: str) -> set[str]:
@@ -207,7 +204,7 @@ def result_row(name: str, cfg: RunConfig, summary: dict, baselines: dict) -> dic
             "peak_memory_bytes": (summary.get("memory") or {}).get("train_peak_increase_bytes",
                                                                    summary.get("peak_memory_bytes")),
             "forgetting": forgetting,
-            "higher_is_better": versus.get("higher_is_better", versus["metric"] not in ("loss", "perplexity"))}
+            "higher_is_better": versus["metric"] not in LOWER_IS_BETTER}
 
 
 def predicted_peak(cfg: RunConfig, summary: dict) -> int | None:

@@ -89,6 +89,7 @@ class RunDir:
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
     labels = property(lambda self: self.path / "labels.json")  # classification: class names by id
+    predictions = property(lambda self: self.path / "test_predictions.jsonl")
 
     def check_writable(self, overwrite: bool) -> None:
         """Refuse a non-empty folder unless asked to overwrite (a finished run is never lost by accident)."""
@@ -148,6 +149,12 @@ class RunDir:
     def read_summary(self) -> dict:
         """summary.json of a finished run ({} before the run finished)."""
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+    def read_predictions(self) -> list[dict]:
+        """test_predictions.jsonl: the tuned model's answer to every test example ([] where none was written)."""
+        if not self.predictions.is_file():
+            return []
+        return [json.loads(line) for line in self.predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def read_labels(self) -> list[str] | None:
         """A classification run's class names (index = class id); None for a language-model run."""

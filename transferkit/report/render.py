@@ -21,6 +21,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from ..evaluate.comparison import headline_metric
 from ..rundir import RunDir, event_metrics
 
 STYLE = """
@@ -46,7 +47,7 @@ def write_report(path: str | Path) -> Path:
 def render_report(run: RunDir) -> str:
     summary = run.read_summary()
     events = run.read_events()
-    sections = [overview(summary), curves(events), test_metrics(summary, run.path), examples(run.path, summary),
+    sections = [overview(summary), curves(events), test_metrics(summary, run.path), examples(run),
                 forgetting(summary), data_and_cost(summary), config_section(run)]
     title = f"{summary.get('method', '?')} on {summary.get('model', '?')} — {run.path.name}"
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
@@ -84,8 +85,8 @@ def overview(summary: dict) -> str:
             f'{number("comparison.gain", comparison.get("gain"))}</span>: the tuned model {verdict} the baseline.</p>')
     else:
         test = summary.get("test") or {}
-        headline = next((k for k in ("macro_f1", "accuracy", "exact_match", "perplexity", "loss") if k in test), None)
-        if headline:
+        headline = headline_metric(summary.get("schema", ""), test) if test else None
+        if headline in test:
             parts.append(f'<p class="headline">test {escape(headline)}: {number("test." + headline, test[headline])}'
                          f" (no baseline measured)</p>")
     parts += [f'<p class="flag">⚑ {escape(str(flag))}</p>' for flag in summary.get("flags") or []]
@@ -177,12 +178,11 @@ def _with_baseline(rows: list[list[str]], test: dict, name: str | None, scores: 
                    else "–"] for row, key in zip(rows, keys)]
 
 
-def examples(folder: Path, summary: dict) -> str:
+def examples(run: RunDir) -> str:
     """The worst and the best test answers: misses first (most confident first, for classifiers), then hits."""
-    path = folder / "test_predictions.jsonl"
-    if not path.is_file():
+    rows = run.read_predictions()
+    if not rows:
         return ""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     confident = sorted(rows, key=lambda r: -(r.get("confidence") or 0.0))
     worst = [r for r in confident if r.get("match") is False][:EXAMPLES]
     best = [r for r in confident if r.get("match") is True][:EXAMPLES]

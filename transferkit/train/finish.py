@@ -128,7 +128,7 @@ def evaluate_tuned(s: Session, model: torch.nn.Module, validation: dict | None) 
         metrics, predictions = evaluate_split(model, s.tokenizer, s.splits.test, s.splits.schema, s.cfg.eval,
                                               s.runtime, label="test", labels=s.splits.labels)
         if predictions:
-            s.run.write_jsonl(s.run.path / "test_predictions.jsonl", predictions)
+            s.run.write_jsonl(s.run.predictions, predictions)
         if "calibration" in metrics:
             s.run.write_file_atomic(s.run.path / "test_reliability.png", lambda tmp: reliability_diagram(
                 metrics["calibration"], metrics["ece"], "test: reliability", tmp))
