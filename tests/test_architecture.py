@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("config", ["transferkit.config"]),
     ("evaluate", ["transferkit.evaluate"]),
     ("report", ["transferkit.report"]),
+    ("diagnose", ["transferkit.diagnose"]),
     ("train", ["transferkit.train"]),
     ("cost", ["transferkit.cost"]),
     ("recommend", ["transferkit.recommend"]),

@@ -128,8 +128,44 @@ def test_bad_methods_and_budgets_are_one_clear_error(tiny_config, tmp_path, caps
         compare(tiny_config(), "lora", "tokens=3")
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(tiny_config())))
-    assert main(["compare", str(path), "--methods", "lora", "--budget", "minutes=5"]) == 2
-    assert "steps=N or tokens=N" in capsys.readouterr().err
+    for bad in ("minutes=soon", "steps=1.5", "hours=2", "minutes=0", "minutes=inf"):
+        assert main(["compare", str(path), "--methods", "lora", "--budget", bad]) == 2
+        assert f"--budget '{bad}': give steps=N, tokens=N (whole numbers) or minutes=N" in capsys.readouterr().err
+
+
+def test_a_minutes_budget_plans_each_method_from_its_measured_speed(tiny_config, monkeypatch):
+    """minutes=N: each method's steps are N minutes over its seconds per step, measured by a few real steps in a
+    child process and kept in <method>.speed.json; a re-run measures nothing and reuses the finished run; a
+    method too slow for one step in N minutes is a failed row, and the others go on."""
+    from transferkit import compare as ladder
+    from transferkit.api import compare
+
+    cfg = tiny_config("eval.baseline=false", "train.eval_every=0")
+    out = Path(cfg.output_dir)
+    first = compare(cfg, "lora", "minutes=0.02")
+    speed = json.loads((out / "lora.speed.json").read_text())
+    (row,) = first["rows"]
+    assert 0 < speed["seconds_per_step"] < 1.2 and row["planned_steps"] == int(1.2 / speed["seconds_per_step"])
+    summary = json.loads((out / "lora" / "summary.json").read_text())
+    assert row["steps"] == summary["steps"] <= row["planned_steps"] and first["steps"] is None
+    assert summary["steps"] == row["planned_steps"] or summary["out_of_time"]
+    assert "minutes=0.02 of training per method" in ladder.format_table(first)
+
+    def must_not_measure(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(ladder, "measure_steps", must_not_measure)
+    calls, real_plan = [], ladder.plan_run
+    monkeypatch.setattr(ladder, "plan_run", lambda c: calls.append(real_plan(c)) or calls[-1])
+    assert compare(cfg, "lora", "minutes=0.02")["rows"] == first["rows"] and calls == ["finished"]
+
+    monkeypatch.setattr(ladder, "measure_steps", lambda cfg, steps, who: (0, 120.0 if cfg.method.name == "full"
+                                                                          else 1.0))
+    result = compare(cfg, "full,ia3", "minutes=0.1")
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["full"]["failed"] == "--budget minutes=0.1 holds no whole optimizer step of full (measured 120.0 s " \
+                                     "per step here)"
+    assert rows["ia3"]["planned_steps"] == 6 and rows["ia3"]["steps"] >= 1
 
 
 def test_the_comparison_report_shows_comparison_json_in_a_browser(compared):

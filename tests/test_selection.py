@@ -105,3 +105,47 @@ def test_a_resumed_run_selects_as_the_straight_one(tiny_config, tmp_path, monkey
     assert resumed["resumed_from_step"] == 6 and straight["selection"]["chosen_step"] < 6
     assert resumed["selection"] == pytest.approx(straight["selection"])
     assert resumed["test"]["loss"] == pytest.approx(straight["test"]["loss"], rel=1e-5)
+
+
+class StepClock:
+    """The loop's clock, advanced `seconds` by every optimizer step: training time without waiting for it."""
+
+    def __init__(self, loop, monkeypatch, seconds: float):
+        self.now, real_step = 0.0, loop.optimizer_step
+
+        def timed_step(*args, **kwargs):
+            self.now += seconds
+            return real_step(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "optimizer_step", timed_step)
+        monkeypatch.setattr(loop, "time", type("Clock", (), {"perf_counter": lambda _: self.now})())
+
+
+def test_max_minutes_ends_the_run_at_the_step_that_crosses_it(tiny_config, tmp_path, monkeypatch):
+    from transferkit import train
+    from transferkit.train import loop
+
+    StepClock(loop, monkeypatch, seconds=10.0)
+    summary = train(tiny_config("train.max_steps=8", "train.max_minutes=0.5", "train.eval_every=0"))
+    assert summary["steps"] == 3 and summary["out_of_time"] and not summary["stopped_early"]
+    assert summary["test"]["loss"] > 0  # it finished as a run does: evaluated, summary written
+    uncapped = train(tiny_config("train.max_steps=8", "train.max_minutes=5", "train.eval_every=0",
+                                 f"output_dir={tmp_path / 'uncapped'}"))
+    assert uncapped["steps"] == 8 and not uncapped["out_of_time"]
+
+
+def test_a_resumed_run_counts_its_earlier_minutes(tiny_config, tmp_path, monkeypatch):
+    """60 s allowed at 10 s a step: a crash during step 5, resumed from the checkpoint after step 4 (40 s used),
+    still ends after step 6, as the uninterrupted run does."""
+    from tiny import crash_and_resume
+
+    from transferkit import train
+    from transferkit.train import loop
+
+    StepClock(loop, monkeypatch, seconds=10.0)
+    common = ("train.max_steps=8", "train.max_minutes=1", "train.eval_every=0", "train.save_every=2")
+    straight = train(tiny_config(*common, f"output_dir={tmp_path / 'straight'}"))
+    resumed = crash_and_resume(train, tiny_config(*common, f"output_dir={tmp_path / 'resumed'}"), monkeypatch,
+                               crash_at=5)
+    assert straight["steps"] == resumed["steps"] == 6 and resumed["resumed_from_step"] == 4
+    assert resumed["out_of_time"]

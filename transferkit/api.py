@@ -29,7 +29,7 @@ from .evaluate.metrics import class_log_probs
 from .methods import get_method, method_names
 from .models import architecture, load_model, load_tokenizer, resolve_model, task_of
 from .report import write_report
-from .options import EvalConfig, RunConfig
+from .options import DiagnoseConfig, EvalConfig, RunConfig
 from .rundir import RunDir
 from .runs import load_trained
 from .runtime import Runtime, quiet_libraries, store_frozen_weights
@@ -239,7 +239,7 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
 
 def compare(cfg: RunConfig, methods: str, budget: str) -> dict:
     """`transferkit compare`: the methods named in `methods` ("baseline,probe,lora") on `cfg`'s data under one
-    `budget` ("steps=N" or "tokens=N"), each a run under `cfg.output_dir`; comparison.json's content
+    `budget` ("steps=N", "tokens=N" or "minutes=N"), each a run under `cfg.output_dir`; comparison.json's content
     (`transferkit/compare.py`)."""
     from . import compare as ladder
     from .cost.estimate import workload
@@ -253,6 +253,46 @@ def compare(cfg: RunConfig, methods: str, budget: str) -> dict:
                            cfg.train.batch_size)
         tokens_per_step = cfg.train.batch_size * work.mean_tokens
     return ladder.compare(cfg, names, measure, tokens_per_step)
+
+
+def diagnose(run_dir: str | Path, options: DiagnoseConfig, layers: str = "all", precision: str = "auto") -> dict:
+    """`transferkit diagnose`: a finished run's tuned model against its base, layer by layer
+    (`transferkit/diagnose`), written to RUN_DIR/diagnostics/ and shown in a regenerated report.html."""
+    from .diagnose import diagnose_run
+
+    quiet_libraries()
+    runtime = Runtime.resolve("auto", precision)
+    tuned, tokenizer, cfg = load_trained(run_dir, runtime.device)
+    store_frozen_weights(tuned, runtime, cfg.train.frozen_bf16)
+    result = diagnose_run(RunDir(run_dir), tuned, tokenizer, cfg, runtime, options, layers)
+    write_report(run_dir)
+    return result
+
+
+def probe(model: str, options: DiagnoseConfig, layers: str = "all", out: str | Path | None = None,
+          precision: str = "auto", trust_remote_code: bool = False) -> dict:
+    """`transferkit probe`: the layer-probe curve of a base model on `options.data`, before any training; with `out`,
+    probe.json and probe.png are written there."""
+    from .diagnose import parse_layers, pooling_for, probe_model, read_sample
+    from .diagnose.diagnosis import require_labels
+    from .diagnose.plots import plot_probe
+
+    quiet_libraries()
+    runtime = Runtime.resolve("auto", precision)
+    sample = read_sample(options.data, options.label_column, options.max_examples)  # bad rows fail before the model
+    require_labels(sample)
+    lm, tokenizer, folder = load_model(model, device=runtime.device, trust_remote_code=trust_remote_code,
+                                       task="classification" if architecture(resolve_model(model)) == "encoder"
+                                       else "causal-lm", labels=sorted(set(sample.labels)))
+    result = probe_model(lm, tokenizer, sample, runtime, pooling_for(folder, options.pooling),
+                         parse_layers(layers, lm.config.num_hidden_layers + 1))
+    result["model"] = model
+    if out is not None:
+        folder_out = Path(out)
+        folder_out.mkdir(parents=True, exist_ok=True)
+        (folder_out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_probe(result, folder_out / "probe.png")
+    return result
 
 
 def report(run_dir: str | Path) -> Path:

@@ -13,17 +13,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import compare, cost, evaluate_run, generate, predict, recommend, report, train
+from .api import compare, cost, diagnose, evaluate_run, generate, predict, probe, recommend, report, train
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
 from .cost.format import format_calibration, format_cost
-from .errors import EXIT_USER_ERROR, UserError
+from .errors import EXIT_USER_ERROR, ConfigError, UserError
 from .evaluate.generation import Sampling
 from .evaluate.plots import reliability_diagram
 from .files import jsonl_text, write_file_atomic
 from .methods.accounting import format_table, parameter_table
-from .options import EvalConfig
+from .options import DiagnoseConfig, EvalConfig
 from .recommend import as_dict as recommendation_dict
 from .recommend import format_recommendation, recipe_text
 from .runs import find_runs, format_runs
@@ -146,6 +146,43 @@ def cmd_compare(args) -> int:
     result = compare(load_config(args.config, list(args.overrides)), args.methods, args.budget)
     print(format_table(result))
     return 0
+
+
+def diagnose_options(args) -> DiagnoseConfig:
+    if args.max_examples < 4:
+        raise ConfigError(f"--max-examples {args.max_examples}: at least 4 (the debiased CKA needs n > 3)")
+    return DiagnoseConfig(enabled=True, data=args.data, max_examples=args.max_examples, label_column=args.label_column,
+                          pooling=args.pooling, debiased=getattr(args, "debiased", False))
+
+
+def cmd_diagnose(args) -> int:
+    result = diagnose(args.run_dir, diagnose_options(args), args.layers, args.precision)
+    print(format_layers(result["layers"], {"CKA base/tuned": result["cka"]["by_layer"],
+                                           **{f"probe {k}": v for k, v in result.get("probes", {}).items()}},
+                        {row["layer"]: row for row in result["weights"]["by_layer"]}))
+    print(result["reading"])
+    print(f"written: {Path(args.run_dir) / 'diagnostics'} (diagnostics.json, diagnostics.png); report.html updated")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    result = probe(args.model, diagnose_options(args), args.layers, args.out, args.precision, args.trust_remote_code)
+    print(format_layers(result["layers"], {"probe accuracy": result["probe"]}, {}))
+    print(f"majority class: {result['chance']:.3f}. {result['reading']}")
+    return 0
+
+
+def format_layers(layers: list[int], columns: dict[str, list[float]], weights: dict[int, dict]) -> str:
+    """One row per layer: the given columns, and the block's weight change where there is one."""
+    head = ["layer", *columns] + (["‖ΔW‖/‖W‖", "eff. rank"] if weights else [])
+    lines = ["  ".join(f"{h:>14}" for h in head)]
+    for i, layer in enumerate(layers):
+        cells = [f"{layer:>14}"] + [f"{values[i]:>14.3f}" for values in columns.values()]
+        if weights:
+            row = weights.get(layer - 1)  # hidden state i is the output of block i - 1 (numbered from 0)
+            cells += [f"{row['relative']:>14.2e}", f"{row['effective_rank']:>14.1f}"] if row else [f"{'':>14}"] * 2
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
 
 
 def cmd_report(args) -> int:
@@ -319,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
 
     add_compare_parsers(sub)
+    add_diagnose_parsers(sub)
     add_cost_parser(sub)
     add_recommend_parser(sub)
 
@@ -331,6 +369,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_diagnose_parsers(sub) -> None:
+    """`diagnose` (a run against its base, layer by layer) and `probe` (a base model's layer-probe curve)."""
+    for name, help_text in (("diagnose", "where a run's network changed: layer probes, CKA against the base, weight "
+                                         "change (RUN_DIR/diagnostics/)"),
+                            ("probe", "which layers of a base model already carry the task: a probe per layer")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "diagnose":
+            p.add_argument("run_dir", help="a finished run directory")
+            p.add_argument("--data", help="examples (default: the run's test, validation or training file)")
+            p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
+            p.set_defaults(func=cmd_diagnose)
+        else:
+            p.add_argument("--model", required=True, help="short name, HF folder or GGUF file")
+            p.add_argument("--data", required=True, help="labelled examples (text, label), or --label-column")
+            p.add_argument("--out", help="write probe.json and probe.png into this folder")
+            p.add_argument("--trust-remote-code", action="store_true")
+            p.set_defaults(func=cmd_probe)
+        p.add_argument("--layers", default="all", help="all, or hidden-state numbers such as 0,3,6 (0: embeddings)")
+        p.add_argument("--max-examples", type=int, default=512, help="examples used at most (a seeded subset)")
+        p.add_argument("--label-column", help="column the probes predict (default: the classification label)")
+        p.add_argument("--pooling", choices=["auto", "mean", "last", "cls"], default="auto",
+                       help="auto: mean over tokens for encoders, the last token for decoders")
+        p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+
+
 def add_compare_parsers(sub) -> None:
     """`compare` (several methods, one budget) and `report` (a run on one page)."""
     p = sub.add_parser("compare", help="several methods on the same data, seed and budget: a table, comparison.json, "
@@ -339,7 +402,8 @@ def add_compare_parsers(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value, applied to every method's run")
     p.add_argument("--methods", default="baseline,probe,freeze,lora,full",
                    help="comma-separated: baseline (the prompting baseline, measured once) and method names")
-    p.add_argument("--budget", default="steps=100", help="steps=N or tokens=N, the same for every method")
+    p.add_argument("--budget", default="steps=100", help="steps=N, tokens=N or minutes=N (of training; each method's "
+                   "steps planned from its measured speed), the same for every method")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: one self-contained page of what the run did")

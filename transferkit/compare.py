@@ -3,12 +3,14 @@
     OUTPUT_DIR/
       <method>/             a normal run directory per method: inspect, evaluate, report or serve it as any run
       <method>.requested.yaml   the config as asked, so that a re-run knows a finished run is the same one
+      <method>.speed.json   --budget minutes=N: the method's measured seconds per optimizer step, its steps' plan
       comparison.json       one row per method (below), the Pareto marks and the one-sentence advice
       comparison.png        score against train time and against trainable parameters (log axis)
       report.html           the comparison on one page: advice, table linked to each run's report, four charts
 
 Each method starts from its own defaults (`methods/<name>.py` declares them: a LoRA learning rate is not a full
-fine-tune's; `transferkit keys` lists them) with the config's data, model, seed and the one budget; `baseline`
+fine-tune's; `transferkit keys` lists them) with the config's data, model, seed and the one budget (optimizer
+steps, training tokens, or minutes of optimizer steps: `timed_steps`); `baseline`
 in the list means the prompting baseline, measured once (by the first trained method's run) instead of by
 every run. A re-run reuses every finished run whose config is unchanged and resumes an interrupted one from
 its last checkpoint; a method that fails (out of memory, a refused combination) is recorded with its error
@@ -37,13 +39,14 @@ import yaml
 
 from .config import dump_config, load_config, with_method, with_overrides
 from .cost import estimate, get_hardware
+from .cost.calibrate import measure_steps
 from .errors import ConfigError, UserError
 from .evaluate.comparison import LOWER_IS_BETTER
 from .evaluate.comparison import compare as judge
 from .evaluate.metrics import macro_f1
 from .methods import method_names
 from .options import RunConfig
-from .report import write_comparison_report
+from .report import budget_sentence, write_comparison_report
 from .rundir import RunDir
 from .train import train
 
@@ -53,20 +56,27 @@ RESAMPLES = 1000        # bootstrap resamples of the test examples
 
 @dataclass(frozen=True)
 class Budget:
-    """The same amount of training for every method: optimizer steps, or training tokens."""
+    """The same amount of training for every method: optimizer steps, training tokens, or minutes of training
+    (each method's steps planned from its own measured speed, `timed_steps`, and `train.max_minutes` as the limit)."""
 
-    kind: str        # "steps" or "tokens"
-    amount: int
+    kind: str        # "steps", "tokens" or "minutes"
+    amount: float    # a whole number for steps and tokens
 
     @classmethod
     def parse(cls, text: str) -> Budget:
         kind, _, amount = text.partition("=")
-        if kind not in ("steps", "tokens") or not amount.isdigit() or int(amount) <= 0:
-            raise ConfigError(f"--budget '{text}': give steps=N or tokens=N with N > 0 (minutes=N needs a measured "
-                              f"speed per method and is not supported yet)")
-        return cls(kind, int(amount))
+        try:
+            value = float(amount) if kind == "minutes" else int(amount) if amount.isdigit() else 0
+        except ValueError:
+            value = 0
+        if kind not in ("steps", "tokens", "minutes") or not value > 0 or value == math.inf:
+            raise ConfigError(f"--budget '{text}': give steps=N, tokens=N (whole numbers) or minutes=N, with N > 0")
+        return cls(kind, value)
 
-    def steps(self, tokens_per_step: float) -> int:
+    def steps(self, tokens_per_step: float) -> int | None:
+        """Optimizer steps per method; None for minutes, where each method's steps come from its speed."""
+        if self.kind == "minutes":
+            return None
         if self.kind == "steps":
             return self.amount
         steps = math.floor(self.amount / tokens_per_step)
@@ -86,11 +96,40 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
-def method_config(cfg: RunConfig, name: str, steps: int, out: Path, baseline: bool) -> RunConfig:
+def method_config(cfg: RunConfig, name: str, steps: int, out: Path, baseline: bool,
+                  minutes: float | None = None) -> RunConfig:
     """The run of method `name` in the comparison: its defaults, the shared budget, its own folder."""
+    limit = "null" if minutes is None else f"{minutes:g}"
     return with_overrides(with_method(cfg, name), [f"train.max_steps={steps}", "train.epochs=null",
+                                                   f"train.max_minutes={limit}",
                                                    f"eval.baseline={str(baseline).lower()}",
                                                    f"output_dir={out / name}"])
+
+
+SPEED_STEPS = 5   # optimizer steps timed (after one warm-up step) to plan a method's steps for a minutes budget
+
+
+def timed_steps(cfg: RunConfig, minutes: float) -> int:
+    """For `--budget minutes=N`: the optimizer steps `cfg`'s method is planned with (its schedule spans them),
+    N minutes over its seconds per step. The speed is measured here (`cost.calibrate.measure_steps`: a few real
+    steps, evaluation off, the warm-up excluded) and kept beside the run as `<run>.speed.json`, so that a re-run
+    plans the same steps and reuses a finished run. The run's `train.max_minutes` counts the same thing, optimizer
+    steps (validation and checkpoints not), so it ends at its last planned step unless it ran slower than measured
+    (a method whose later steps are faster, like the probe reading cached features, ends early and under budget). Raises `ConfigError` when N minutes
+    hold no whole step."""
+    path = Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + ".speed.json")
+    key = dump_config(with_overrides(cfg, ["train.max_steps=1", "train.max_minutes=null"]))
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if known.get("config") != key:
+        _, seconds = measure_steps(cfg, SPEED_STEPS, f"--budget minutes: timing {cfg.method.name}")
+        known = {"config": key, "seconds_per_step": seconds, "timed_steps": SPEED_STEPS}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=2) + "\n")
+    steps = math.floor(60 * minutes / known["seconds_per_step"])
+    if steps < 1:
+        raise ConfigError(f"--budget minutes={minutes:g} holds no whole optimizer step of {cfg.method.name} "
+                          f"(measured {known['seconds_per_step']:.1f} s per step here)")
+    return steps
 
 
 def requested_path(run_dir: Path) -> Path:
@@ -199,7 +238,8 @@ def result_row(name: str, cfg: RunConfig, summary: dict, baselines: dict) -> dic
     return {"method": name, "run": str(folder), "metric": versus["metric"], "score": versus["tuned"],
             "interval95": bootstrap_interval(folder, versus["metric"]), "gain": versus["gain"],
             "baseline": versus["baseline"], "trainable": summary["params"]["trainable"],
-            "adapter_bytes": folder_bytes(folder / "adapter"), "train_s": summary["timings_s"].get("train", 0.0),
+            "adapter_bytes": folder_bytes(folder / "adapter"), "steps": summary["steps"],
+            "planned_steps": cfg.train.max_steps, "train_s": summary["timings_s"].get("train", 0.0),
             # the training phase's peak over the process before the model: what the calculator predicts
             "peak_memory_bytes": (summary.get("memory") or {}).get("train_peak_increase_bytes",
                                                                    summary.get("peak_memory_bytes")),
@@ -227,9 +267,12 @@ def compare(cfg: RunConfig, methods: list[str], budget: Budget, tokens_per_step:
     baseline_pending = "baseline" in methods
     baselines: dict = {}
     rows = []
+    minutes = budget.amount if budget.kind == "minutes" else None
     for name in [m for m in methods if m != "baseline"]:
-        run_cfg = method_config(cfg, name, steps, out, baseline_pending)
+        run_cfg = method_config(cfg, name, steps or 1, out, baseline_pending, minutes)
         try:
+            if minutes is not None:
+                run_cfg = method_config(cfg, name, timed_steps(run_cfg, minutes), out, baseline_pending, minutes)
             summary = continue_run_apart(run_cfg)
         except UserError as error:  # this method fails; the others go on
             rows.append({"method": name, "run": run_cfg.output_dir, "failed": str(error).splitlines()[0]})
@@ -276,7 +319,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"budget: {result['budget']['kind']}={result['budget']['amount']} ({result['steps']} steps per method)",
+    lines = [f"budget: {budget_sentence(result)}",
              "| method | score (95 % CI) | gain | trainable | adapter MiB | train s | peak MiB (predicted) | forgetting "
              "| Pareto |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

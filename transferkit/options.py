@@ -52,6 +52,11 @@ class TrainConfig:
     max_steps: Optional[int] = opt(None, "optimizer steps to run (or give `epochs`)", gt=0)
     epochs: Optional[float] = opt(None, "passes over the training data (or give `max_steps`); neither: the "
                                         "method's default", gt=0)
+    max_minutes: Optional[float] = opt(
+        None, "also end training after this many minutes of optimizer steps (validation and checkpoints not counted, a "
+              "resumed run's earlier steps counted): the step that crosses the limit is the last, and the run finishes "
+              "as usual (the schedule still spans max_steps / epochs). `transferkit compare --budget minutes=N` sets it",
+        gt=0)
     batch_size: int = opt(8, "examples per optimizer step", gt=0)
     micro_batch_size: Optional[int] = opt(
         None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
@@ -133,6 +138,22 @@ class ForgettingConfig:
 
 
 @dataclass
+class DiagnoseConfig:
+    enabled: bool = opt(False, "at the end of training, compare the tuned model with its base layer by layer "
+                               "(probes, CKA, weight change: `transferkit diagnose`) into <run>/diagnostics/, shown "
+                               "in the report")
+    data: Optional[str] = opt(None, "examples to diagnose on; null: the test split, else validation, else train")
+    max_examples: int = opt(512, "examples used at most (a seeded subset): the memory bound is this × layers × hidden "
+                                 "floats per model", gt=3)
+    label_column: Optional[str] = opt(None, "column whose values the layer probes predict; null: a classification "
+                                            "task's label (other tasks: no probes)")
+    pooling: Literal["auto", "mean", "last", "cls"] = opt(
+        "auto", "how a text's token states become one vector per layer; auto: mean for encoders, the last token "
+                "for decoders")
+    debiased: bool = opt(False, "debiased CKA (unbiased HSIC) instead of the plain estimator")
+
+
+@dataclass
 class MethodConfig:
     """Base of every method's config; each method module subclasses it."""
 
@@ -152,6 +173,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig,
                                          metadata={"help": "forgetting measurement and mitigations"})
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig,
+                                     metadata={"help": "where the network changed, measured after training"})
     output_dir: str = opt("runs/default", "run directory to write")
     seed: int = opt(0, "random seed for data order, initialisation and dropout")
 

@@ -90,6 +90,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     labels = property(lambda self: self.path / "labels.json")  # classification: class names by id
     predictions = property(lambda self: self.path / "test_predictions.jsonl")
+    diagnostics = property(lambda self: self.path / "diagnostics")  # `transferkit diagnose`: json and plot
 
     def check_writable(self, overwrite: bool) -> None:
         """Refuse a non-empty folder unless asked to overwrite (a finished run is never lost by accident)."""

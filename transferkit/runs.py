@@ -84,7 +84,8 @@ def describe_run(run: RunDir, root: Path) -> RunRow:
     metric = comparison.get("metric") or (headline_metric(summary["schema"], scored, choice) if scored else None)
     value = comparison.get("tuned", scored.get(metric))
     forgetting = (summary.get("forgetting") or {}).get("forgetting")
-    status = f"stopped early at step {summary['steps']}" if summary.get("stopped_early") else "finished"
+    status = f"stopped early at step {summary['steps']}" if summary.get("stopped_early") else \
+        f"out of time at step {summary['steps']}" if summary.get("out_of_time") else "finished"
     return RunRow(name, method, summary.get("schema", "?"), f"{metric} {value:.4g}" if value is not None else "",
                   comparison.get("gain"), forgetting, summary.get("wall_time_s", 0) / 60, status)
 

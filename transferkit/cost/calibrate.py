@@ -74,20 +74,28 @@ def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration
         raise ConfigError(f"--calibrate measures this machine, which is not '{hardware.name}': use --hardware cpu, "
                           f"or run it on that machine")
     predicted = estimate(cfg, hardware)
+    peak, seconds = measure_steps(with_overrides(cfg, [f"train.device={hardware.device}"]), steps, "--calibrate")
+    return Calibration(predicted, steps, peak, seconds)
+
+
+def measure_steps(cfg: RunConfig, steps: int, who: str) -> tuple[int, float]:
+    """(the training phase's peak increase in bytes, seconds per optimizer step) of `cfg`, measured by training
+    `steps` + 1 real steps in a child process with evaluation off (`QUIET`), in a temporary folder deleted
+    afterwards; the first step is the warm-up and is excluded. A failure raises `UserError` naming `who`."""
     folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
     try:
-        run = with_overrides(cfg, [*QUIET, f"train.max_steps={steps + 1}", "train.log_every=1",
-                                   f"train.device={hardware.device}", f"output_dir={folder / 'run'}"])
+        run = with_overrides(cfg, [*QUIET, f"train.max_steps={steps + 1}", "train.epochs=null", "train.log_every=1",
+                                   "train.max_minutes=null", f"output_dir={folder / 'run'}"])
         config = folder / "config.yaml"
         config.write_text(dump_config(run))
         child = subprocess.run([sys.executable, "-m", "transferkit", "train", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
         if child.returncode:
             last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit {child.returncode}"
-            raise UserError(f"--calibrate: the measuring run failed: {last}")
+            raise UserError(f"{who}: the measuring run failed: {last}")
         summary = json.loads((folder / "run" / "summary.json").read_text())
         times = [line["time"] for line in RunDir(folder / "run").read_events() if line["event"] == "train"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     seconds = (times[-1] - times[0]) / (len(times) - 1)  # from the end of step 1 to the end of the last
-    return Calibration(predicted, steps, summary["memory"]["train_peak_increase_bytes"], max(seconds, 1e-9))
+    return summary["memory"]["train_peak_increase_bytes"], max(seconds, 1e-9)

@@ -13,26 +13,38 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.general import PACKAGED, describe_reference, general_sequences, general_texts, probe_sentences
 from ..errors import ConfigError
+from ..models.classifier import pool
 from ..runtime import Runtime, for_inference
 from .metrics import mean_loss
 
 
-@torch.no_grad()
 def pooled_hidden_states(model, tokenizer, texts: list[str], runtime: Runtime, batch_size: int = 16) -> np.ndarray:
     """Mean of the last layer's hidden states over real tokens, one row per text: [N, hidden]."""
+    return layer_states(model, tokenizer, texts, runtime, batch_size, layers=[-1])[:, 0]
+
+
+@torch.no_grad()
+def layer_states(model, tokenizer, texts: list[str], runtime: Runtime, batch_size: int = 16,
+                 layers: list[int] | None = None, pooling: str = "mean", desc: str | None = None) -> np.ndarray:
+    """Each text's hidden states pooled over its real tokens, at the given layers (indices into the model's
+    `hidden_states`: 0 the embeddings, -1 the last layer; None: all): [N, layers, hidden], float32. `pooling`: as
+    the classifier pools (`models.classifier.pool`): "mean" over real tokens, "last" (the last real token: what a
+    decoder has read the whole text into), "cls".
+    Streams `batch_size` texts at a time; only the pooled rows are kept. `desc`: a progress bar's label."""
     rows = []
     with for_inference(model):
-        for start in range(0, len(texts), batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=desc is None, unit="batch"):
             enc = tokenizer(texts[start: start + batch_size], padding=True, return_tensors="pt").to(runtime.device)
             with runtime.autocast():
                 out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
-            hidden = out.hidden_states[-1].float()                       # [B, T, H]
-            hidden = hidden[:, hidden.shape[1] - enc["input_ids"].shape[1]:]  # drop prompt-tuning virtual tokens
-            mask = enc["attention_mask"].unsqueeze(-1).float()           # [B, T, 1]
-            rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+            chosen = out.hidden_states if layers is None else [out.hidden_states[i] for i in layers]
+            width = enc["input_ids"].shape[1]  # prompt tuning's virtual tokens come first: drop them
+            rows.append(torch.stack([pool(h[:, h.shape[1] - width:].float(), enc["attention_mask"], pooling)
+                                     for h in chosen], 1))                # [B, layers, H]
     return torch.cat(rows).cpu().numpy()
 
 

@@ -8,7 +8,7 @@ the styles in one <style> block. Every headline number carries `data-key` (its p
 `data-value` (the raw value), so a test — or a person's script — can hold the page against summary.json.
 """
 
-from .comparison import write_comparison_report
+from .comparison import budget_sentence, write_comparison_report
 from .render import render_report, write_report
 
-__all__ = ["render_report", "write_comparison_report", "write_report"]
+__all__ = ["budget_sentence", "render_report", "write_comparison_report", "write_report"]

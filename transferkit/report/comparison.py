@@ -21,6 +21,16 @@ def write_comparison_report(out: Path, result: dict) -> Path:
     return target
 
 
+def budget_sentence(result: dict) -> str:
+    """'steps=30 (30 optimizer steps per method)', or for minutes each method's planned and done steps."""
+    budget = f"{result['budget']['kind']}={result['budget']['amount']:g}"
+    if result["steps"] is not None:
+        return f"{budget} ({result['steps']} optimizer steps per method)"
+    done = [f"{r['method']} {r['steps']}/{r['planned_steps']}" for r in result["rows"] if "failed" not in r]
+    return f"{budget} of training per method, its steps planned from its measured speed (done/planned: " \
+           f"{', '.join(done) or 'none'})"
+
+
 def render_comparison(out: Path, result: dict) -> str:
     rows = result["rows"]
     scored = [r for r in rows if "failed" not in r and r.get("score") is not None]
@@ -28,8 +38,7 @@ def render_comparison(out: Path, result: dict) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n"
             f'<p class="headline">{escape(result["advice"])}</p>\n'
-            f"<p>budget {escape(result['budget']['kind'])}={result['budget']['amount']}: {result['steps']} optimizer "
-            f"steps per method, each from its own defaults.</p>\n"
+            f"<p>budget {escape(budget_sentence(result))}, each method from its own defaults.</p>\n"
             + comparison_table(rows) + charts(out, scored) + "\n</body></html>\n")
 
 

@@ -48,7 +48,7 @@ def render_report(run: RunDir) -> str:
     summary = run.read_summary()
     events = run.read_events()
     sections = [overview(summary), curves(events), test_metrics(summary, run.path), examples(run),
-                forgetting(summary), data_and_cost(summary), config_section(run)]
+                forgetting(summary), diagnostics(run), data_and_cost(summary), config_section(run)]
     title = f"{summary.get('method', '?')} on {summary.get('model', '?')} — {run.path.name}"
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n"
@@ -163,10 +163,40 @@ def test_metrics(summary: dict, folder: Path) -> str:
         parts += ["<h3>Confusion matrix (rows: true class, columns: predicted)</h3>", table(["", *names], rows)]
     diagram = folder / "test_reliability.png"
     if diagram.is_file():
-        data = base64.b64encode(diagram.read_bytes()).decode()
-        parts.append(f'<h3>Reliability</h3><figure><img alt="reliability diagram" src="data:image/png;base64,{data}">'
-                     f"</figure>")
+        parts.append(f"<h3>Reliability</h3>{png(diagram, 'reliability diagram')}")
     return "\n".join(parts)
+
+
+def png(path: Path, alt: str) -> str:
+    """A PNG file inlined in a figure (the page stays one file)."""
+    return f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">' \
+           f"</figure>"
+
+
+def diagnostics(run: RunDir) -> str:
+    """`transferkit diagnose`'s results, when the run has them: the reading, a row per layer, the figure. Numbers
+    carry `diagnostics.<path in diagnostics/diagnostics.json>`."""
+    found = run.diagnostics / "diagnostics.json"
+    if not found.is_file():
+        return ""
+    result = json.loads(found.read_text())
+    weights = {row["layer"]: (i, row) for i, row in enumerate(result["weights"]["by_layer"])}
+    header = ["layer (0: embeddings)", "CKA base/tuned", *[f"probe {k}" for k in result.get("probes", {})],
+              "block below: mean ‖ΔW‖/‖W‖", "median effective rank"]
+    rows = []
+    for i, layer in enumerate(result["layers"]):
+        cells = [str(layer), number(f"diagnostics.cka.by_layer.{i}", result["cka"]["by_layer"][i])]
+        cells += [number(f"diagnostics.probes.{k}.{i}", v[i]) for k, v in result.get("probes", {}).items()]
+        j, row = weights.get(layer - 1, (None, None))  # hidden state i is the output of block i - 1
+        cells += ["", ""] if row is None else [number(f"diagnostics.weights.by_layer.{j}.relative", row["relative"], 3),
+                                               number(f"diagnostics.weights.by_layer.{j}.effective_rank",
+                                                      row["effective_rank"], 3)]
+        rows.append(cells)
+    return "\n".join(["<h2>Where the network changed</h2>", f"<p>{escape(result['reading'])}</p>",
+                      f"<p>{result['examples']} examples of {escape(result['source'])}, {escape(result['pooling'])} "
+                      f"pooling; CKA {'debiased' if result['cka']['debiased'] else 'linear'} "
+                      f"(<code>transferkit diagnose</code>).</p>", table(header, rows),
+                      png(run.diagnostics / "diagnostics.png", "probes, CKA and weight change by layer")])
 
 
 def _with_baseline(rows: list[list[str]], test: dict, name: str | None, scores: dict | None) -> list[list[str]]:

@@ -6,7 +6,8 @@
         rng.safetensors         torch CPU (and CUDA) generator states
         best.safetensors        the trainable parameters at the best validation so far (when there is one)
         state.json              step, data position, scheduler, optimizer hyper-parameters,
-                                Python RNG state, the model selection's counters (`selection.py`)
+                                Python RNG state, the model selection's counters (`selection.py`),
+                                seconds spent in optimizer steps so far
 
 Each checkpoint is written into a hidden temporary folder and renamed into
 place, so a crash leaves either the previous complete checkpoint or the new
@@ -38,6 +39,7 @@ class TrainState:
     epoch: int         # data position: epoch ...
     batch_index: int   # ... and index of the next batch within it
     selection: Selection = field(default_factory=Selection)  # the best validation so far and its weights
+    seconds: float = 0.0  # time in optimizer steps so far, over every resumed segment (train.max_minutes)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -67,6 +69,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState
             "optimizer_param_groups": groups,
             "python_rng": [py_version, list(py_state), py_gauss],
             "selection": state.selection.state(),
+            "seconds": state.seconds,
         }
         (tmp / "state.json").write_text(json.dumps(meta))
 
@@ -118,4 +121,4 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, selection: Select
     if "selection" in meta:  # checkpoints written before model selection existed have none
         best = folder / "best.safetensors"
         selection.load_state(meta["selection"], load_file(str(best)) if best.is_file() else {})
-    return TrainState(meta["step"], meta["epoch"], meta["batch_index"], selection)
+    return TrainState(meta["step"], meta["epoch"], meta["batch_index"], selection, meta.get("seconds", 0.0))

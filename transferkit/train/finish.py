@@ -10,6 +10,7 @@ import time
 import torch
 
 from ..data.overlap import overlap_warnings
+from ..diagnose import diagnose_run
 from ..evaluate.comparison import label_baselines
 from ..evaluate.plots import reliability_diagram
 from ..evaluate.split import evaluate_split, format_metrics
@@ -49,6 +50,10 @@ def finish(s: Session, stats: FitStats) -> dict:
         log.info(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
     for flag in verdict["flags"]:
         log.warning(f"warning: {flag}")
+    if s.cfg.diagnose.enabled:
+        with s.clock("diagnose"):
+            result = diagnose_run(s.run, model, s.tokenizer, s.cfg, s.runtime, s.cfg.diagnose)
+        log.info(f"diagnostics: {result['reading']}")
     if hint := measuring_hint(s.clock.seconds):
         log.info(hint)
     summary = build_summary(s, stats, evaluation, general_tuned, verdict)
@@ -151,6 +156,7 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
         "train_tokens": stats.train_tokens, "tokens_per_s": stats.train_tokens / max(stats.train_seconds, 1e-9),
         "train_loss": {"first_logged": stats.first_logged_loss, "final": stats.final_train_loss},
         "skipped_steps": stats.skipped_steps, "stopped_early": stats.stopped_early,
+        "out_of_time": stats.out_of_time,
         "selection": s.state.selection.facts(s.state.step, cfg.train.select),
         "resumed_from_step": None if s.resumed_from is None else int(s.resumed_from.name.split("-")[1]),
         "data": s.splits.facts(),

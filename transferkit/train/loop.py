@@ -93,6 +93,7 @@ class FitStats:
     final_train_loss: float | None = None
     skipped_steps: int = 0
     stopped_early: bool = False   # train.patience validations in a row did not improve
+    out_of_time: bool = False     # train.max_minutes of training were used up before the last planned step
 
 
 class Batches:
@@ -188,10 +189,14 @@ def due(step: int, every: int) -> bool:
     return bool(every) and step % every == 0
 
 
+def out_of_time(state: ckpt.TrainState, train_cfg: TrainConfig) -> bool:
+    return train_cfg.max_minutes is not None and state.seconds >= 60 * train_cfg.max_minutes
+
+
 def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt.TrainState, train_cfg: TrainConfig,
         validate: Callable[[], dict] | None, stop: StopRequest) -> FitStats:
     """Optimise until `plan.steps` optimizer steps are done, or until `train.patience` validations in a row did
-    not improve (`state.selection`). `validate` (None: no validation split) gives the validation metrics every
+    not improve (`state.selection`), or until `train.max_minutes` of training are used up. `validate` (None: no validation split) gives the validation metrics every
     `train.eval_every` steps and scores them for model selection. Raises `Stopped` after checkpointing when a stop
     was requested, `UserError` when `train.max_bad_steps` steps in a row had non-finite loss or gradients."""
     stats, window = FitStats(), LogWindow(parts.runtime.device)
@@ -200,11 +205,14 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
     parts.model.train()
     bar = tqdm(total=plan.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     # A resumed run that had already run out of patience does not train on.
-    while state.step < plan.steps and not state.selection.exhausted(train_cfg.patience):
+    while state.step < plan.steps and not state.selection.exhausted(train_cfg.patience) and \
+            not out_of_time(state, train_cfg):
+        step_started = time.perf_counter()
         task, replayed = batches.next(state)
         items = task + replayed
         lr = parts.optimizer.param_groups[0]["lr"]
         result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm)
+        state.seconds += time.perf_counter() - step_started  # optimizer steps only: what train.max_minutes counts
         if not result.applied:
             bad_in_a_row, stats.skipped_steps = bad_in_a_row + 1, stats.skipped_steps + 1
             log.warning(f"step {state.step + 1}: non-finite loss or gradients, step skipped ({bad_in_a_row} in a row)")
@@ -222,8 +230,10 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
                 metrics = validate()  # also scored for model selection (`selection.py`)
             run.log("eval", state.step, metrics, split="validation", epoch=state.epoch)
             log.info(f"step {state.step}: validation {format_metrics(metrics)}")
-        # The run ends after this step at the plan's end, or when train.patience validations did not improve.
-        last = state.step == plan.steps or state.selection.exhausted(train_cfg.patience)
+        # The run ends after this step at the plan's end, when train.patience validations did not improve, or when
+        # train.max_minutes are used up.
+        last = state.step == plan.steps or state.selection.exhausted(train_cfg.patience) or \
+            out_of_time(state, train_cfg)
 
         if due(state.step, train_cfg.log_every) or last:
             figures = window.close()
@@ -242,8 +252,12 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
             raise Stopped(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after step {state.step}; "
                                        f"checkpoint written. Resume with: transferkit train --resume {run.path}")
     bar.close()
-    stats.stopped_early = state.step < plan.steps
-    if stats.stopped_early:
+    stats.out_of_time = state.step < plan.steps and out_of_time(state, train_cfg)
+    stats.stopped_early = state.step < plan.steps and not stats.out_of_time
+    if stats.out_of_time:
+        log.info(f"stopped after step {state.step} of {plan.steps}: train.max_minutes={train_cfg.max_minutes:g} "
+                 f"used up")
+    elif stats.stopped_early:
         log.info(f"stopped early after step {state.step}: {train_cfg.patience} validations without a better "
               f"{state.selection.metric} than at step {state.selection.best_step}")
     stats.train_seconds = time.perf_counter() - started
