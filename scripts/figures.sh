@@ -24,10 +24,18 @@ echo "== README: compare on the topics task (table and docs/compare-topics.png)"
 cp runs/compare-topics/comparison.png docs/compare-topics.png
 .venv/bin/transferkit compare recipes/compare-quickstart.yaml --methods baseline,lora,ia3,full --budget steps=30
 cp runs/compare-quickstart/comparison.png docs/compare-quickstart.png
+echo "== README: compare under a time budget (minutes=0.5 per method)"
+.venv/bin/transferkit compare recipes/compare-topics.yaml output_dir=runs/compare-topics-minutes \
+    --methods baseline,probe,lora,full --budget minutes=0.5
 echo "== docs/defaults.md: the learning-rate sweep around each method's default (hours; resumable)"
 (cd experiments && ../$PY defaults.py)
 echo "== docs/recommend.md: the recommendation against every rung, measured (hours; resumable)"
 (cd experiments && ../$PY recommend_check.py)
+echo "== docs/diagnostics.md: where LoRA and full fine-tuning changed MiniLM (reuses the recommend check's runs)"
+(cd experiments && ../$PY diagnostics.py)
+echo "== docs/diagnostics.md: the probe curves of both packaged models, before training"
+.venv/bin/transferkit probe --model minilm-l6 --data data/austen-novel/test.jsonl --out runs/probe-minilm
+.venv/bin/transferkit probe --model smollm2-135m --data data/austen-novel/test.jsonl --out runs/probe-smollm2
 echo "== docs/methods.md: trainable parameters of every method"
 .venv/bin/transferkit methods --model smollm2-135m
 .venv/bin/transferkit methods --model minilm-l6

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("cost", ["transferkit.cost"]),
     ("recommend", ["transferkit.recommend"]),
     ("runs", ["transferkit.runs"]),
+    ("ship", ["transferkit.ship"]),
     ("compare", ["transferkit.compare"]),
     ("api", ["transferkit.api"]),
     ("entry points", ["transferkit.cli", "transferkit.__main__", "transferkit"]),

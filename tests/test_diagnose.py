@@ -189,3 +189,31 @@ def test_diagnose_and_probe_commands(classifier_run, topics, tiny_bert_dir, tmp_
     assert "missing.jsonl:2: field 'topic': no value to probe" in capsys.readouterr().err
     assert main(["probe", "--model", str(tiny_bert_dir), "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "probes need at least two labels with two examples each" in capsys.readouterr().err
+
+
+def test_a_block_moves_by_its_matrices_together_and_untouched_ones_count_as_unchanged():
+    from transferkit.diagnose.weights import Change, by_layer
+
+    moved = Change("l.0.q.weight", 0, "q", 0.75, 3.0, 4.0, 2.5, 2, (4, 4))
+    kept = Change("l.0.k.weight", 0, "k", 0.0, 0.0, 3.0, 0.0, 0, (4, 4))
+    (row,) = by_layer([moved, kept])
+    assert row["relative"] == pytest.approx(3 / 5) and (row["changed"], row["matrices"]) == (1, 2)  # √(9)/√(16+9)
+    assert row["effective_rank"] == 2.5 and row["rank_90"] == 2  # the changed matrix's, not a median with zeros
+
+
+def test_a_layer_constant_across_examples_has_undefined_cka_not_a_crash():
+    """Last-token pooling over prompts that all end in the same token: the embedding layer is one vector for every
+    example, so CKA there is undefined (None in the JSON, 'undefined' in the reading), and the rest still reads."""
+    from transferkit.diagnose.diagnosis import reading, unchanged_bottom
+    from transferkit.diagnose.similarity import cka_matrix
+
+    states = rng.normal(size=(30, 3, 4))
+    states[:, 0] = 1.0  # layer 0 constant
+    matrix = cka_matrix(states, states)
+    assert np.isnan(matrix[0, 0]) and matrix[1, 1] == pytest.approx(1.0)
+    result = {"layers": [0, 1, 2], "cka": {"by_layer": [None, 0.995, 0.5]},
+              "weights": {"by_layer": [], "matrices": []}, "suggested_freeze_bottom": unchanged_bottom([0, 1, 2],
+                                                                                                 [None, 0.995, 0.5])}
+    text = reading(result)
+    assert result["suggested_freeze_bottom"] == 1 and "CKA is undefined at layer 0" in text
+    assert "changed most at layers 2 (CKA 0.500), 1 (CKA 0.995)" in text

@@ -99,6 +99,22 @@ def test_generate_and_eval_commands(run_dir):
     assert result["forgetting"]["forgetting"] == pytest.approx(general["evaluated"]["perplexity"] / general["base"]["perplexity"] - 1)
 
 
+def test_diagnose_and_probe_on_smollm2(run_dir, tmp_path):
+    """LoRA leaves the embeddings alone (CKA 1 at layer 0) and its updates have rank ≤ r; the base model's probe
+    curve on the topics reads the task above chance from a middle layer on."""
+    cli("diagnose", str(run_dir), "--max-examples", "16", "--layers", "0,10,20,30")
+    found = json.loads((run_dir / "diagnostics" / "diagnostics.json").read_text())
+    rank = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"]
+    assert found["layers"] == [0, 10, 20, 30] and found["cka"]["by_layer"][0] == pytest.approx(1.0, abs=1e-6)
+    assert "probes" not in found  # instruction data, no label column: nothing to probe
+    changed = [m for m in found["weights"]["matrices"] if m["relative"] > 0]
+    assert changed and all(m["rank_90"] <= rank for m in changed)
+    cli("probe", "--model", "smollm2-135m", "--data", "data/topics/test.jsonl", "--max-examples", "60",
+        "--layers", "0,15,30", "--out", str(tmp_path / "probe"))
+    curve = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert curve["layers"] == [0, 15, 30] and curve["pooling"] == "last" and max(curve["probe"][1:]) > curve["chance"]
+
+
 def test_python_dash_m_is_the_transferkit_command():
     script = Path(sys.executable).parent / "transferkit"
     direct = subprocess.run([str(script), "keys"], capture_output=True, text=True, check=True).stdout

@@ -29,6 +29,12 @@ def test_probe_on_minilm_classifies_topics(tmp_path):
     result = json.loads(cli("eval", str(run), "--data", "data/topics/test.jsonl").stdout)
     assert result["metrics"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=0.02)
     assert result["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-9)
+    # where it changed: nowhere in the backbone (CKA 1 at every layer, no block weight moved)
+    cli("diagnose", str(run), "--max-examples", "60")
+    found = json.loads((run / "diagnostics" / "diagnostics.json").read_text())
+    assert found["layers"] == list(range(7)) and found["cka"]["by_layer"] == pytest.approx([1.0] * 7, abs=1e-6)
+    assert found["weights"]["matrices"] and all(m["relative"] == 0 for m in found["weights"]["matrices"])
+    assert found["probes"]["base"] == found["probes"]["tuned"] and found["suggested_freeze_bottom"] == 6
 
 
 def test_lora_classifier_on_smollm2(tmp_path):

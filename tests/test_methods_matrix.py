@@ -144,6 +144,7 @@ def test_traits_match_the_methods():
     assert {m for m in method_names() if get_method(m).peft_format} == {
         "lora", "rslora", "dora", "qlora", "ia3", "prefix", "prompt"}
     assert {m for m in method_names() if get_method(m).can_merge} == {"lora", "rslora", "dora", "ia3"}
+    assert {m for m in method_names() if get_method(m).trains_base_weights} == {"full", "freeze"}
     assert {m for m in method_names() if not get_method(m).packable} == {"prefix", "prompt"}
 
 

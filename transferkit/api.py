@@ -295,6 +295,24 @@ def probe(model: str, options: DiagnoseConfig, layers: str = "all", out: str | P
     return result
 
 
+def merge(run_dir: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False) -> dict:
+    """`transferkit merge`: the run's adapter folded into its base, a plain Hugging Face folder at `out`
+    (`transferkit/ship/merge.py`); returns the merge report with its fidelity."""
+    from .ship import merge_run
+
+    quiet_libraries()
+    return merge_run(run_dir, out, dtype, force)
+
+
+def export(run_dir: str | Path, target: str, out: str | Path, max_rank: int = 16, dtype: str = "fp32",
+           force: bool = False) -> dict:
+    """`transferkit export`: the run for peft, vLLM or transformers (`transferkit/ship/export.py`)."""
+    from .ship import export_run
+
+    quiet_libraries()
+    return export_run(run_dir, target, out, max_rank, dtype, force)
+
+
 def report(run_dir: str | Path) -> Path:
     """(Re)write `run_dir`/report.html from what the run wrote (`transferkit/report`); returns its path."""
     run = RunDir(run_dir)

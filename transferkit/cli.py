@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import compare, cost, diagnose, evaluate_run, generate, predict, probe, recommend, report, train
+from .api import compare, cost, diagnose, evaluate_run, export, generate, merge, predict, probe, recommend, report, train
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
@@ -174,15 +174,37 @@ def cmd_probe(args) -> int:
 
 def format_layers(layers: list[int], columns: dict[str, list[float]], weights: dict[int, dict]) -> str:
     """One row per layer: the given columns, and the block's weight change where there is one."""
-    head = ["layer", *columns] + (["‖ΔW‖/‖W‖", "eff. rank"] if weights else [])
+    head = ["layer", *columns] + (["block ‖ΔW‖/‖W‖", "eff. rank"] if weights else [])
     lines = ["  ".join(f"{h:>14}" for h in head)]
     for i, layer in enumerate(layers):
-        cells = [f"{layer:>14}"] + [f"{values[i]:>14.3f}" for values in columns.values()]
+        cells = [f"{layer:>14}"] + [f"{'undefined' if values[i] is None else format(values[i], '.3f'):>14}"
+                                    for values in columns.values()]
         if weights:
             row = weights.get(layer - 1)  # hidden state i is the output of block i - 1 (numbered from 0)
             cells += [f"{row['relative']:>14.2e}", f"{row['effective_rank']:>14.1f}"] if row else [f"{'':>14}"] * 2
         lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+def cmd_merge(args) -> int:
+    report_ = merge(args.run_dir, args.out, args.dtype, args.force)
+    print(fidelity_line(report_) + f"\nwritten: {args.out} (loads with transformers alone)")
+    return 0
+
+
+def fidelity_line(report_: dict) -> str:
+    f = report_["fidelity"]
+    return (f"fidelity against the unmerged run on {f['positions']} positions: max |Δlogit| {f['max_abs_logit']:.3g}, "
+            f"equal greedy tokens {f['equal_greedy']:.1%} (tolerance {f['tolerance'][0]:g} / {f['tolerance'][1]:.0%})"
+            + (" — outside it, written because of --force" if report_["forced"] else ""))
+
+
+def cmd_export(args) -> int:
+    result = export(args.run_dir, args.target, args.out, args.max_lora_rank, args.dtype, args.force)
+    if "merge" in result:
+        print(fidelity_line(result["merge"]))
+    print(f"written: {result['out']} ({args.target})")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -357,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_parsers(sub)
     add_diagnose_parsers(sub)
+    add_ship_parsers(sub)
     add_cost_parser(sub)
     add_recommend_parser(sub)
 
@@ -392,6 +415,24 @@ def add_diagnose_parsers(sub) -> None:
         p.add_argument("--pooling", choices=["auto", "mean", "last", "cls"], default="auto",
                        help="auto: mean over tokens for encoders, the last token for decoders")
         p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+
+
+def add_ship_parsers(sub) -> None:
+    """`merge` (a plain Hugging Face folder) and `export` (for peft, vLLM or transformers)."""
+    p = sub.add_parser("merge", help="fold a run's adapter into its base: a plain Hugging Face folder, fidelity checked")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--force", action="store_true", help="write even when the fidelity is outside its tolerance")
+    p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("export", help="a run for another tool: peft (adapter + manifest), vllm (checked), hf (merged)")
+    p.add_argument("run_dir")
+    p.add_argument("--target", required=True, choices=["peft", "vllm", "hf"])
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--max-lora-rank", type=int, default=16, help="vllm: the server's --max-lora-rank")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="hf: the merged weights' dtype")
+    p.add_argument("--force", action="store_true", help="hf: write even outside the fidelity tolerance")
+    p.set_defaults(func=cmd_export)
 
 
 def add_compare_parsers(sub) -> None:

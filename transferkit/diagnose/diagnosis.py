@@ -123,8 +123,10 @@ def diagnose(base, tuned, tokenizer, sample: Sample, runtime: Runtime, *, poolin
                                 desc="tuned: hidden states")
     numbers = layer_numbers(base_states.shape[1], layers)
     matrix = cka_matrix(base_states, tuned_states, debiased)
+    defined = [[None if np.isnan(v) else float(v) for v in row] for row in matrix]  # None: a constant layer
     result = {"examples": len(sample.texts), "source": sample.source, "pooling": pooling, "layers": numbers,
-              "cka": {"debiased": debiased, "by_layer": np.diag(matrix).tolist(), "matrix": matrix.tolist()}}
+              "cka": {"debiased": debiased, "by_layer": [defined[i][i] for i in range(len(numbers))],
+                      "matrix": defined}}
     if sample.labels is not None:
         result["probes"] = {"base": probe_curve(base_states, sample.labels, "probes: base"),
                             "tuned": probe_curve(tuned_states, sample.labels, "probes: tuned")}
@@ -145,7 +147,7 @@ def unchanged_bottom(numbers: list[int], cka: list[float]) -> int:
     for number, value in zip(numbers, cka):
         if number == 0:
             continue
-        if not value >= UNCHANGED or number != blocks + 1:
+        if value is None or value < UNCHANGED or number != blocks + 1:
             break
         blocks = number
     return blocks
@@ -155,10 +157,14 @@ def reading(result: dict) -> str:
     """One paragraph from the numbers: where the representation changed, where the task is readable, how the
     weights moved, and the freeze depth it suggests."""
     numbers, cka = result["layers"], result["cka"]["by_layer"]
-    order = np.argsort(cka)
+    order = sorted((i for i, v in enumerate(cka) if v is not None), key=lambda i: cka[i])
     moved = ", ".join(f"{numbers[i]} (CKA {cka[i]:.3f})" for i in order[:2])
     text = [f"The representation changed most at layer{'s' if len(order) > 1 else ''} {moved}; "
-            f"the least at layer {numbers[order[-1]]} (CKA {cka[order[-1]]:.3f})."]
+            f"the least at layer {numbers[order[-1]]} (CKA {cka[order[-1]]:.3f})." if order else ""]
+    undefined = [str(numbers[i]) for i, v in enumerate(cka) if v is None]
+    if undefined:
+        text.append(f"CKA is undefined at layer {', '.join(undefined)}: every example has the same representation "
+                    f"there (with last-token pooling, the same last token).")
     if "probes" in result:
         base, tuned = result["probes"]["base"], result["probes"]["tuned"]
         text.append(f"The task is most readable at layer {numbers[int(np.argmax(base))]} of the base (probe "
@@ -166,16 +172,17 @@ def reading(result: dict) -> str:
     layers = result["weights"]["by_layer"]
     if layers and max(row["relative"] for row in layers) > 0:
         top = max(layers, key=lambda row: row["relative"])
-        text.append(f"The weights moved most in block {top['layer']} (mean ‖ΔW‖/‖W‖ {top['relative']:.2e}); the "
-                    f"median update has effective rank {np.median([row['effective_rank'] for row in layers]):.1f}.")
+        ranks = [m["effective_rank"] for m in result["weights"]["matrices"] if m["delta_norm"] > 0]
+        text.append(f"The weights moved most in block {top['layer']} (‖ΔW‖/‖W‖ {top['relative']:.2e}); the "
+                    f"{len(ranks)} changed matrices' updates have median effective rank {np.median(ranks):.1f}.")
     else:
         text.append("No block weight changed: the method trained parameters of its own beside frozen weights.")
     freeze = result["suggested_freeze_bottom"]
     text.append(f"The lowest {freeze} block{'s' if freeze != 1 else ''} kept CKA ≥ {UNCHANGED}: "
-                f"method.freeze_bottom={freeze} would keep {'them' if freeze != 1 else 'it'} frozen"
+                f"method.freeze_bottom={freeze} would keep {'them' if freeze != 1 else 'it'} frozen."
                 if freeze else f"Already block 1 changed (CKA < {UNCHANGED}): freezing blocks would cost this run "
                                f"something.")
-    return " ".join(text)
+    return " ".join(t for t in text if t)
 
 
 def write_diagnostics(run: RunDir, result: dict) -> Path:

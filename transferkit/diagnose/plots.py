@@ -23,16 +23,17 @@ def plot_diagnostics(result: dict, path: Path) -> None:
     else:
         axes[0].text(0.5, 0.5, "no labels to probe", ha="center", va="center", transform=axes[0].transAxes)
     axes[0].set(title="probe accuracy", xlabel="layer (0: embeddings)")
-    axes[1].plot(numbers, result["cka"]["by_layer"], marker="o")
-    axes[1].set(title="CKA, base vs tuned, same layer", xlabel="layer", ylim=(min(0.0, min(result["cka"]["by_layer"])), 1.02))
+    cka = np.array(result["cka"]["by_layer"], dtype=float)  # None (a constant layer) → NaN: a gap in the line
+    axes[1].plot(numbers, cka, marker="o")
+    axes[1].set(title="CKA, base vs tuned, same layer", xlabel="layer", ylim=(min(0.0, np.nanmin(cka)), 1.02))
     rows = result["weights"]["by_layer"]
     if rows and max(r["relative"] for r in rows) > 0:
         axes[2].plot([r["layer"] for r in rows], [r["relative"] for r in rows], marker="o")
         axes[2].set_yscale("log")
     else:
         axes[2].text(0.5, 0.5, "no block weight changed", ha="center", va="center", transform=axes[2].transAxes)
-    axes[2].set(title="mean ‖ΔW‖ / ‖W‖ per block", xlabel="block")
-    image = axes[3].imshow(np.array(result["cka"]["matrix"]), origin="lower", vmin=0, vmax=1, cmap="viridis")
+    axes[2].set(title="‖ΔW‖ / ‖W‖ per block", xlabel="block")
+    image = axes[3].imshow(np.array(result["cka"]["matrix"], dtype=float), origin="lower", vmin=0, vmax=1, cmap="viridis")
     axes[3].set(title="CKA: base layer × tuned layer", xlabel="tuned layer", ylabel="base layer",
                 xticks=range(len(numbers)), yticks=range(len(numbers)))
     axes[3].set_xticklabels(numbers, fontsize=6)

@@ -3,7 +3,7 @@
 For every weight matrix W inside the numbered blocks (attention and MLP projections of layer i; embeddings and
 heads are left out) and its update ΔW = W_tuned − W_base:
 
-    relative change   ‖ΔW‖_F / ‖W‖_F
+    relative change   ‖ΔW‖_F / ‖W‖_F (per block: √Σ‖ΔW‖² / √Σ‖W‖² over its matrices)
     effective rank    exp(H(p)), p_i = σ_i / Σσ_j over ΔW's singular values (Roy & Vetterli 2007): r for r
                       equal singular values, less when a few dominate; 0 for ΔW = 0
     rank for 90 %     the fewest singular values holding 90 % of ‖ΔW‖²_F (the spectrum measure of Biderman
@@ -36,6 +36,8 @@ class Change:
     layer: int              # block index
     module: str             # e.g. q_proj, query, dense
     relative: float         # ‖ΔW‖_F / ‖W‖_F
+    delta_norm: float       # ‖ΔW‖_F
+    base_norm: float        # ‖W‖_F
     effective_rank: float
     rank_90: int
     shape: tuple[int, int]
@@ -97,17 +99,25 @@ def weight_changes(base: torch.nn.Module, tuned: torch.nn.Module) -> list[Change
             delta = tuned_weights[name].double() - w.detach().double()
             singular, norm = torch.linalg.svdvals(delta), float(delta.norm())
         effective, rank_90 = spectrum(singular)
-        changes.append(Change(name, int(layer.group(1)), name.rsplit(".", 2)[-2], norm / max(float(w.detach().norm()), 1e-30),
-                              effective, rank_90, tuple(w.shape)))
+        base_norm = float(w.detach().double().norm())
+        changes.append(Change(name, int(layer.group(1)), name.rsplit(".", 2)[-2], norm / max(base_norm, 1e-30), norm,
+                              base_norm, effective, rank_90, tuple(w.shape)))
     return changes
 
 
 def by_layer(changes: list[Change]) -> list[dict]:
-    """Per block, in block order: the mean relative change of its matrices and their median effective rank and
-    rank_90."""
+    """Per block, in block order: how far the block moved, √Σ‖ΔW‖² / √Σ‖W‖² over its matrices (untouched ones
+    count as zero change), how many of its matrices changed, and the median effective rank and rank_90 of those
+    that did (0 when none did)."""
     layers: dict[int, list[Change]] = {}
     for c in changes:
         layers.setdefault(c.layer, []).append(c)
-    return [{"layer": i, "relative": float(np.mean([c.relative for c in cs])),
-             "effective_rank": float(np.median([c.effective_rank for c in cs])),
-             "rank_90": int(np.median([c.rank_90 for c in cs]))} for i, cs in sorted(layers.items())]
+    rows = []
+    for i, cs in sorted(layers.items()):
+        moved = [c for c in cs if c.delta_norm > 0]
+        rows.append({"layer": i, "relative": float(np.sqrt(sum(c.delta_norm ** 2 for c in cs)) /
+                                                   max(np.sqrt(sum(c.base_norm ** 2 for c in cs)), 1e-30)),
+                     "changed": len(moved), "matrices": len(cs),
+                     "effective_rank": float(np.median([c.effective_rank for c in moved])) if moved else 0.0,
+                     "rank_90": int(np.median([c.rank_90 for c in moved])) if moved else 0})
+    return rows

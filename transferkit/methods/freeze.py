@@ -59,4 +59,5 @@ DEFAULTS = Defaults(lr=2e-4, head_lr=1e-3)
 
 register(Method("freeze", FreezeMethodConfig, apply=apply, save=save_trainable, load=load_trainable,
                 defaults=DEFAULTS, summary="embeddings and lower blocks frozen, top blocks train", separate_head=False,
+                trains_base_weights=True,
                 closed_form=closed_form))

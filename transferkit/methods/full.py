@@ -61,4 +61,5 @@ DEFAULTS = Defaults(lr=1e-4, head_lr=1e-3)
 
 register(Method("full", FullMethodConfig, apply=apply, save=save_trainable, load=load_trainable,
                 defaults=DEFAULTS, summary="every weight trains; optional layer-wise lr decay", separate_head=False,
+                trains_base_weights=True,
                 param_groups=param_groups, closed_form=closed_form))

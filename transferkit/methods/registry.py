@@ -67,6 +67,7 @@ class Method:
     peft_format: bool = False         # the adapter folder loads in stock `peft.PeftModel.from_pretrained`
     caches_features: bool = False     # after the first epoch, steps read cached features (the backbone idles)
     checkpointable: bool = True       # works with train.gradient_checkpointing (not prefix: its key/value cache is dropped)
+    trains_base_weights: bool = False  # the base's own weights train: the tuned model is its own merged form
     # Optional capabilities; None where the method has none.
     param_groups: Callable[[Model, MethodConfig, float], list[dict]] | None = None
     disabled: Callable[[Model], ContextManager] | None = None   # yields a model acting as the base

@@ -182,10 +182,11 @@ def diagnostics(run: RunDir) -> str:
     result = json.loads(found.read_text())
     weights = {row["layer"]: (i, row) for i, row in enumerate(result["weights"]["by_layer"])}
     header = ["layer (0: embeddings)", "CKA base/tuned", *[f"probe {k}" for k in result.get("probes", {})],
-              "block below: mean ‖ΔW‖/‖W‖", "median effective rank"]
+              "block below: ‖ΔW‖/‖W‖", "median effective rank of its changed matrices"]
     rows = []
     for i, layer in enumerate(result["layers"]):
-        cells = [str(layer), number(f"diagnostics.cka.by_layer.{i}", result["cka"]["by_layer"][i])]
+        cka = result["cka"]["by_layer"][i]
+        cells = [str(layer), "undefined" if cka is None else number(f"diagnostics.cka.by_layer.{i}", cka)]
         cells += [number(f"diagnostics.probes.{k}.{i}", v[i]) for k, v in result.get("probes", {}).items()]
         j, row = weights.get(layer - 1, (None, None))  # hidden state i is the output of block i - 1
         cells += ["", ""] if row is None else [number(f"diagnostics.weights.by_layer.{j}.relative", row["relative"], 3),
