@@ -159,3 +159,38 @@ def test_full_fine_tuning_exports_merged_not_as_peft(tiny_config, tmp_path):
     result = export_run(cfg.output_dir, "hf", tmp_path / "hf")
     assert result["merge"]["fidelity"]["max_abs_logit"] == 0.0  # already its own merged form
     assert AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).config.num_hidden_layers == 2
+
+
+def test_a_qlora_run_merges_onto_its_dequantized_base_and_loads_as_float(tiny_config, tmp_path):
+    """The merged weights are the dequantized NF4 weights the run computed with, plus s·B A: the float model
+    answers as the 4-bit one did (no re-quantization), and stock transformers loads it with no bitsandbytes."""
+    from tiny import save_tiny_model_folder
+    from transformers import AutoModelForCausalLM
+
+    from transferkit import train
+    from transferkit.runs import load_trained
+    from transferkit.ship import merge_run
+
+    folder = save_tiny_model_folder(tmp_path / "llama64", family="llama")
+    cfg = tiny_config(f"model={folder}", "method={name: qlora, r: 4}", "train.max_steps=3", "train.eval_every=0",
+                      "train.save_every=0", "eval.baseline=false", "forgetting.reference=none")
+    train(cfg)
+    report = merge_run(cfg.output_dir, tmp_path / "merged")
+    assert report["within_tolerance"] and report["fidelity"]["max_abs_logit"] < 1e-3
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert "quantization_config" not in config
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    trained, tokenizer, _ = load_trained(cfg.output_dir)
+    batch = batch_of(tokenizer)
+    torch.testing.assert_close(logits_of(merged, batch), logits_of(trained.eval(), batch), rtol=1e-3, atol=1e-3)
+    # the same adapter merged onto the original float weights instead: it drifts by the quantization error
+    from transferkit.methods import get_method
+
+    naive = get_method("lora").load(AutoModelForCausalLM.from_pretrained(str(folder)), Path(cfg.output_dir) / "adapter")
+    as_trained = logits_of(trained, batch)
+    ours, theirs = (logits_of(merged, batch) - as_trained).abs().max(), (logits_of(naive.merge_and_unload(), batch)
+                                                                    - as_trained).abs().max()
+    from transferkit.ship.merge import TOLERANCE
+
+    assert theirs > 10 * ours and theirs > TOLERANCE["fp32"][0], (float(ours), float(theirs))

@@ -18,9 +18,8 @@ from .models.fingerprint import check_adapter_folder
 from .rundir import RunDir
 
 
-def load_trained(run_path: str | Path, device: str | torch.device = "cpu", float_base: bool = False):
-    """(model with adapter, tokenizer, config) from a finished run directory. `float_base`: a QLoRA run's adapter on
-    its base in float instead of 4-bit (what merging folds it into)."""
+def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
+    """(model with adapter, tokenizer, config) from a finished run directory."""
     run = RunDir(run_path)
     if not run.config.is_file() or not run.adapter.is_dir():
         raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
@@ -29,7 +28,7 @@ def load_trained(run_path: str | Path, device: str | torch.device = "cpu", float
     labels = run.read_labels()
     # The attention kernel training ran with: the same kernel gives the same numbers to the last digit.
     model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
-                                     device=device, quantize_4bit=method.quantize_base and not float_base,
+                                     device=device, quantize_4bit=method.quantize_base,
                                      attention=run.read_summary().get("attention"),
                                      trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
     check_adapter_folder(run.adapter, model, cfg.model)

@@ -60,7 +60,7 @@ def vllm_problems(adapter_config: dict, max_rank: int) -> list[str]:
     if adapter_config.get("use_dora"):
         problems.append("DoRA: vLLM has no DoRA kernels")
     if adapter_config.get("modules_to_save"):
-        problems.append(f"modules_to_save {adapter_config['modules_to_save']}: vLLM loads no fully trained modules "
+        problems.append(f"modules_to_save {sorted(set(adapter_config['modules_to_save']))}: vLLM loads no fully trained modules "
                         f"(a classification head is one)")
     if adapter_config.get("bias", "none") != "none":
         problems.append(f"bias '{adapter_config['bias']}': vLLM loads LoRA weights without biases")
