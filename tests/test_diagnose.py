@@ -142,7 +142,7 @@ def classifier_run(tiny_config, topics, tiny_bert_dir):
 
 
 def test_training_with_diagnose_enabled_writes_diagnostics_shown_in_the_report(classifier_run):
-    from browser import lookup, numbers_in
+    from browser import find_chromium, lookup, numbers_in, open_page
 
     cfg, summary = classifier_run
     run = Path(cfg.output_dir)
@@ -160,6 +160,12 @@ def test_training_with_diagnose_enabled_writes_diagnostics_shown_in_the_report(c
     assert found and all(value == lookup({"diagnostics": result}, key) for key, value in found.items()
                          if key.startswith("diagnostics."))
     assert any(key.startswith("diagnostics.") for key in found)
+    if find_chromium() is None:
+        pytest.skip("no Chromium here: `bash scripts/setup.sh --browser` installs Debian's chromium")
+    dom, console = open_page(run / "report.html", Path(__file__).resolve().parents[1] / "test-artifacts" /
+                             "report-diagnostics.png")
+    shown = [(key, value) for key, value in numbers_in(dom) if key.startswith("diagnostics.")]
+    assert console == [] and shown and all(value == lookup({"diagnostics": result}, key) for key, value in shown)
 
 
 def test_diagnose_and_probe_commands(classifier_run, topics, tiny_bert_dir, tmp_path, capsys):

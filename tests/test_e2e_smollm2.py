@@ -129,3 +129,24 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path):
     assert not out.exists()
     result = cli("train", "recipes/quickstart.yaml", "train.max_step=5", check=False)
     assert result.returncode == 2 and "did you mean 'train.max_steps'" in result.stderr
+
+
+def test_merge_and_export_on_smollm2(run_dir, tmp_path):
+    """The packaged model's run merged into a folder stock transformers loads with the run's greedy tokens, and
+    exported for peft and vLLM."""
+    from transformers import AutoModelForCausalLM
+
+    from transferkit.runs import load_trained
+
+    cli("merge", str(run_dir), "--out", str(tmp_path / "merged"))
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert report["within_tolerance"] and report["fidelity"]["equal_greedy"] == 1.0
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    trained, tokenizer, _ = load_trained(run_dir)
+    batch = tokenizer(["Convert to a JSON record: Ana Silva is a 34-year-old nurse from Lisbon."], return_tensors="pt")
+    with torch.no_grad():
+        a, b = merged(**batch).logits, trained(**batch).logits
+    assert torch.equal(a.argmax(-1), b.argmax(-1)) and (a - b).abs().max() < 1e-2
+    cli("export", str(run_dir), "--target", "vllm", "--out", str(tmp_path / "vllm"))
+    manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
+    assert manifest["base"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and manifest["method"] == "lora"
