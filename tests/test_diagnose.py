@@ -223,3 +223,22 @@ def test_a_layer_constant_across_examples_has_undefined_cka_not_a_crash():
     text = reading(result)
     assert result["suggested_freeze_bottom"] == 1 and "CKA is undefined at layer 0" in text
     assert "changed most at layers 2 (CKA 0.500), 1 (CKA 0.995)" in text
+
+
+def test_diagnose_a_qlora_run_reads_its_lora_factors_and_skips_the_4bit_weights(tiny_config, tmp_path):
+    from tiny import save_tiny_model_folder
+
+    from transferkit import train
+    from transferkit.api import diagnose
+    from transferkit.options import DiagnoseConfig
+
+    folder = save_tiny_model_folder(tmp_path / "llama64", family="llama")
+    cfg = tiny_config(f"model={folder}", "method={name: qlora, r: 4}", "train.max_steps=3", "train.eval_every=0",
+                      "train.save_every=0", "eval.baseline=false", "forgetting.reference=none")
+    train(cfg)
+    result = diagnose(cfg.output_dir, DiagnoseConfig(max_examples=8), precision="fp32")
+    changed = [m for m in result["weights"]["matrices"] if m["delta_norm"] > 0]
+    assert changed and all(m["rank_90"] <= 4 for m in changed)
+    assert len(changed) == len(result["weights"]["matrices"])  # the packed 4-bit weights are not compared
+    blocks = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    assert len(result["cka"]["by_layer"]) == blocks + 1  # the embeddings and every block

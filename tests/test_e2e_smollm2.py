@@ -102,7 +102,8 @@ def test_generate_and_eval_commands(run_dir):
 def test_diagnose_and_probe_on_smollm2(run_dir, tmp_path):
     """LoRA leaves the embeddings alone (CKA 1 at layer 0) and its updates have rank ≤ r; the base model's probe
     curve on the topics reads the task above chance from a middle layer on."""
-    cli("diagnose", str(run_dir), "--max-examples", "16", "--layers", "0,10,20,30")
+    # mean pooling: every quickstart prompt ends in the same token, so the last token's embedding is one vector
+    cli("diagnose", str(run_dir), "--max-examples", "16", "--layers", "0,10,20,30", "--pooling", "mean")
     found = json.loads((run_dir / "diagnostics" / "diagnostics.json").read_text())
     rank = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"]
     assert found["layers"] == [0, 10, 20, 30] and found["cka"]["by_layer"][0] == pytest.approx(1.0, abs=1e-6)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,11 +80,10 @@ def read_sample(path: str, label_column: str | None, max_examples: int, seed: in
 
 def probe_curve(states: np.ndarray, labels: list[str], desc: str) -> list[float]:
     """Cross-validated probe accuracy at every layer of `states`: [n, layers, hidden]."""
-    counts = [labels.count(c) for c in set(labels)]
-    if len(counts) < 2 or min(counts) < 2:
-        raise UserError(f"probes need at least two labels with two examples each; the sample has "
-                        f"{dict(zip(set(labels), counts))}")
-    folds = min(FOLDS, min(counts))
+    counts = Counter(labels)
+    if len(counts) < 2 or min(counts.values()) < 2:
+        raise UserError(f"probes need at least two labels with two examples each; the sample has {dict(counts)}")
+    folds = min(FOLDS, min(counts.values()))
     return [probe_accuracy(states[:, i], labels, folds) for i in tqdm(range(states.shape[1]), desc=desc, unit="layer")]
 
 

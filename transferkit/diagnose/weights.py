@@ -92,6 +92,8 @@ def weight_changes(base: torch.nn.Module, tuned: torch.nn.Module) -> list[Change
         layer = LAYER.search(name)
         if w.dim() != 2 or layer is None or (name not in factors and name not in tuned_weights):
             continue
+        if name not in factors and (tuned_weights[name].shape != w.shape or not tuned_weights[name].is_floating_point()):
+            continue  # a 4-bit packed weight (QLoRA's base): quantized, not trained
         if name in factors:
             singular = factors[name]
             norm = float(singular.square().sum().sqrt())
