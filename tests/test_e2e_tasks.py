@@ -70,3 +70,29 @@ def test_language_modeling_on_text(tmp_path):
     base = json.loads(cli("eval", "--model", "smollm2-135m", "--data", str(text), "--max-examples", "60").stdout)["metrics"]
     tuned = json.loads(cli("eval", str(run), "--data", str(text), "--max-examples", "60").stdout)["metrics"]
     assert tuned["loss"] < base["loss"] - 0.1, (base, tuned)
+
+
+def test_lora_on_minilm_merges_into_a_backbone_and_its_head(tmp_path):
+    """The packaged encoder's LoRA run merged: AutoModel loads the backbone, and its mean-pooled states through the
+    saved head give the run's logits; vLLM's checks refuse it (a classification head, BERT's projections)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from transferkit.runs import load_trained
+
+    run = tmp_path / "lora"
+    cli("train", "recipes/probe.yaml", "method={name: lora, r: 4}", "train.max_steps=10", "eval.baseline=false",
+        "forgetting.reference=none", f"output_dir={run}")
+    cli("merge", str(run), "--out", str(tmp_path / "merged"))
+    backbone = AutoModel.from_pretrained(str(tmp_path / "merged"))
+    head = load_file(str(tmp_path / "merged" / "classifier.safetensors"))
+    trained, tokenizer, _ = load_trained(run)
+    batch = tokenizer(["The match went to extra time.", "Heavy rain all weekend."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (backbone(**batch).last_hidden_state * mask).sum(1) / mask.sum(1)
+        torch.testing.assert_close(pooled @ head["weight"].T + head["bias"], trained(**batch).logits, rtol=1e-4,
+                                   atol=1e-4)
+    refused = cli("export", str(run), "--target", "vllm", "--out", str(tmp_path / "vllm"), check=False)
+    assert refused.returncode == 2 and "modules_to_save" in refused.stderr and not (tmp_path / "vllm").exists()
