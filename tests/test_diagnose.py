@@ -242,3 +242,13 @@ def test_diagnose_a_qlora_run_reads_its_lora_factors_and_skips_the_4bit_weights(
     assert len(changed) == len(result["weights"]["matrices"])  # the packed 4-bit weights are not compared
     blocks = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
     assert len(result["cka"]["by_layer"]) == blocks + 1  # the embeddings and every block
+
+
+def test_a_bad_diagnose_label_column_is_refused_before_training(tiny_config, tmp_path):
+    from transferkit import train
+    from transferkit.errors import DataError
+
+    cfg = tiny_config("diagnose.enabled=true", "diagnose.label_column=domain")
+    with pytest.raises(DataError, match=r":1: field 'domain': no value to probe"):
+        train(cfg)
+    assert not Path(cfg.output_dir).exists()  # nothing written: refused before the run directory

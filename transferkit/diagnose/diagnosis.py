@@ -78,12 +78,17 @@ def read_sample(path: str, label_column: str | None, max_examples: int, seed: in
     return Sample(path, texts, labels)
 
 
-def probe_curve(states: np.ndarray, labels: list[str], desc: str) -> list[float]:
-    """Cross-validated probe accuracy at every layer of `states`: [n, layers, hidden]."""
+def check_probe_labels(labels: list[str]) -> Counter:
+    """The examples per label, when a probe can be cross-validated on them (two labels, two examples each)."""
     counts = Counter(labels)
     if len(counts) < 2 or min(counts.values()) < 2:
         raise UserError(f"probes need at least two labels with two examples each; the sample has {dict(counts)}")
-    folds = min(FOLDS, min(counts.values()))
+    return counts
+
+
+def probe_curve(states: np.ndarray, labels: list[str], desc: str) -> list[float]:
+    """Cross-validated probe accuracy at every layer of `states`: [n, layers, hidden]."""
+    folds = min(FOLDS, min(check_probe_labels(labels).values()))
     return [probe_accuracy(states[:, i], labels, folds) for i in tqdm(range(states.shape[1]), desc=desc, unit="layer")]
 
 

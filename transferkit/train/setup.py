@@ -43,6 +43,7 @@ from ..methods.targets import check_target_modules
 from ..models import (SequenceClassifier, architecture, count_parameters, format_trainable, load_model, load_tokenizer,
                       resolve_model, underlying_model)
 from ..objectives import OBJECTIVES, Objective
+from ..diagnose.diagnosis import check_probe_labels, read_sample
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir, event_metrics
 from ..runtime import MemoryWatch, Runtime, Stopwatch, store_frozen_weights
@@ -186,6 +187,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     check_packing(cfg.train, method, task)
     check_head_lr(cfg.train, task)
     check_evaluation(cfg.eval, cfg.forgetting, task)
+    check_diagnose(cfg)
     check_available(cfg.train.report_to)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
@@ -236,6 +238,16 @@ def with_headline(eval_cfg: EvalConfig, splits: Splits) -> EvalConfig:
         return eval_cfg
     references = ([prompt_and_reference(ex)[1] for ex in splits.train.examples] if schema == "instruction" else [])
     return dataclasses.replace(eval_cfg, headline=default_headline(schema, references, generates, eval_cfg.task_metric))
+
+
+def check_diagnose(cfg: RunConfig) -> None:
+    """With `diagnose.enabled`, its examples (and their label column) are read now, not after training."""
+    if not cfg.diagnose.enabled:
+        return
+    sample = read_sample(cfg.diagnose.data or cfg.data.test or cfg.data.validation or cfg.data.train,
+                         cfg.diagnose.label_column, cfg.diagnose.max_examples, cfg.seed)
+    if sample.labels is not None:
+        check_probe_labels(sample.labels)
 
 
 def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, task: str) -> None:
