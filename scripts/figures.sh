@@ -36,6 +36,8 @@ echo "== docs/diagnostics.md: where LoRA and full fine-tuning changed MiniLM (re
 echo "== docs/diagnostics.md: the probe curves of both packaged models, before training"
 .venv/bin/transferkit probe --model minilm-l6 --data data/austen-novel/test.jsonl --out runs/probe-minilm
 .venv/bin/transferkit probe --model smollm2-135m --data data/austen-novel/test.jsonl --out runs/probe-smollm2
+.venv/bin/transferkit probe --model smollm2-135m --data data/austen-novel/test.jsonl --pooling mean \
+    --out runs/probe-smollm2-mean
 echo "== docs/methods.md: trainable parameters of every method"
 .venv/bin/transferkit methods --model smollm2-135m
 .venv/bin/transferkit methods --model minilm-l6
