@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import compare, cost, diagnose, evaluate_run, export, generate, merge, predict, probe, recommend, report, train
+from .api import (compare, cost, diagnose, evaluate_run, export, generate, merge, predict, probe, recommend, report,
+                  train)
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
@@ -419,7 +420,8 @@ def add_diagnose_parsers(sub) -> None:
 
 def add_ship_parsers(sub) -> None:
     """`merge` (a plain Hugging Face folder) and `export` (for peft, vLLM or transformers)."""
-    p = sub.add_parser("merge", help="fold a run's adapter into its base: a plain Hugging Face folder, fidelity checked")
+    p = sub.add_parser("merge", help="fold a run's adapter into its base: a plain Hugging Face folder, fidelity "
+                                     "checked")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="a new or empty folder")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")

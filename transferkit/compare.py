@@ -115,8 +115,8 @@ def timed_steps(cfg: RunConfig, minutes: float) -> int:
     steps, evaluation off, the warm-up excluded) and kept beside the run as `<run>.speed.json`, so that a re-run
     plans the same steps and reuses a finished run. The run's `train.max_minutes` counts the same thing, optimizer
     steps (validation and checkpoints not), so it ends at its last planned step unless it ran slower than measured
-    (a method whose later steps are faster, like the probe reading cached features, ends early and under budget). Raises `ConfigError` when N minutes
-    hold no whole step."""
+    (a method whose later steps are faster, like the probe reading cached features, ends early and under budget).
+    Raises `ConfigError` when N minutes hold no whole step."""
     path = Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + ".speed.json")
     key = dump_config(with_overrides(cfg, ["train.max_steps=1", "train.max_minutes=null"]))
     known = json.loads(path.read_text()) if path.is_file() else {}
