@@ -28,7 +28,7 @@ def measure(run_dir: str) -> list[tuple[str, object]]:
     run = RunDir(run_dir)
     cfg = load_config(run.config)
     trained, tokenizer, _ = load_trained(run.path)
-    batch = sample_batch(run, cfg, tokenizer, run.read_labels())
+    batch = sample_batch(cfg, tokenizer, run.read_labels())
     reference = sample_logits(trained, batch)
     merged = folding(get_method(cfg.method.name))(trained)
     rows = [(f"merged {name}", compare(reference, sample_logits(copy.deepcopy(merged).to(dtype), batch),

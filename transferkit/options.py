@@ -46,6 +46,12 @@ class DataConfig:
     slice_column: str = opt("slice", "column naming each row's held-out slice (domain, source, ...); when present, "
                                      "every evaluation metric is also reported per slice")
 
+    @property
+    def held_out_file(self) -> str:
+        """The file a finished run is examined on after training (diagnose, merge's fidelity sample): the test
+        file, else the validation file, else the training file."""
+        return self.test or self.validation or self.train
+
 
 @dataclass
 class TrainConfig:

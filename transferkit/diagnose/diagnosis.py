@@ -98,12 +98,11 @@ def probe_model(model, tokenizer, sample: Sample, runtime: Runtime, pooling: str
     require_labels(sample)
     states = layer_states(model, tokenizer, sample.texts, runtime, batch_size, layers, pooling, desc="hidden states")
     curve = probe_curve(states, sample.labels, "probes")
-    best = int(np.argmax(curve))
-    return {"examples": len(sample.texts), "source": sample.source, "pooling": pooling,
-            "layers": layer_numbers(states.shape[1], layers), "probe": curve,
-            "chance": max(sample.labels.count(c) for c in set(sample.labels)) / len(sample.labels),
-            "reading": f"The task is most linearly readable at layer {layer_numbers(states.shape[1], layers)[best]} "
-                       f"(probe accuracy {curve[best]:.3f})."}
+    numbers, best = layer_numbers(states.shape[1], layers), int(np.argmax(curve))
+    return {"examples": len(sample.texts), "source": sample.source, "pooling": pooling, "layers": numbers,
+            "probe": curve, "chance": max(Counter(sample.labels).values()) / len(sample.labels),
+            "reading": f"The task is most linearly readable at layer {numbers[best]} (probe accuracy "
+                       f"{curve[best]:.3f})."}
 
 
 def require_labels(sample: Sample) -> None:
@@ -221,12 +220,10 @@ def diagnose_run(run: RunDir, tuned, tokenizer, cfg: RunConfig, runtime: Runtime
     """`diagnose` of a run's tuned model (in memory: at the end of training, or loaded back by `transferkit
     diagnose`) against a fresh load of its base, on `options.data` (default: the run's test, validation or training
     file); written to <run>/diagnostics/."""
-    labels = [tuned.config.id2label[i] for i in range(tuned.config.num_labels)] \
-        if task_of(tuned) == "classification" else None
-    base, _, folder = load_model(cfg.model, task=task_of(tuned), labels=labels, device=runtime.device,
+    base, _, folder = load_model(cfg.model, task=task_of(tuned), labels=run.read_labels(), device=runtime.device,
                                  tokenizer=tokenizer, attention=underlying_model(tuned).config._attn_implementation,
                                  trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
-    data = options.data or cfg.data.test or cfg.data.validation or cfg.data.train
+    data = options.data or cfg.data.held_out_file
     sample = read_sample(data, options.label_column, options.max_examples, cfg.seed)
     result = diagnose(base, tuned, tokenizer, sample, runtime, pooling=pooling_for(folder, options.pooling),
                       merge=get_method(cfg.method.name).merge,

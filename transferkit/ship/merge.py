@@ -17,7 +17,7 @@ they cannot merge, and say so.
 
 Fidelity, measured before anything is written: the merged model in the requested dtype against the run's model as
 it trained (its adapter unmerged; a QLoRA run's on its 4-bit base) on up to `SAMPLE` examples of the run's test file
-(else validation, else train), teacher-forced:
+(else validation, else train: `DataConfig.held_out_file`), teacher-forced:
 
     max |Δlogit|           the largest difference of any logit at any position (classification: any class logit)
     equal greedy tokens    the share of positions whose argmax agrees (classification: of examples whose class agrees)
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ..data import read_examples
+from ..data.batching import collate
 from ..data.tokenize import tokenize_examples
 from ..errors import UserError
 from ..files import write_dir_atomic
@@ -102,7 +103,8 @@ def merge_dequantized(model: torch.nn.Module) -> torch.nn.Module:
                 setattr(parent, name, child.modules_to_save[child.active_adapter])
             elif hasattr(child, "base_layer") and hasattr(child, "lora_A"):
                 (adapter,) = child.active_adapters
-                delta = child.scaling[adapter] * child.lora_B[adapter].weight.float() @ child.lora_A[adapter].weight.float()
+                b, a = child.lora_B[adapter].weight.float(), child.lora_A[adapter].weight.float()
+                delta = child.scaling[adapter] * b @ a
                 setattr(parent, name, plain(child.base_layer, float_weight(child.base_layer) + delta.detach()))
             elif isinstance(child, bnb.nn.Linear4bit):
                 setattr(parent, name, plain(child, float_weight(child)))
@@ -119,8 +121,8 @@ def refuse_unmergeable(method: Method) -> None:
     if folding(method) is None:
         raise UserError(f"method '{method.name}' cannot be merged: it trains parameters beside the base's weights "
                         f"({method.summary}), not a change of them. Ship the adapter instead (`transferkit export "
-                        f"RUN_DIR --target peft` where it is in PEFT format), or use the run as it is (`transferkit generate "
-                        f"--adapter RUN_DIR`, `transferkit predict RUN_DIR`)")
+                        f"RUN_DIR --target peft` where it is in PEFT format), or use the run as it is "
+                        f"(`transferkit generate --adapter RUN_DIR`, `transferkit predict RUN_DIR`)")
 
 
 def check_free(out: Path) -> None:
@@ -135,19 +137,11 @@ def sample_logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
 
 
-def sample_batch(run: RunDir, cfg, tokenizer, labels: list[str] | None) -> dict:
-    """Up to SAMPLE examples of the run's test (else validation, else train) file, tokenized as in training."""
-    path = cfg.data.test or cfg.data.validation or cfg.data.train
-    schema, examples = read_examples(path)
+def sample_batch(cfg, tokenizer, labels: list[str] | None) -> dict:
+    """Up to SAMPLE examples of the run's held-out file, tokenized and padded as in training."""
+    schema, examples = read_examples(cfg.data.held_out_file)
     items = tokenize_examples(tokenizer, examples[:SAMPLE], schema, cfg.data.max_length, labels=labels)
-    width = max(len(t.input_ids) for t in items)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(items), width), pad)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, t in enumerate(items):
-        ids[row, :len(t.input_ids)] = torch.tensor(t.input_ids)
-        mask[row, :len(t.input_ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return collate(items, tokenizer.pad_token_id)
 
 
 def compare(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor, tolerance) -> Fidelity:
@@ -170,12 +164,13 @@ def merge_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", force: 
     check_free(Path(out))
     trained, tokenizer, cfg = load_trained(run.path)
     labels = run.read_labels()
-    batch = sample_batch(run, cfg, tokenizer, labels)
+    batch = sample_batch(cfg, tokenizer, labels)
     reference = sample_logits(trained, batch)
     merged = folding(method)(trained).to(DTYPES[dtype])
     fidelity = compare(reference, sample_logits(merged, batch), batch["attention_mask"], TOLERANCE[dtype])
     report = {"run": str(run.path), "method": method.name, "base": cfg.model, "dtype": dtype,
-              "fidelity": asdict(fidelity), "within_tolerance": fidelity.within, "forced": force and not fidelity.within}
+              "fidelity": asdict(fidelity), "within_tolerance": fidelity.within,
+              "forced": force and not fidelity.within}
     if not fidelity.within and not force:
         raise UserError(f"merge refused: max |Δlogit| {fidelity.max_abs_logit:.3g} (tolerance "
                         f"{fidelity.tolerance[0]:g}), equal greedy tokens {fidelity.equal_greedy:.1%} (at least "
@@ -195,8 +190,8 @@ def save_merged(model, tokenizer, labels: list[str] | None, folder: Path, report
         head = {name: p.detach().contiguous() for name, p in inner.classifier.named_parameters()}
         save_file(head, str(folder / "classifier.safetensors"))
         (folder / "classifier.json").write_text(json.dumps(
-            {"pooling": inner.pooling, "labels": labels, "reads": "the backbone's last hidden state, pooled "
-             "('mean' over real tokens, 'last' real token, 'cls' first token), then logits = pooled @ weight.T (+ bias)"},
+            {"pooling": inner.pooling, "labels": labels, "reads": "the backbone's last hidden state, pooled ('mean' "
+             "over real tokens, 'last' real token, 'cls' first token), then logits = pooled @ weight.T (+ bias)"},
             indent=2) + "\n")
     else:
         model.save_pretrained(str(folder), safe_serialization=True)

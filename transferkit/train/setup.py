@@ -244,7 +244,7 @@ def check_diagnose(cfg: RunConfig) -> None:
     """With `diagnose.enabled`, its examples (and their label column) are read now, not after training."""
     if not cfg.diagnose.enabled:
         return
-    sample = read_sample(cfg.diagnose.data or cfg.data.test or cfg.data.validation or cfg.data.train,
+    sample = read_sample(cfg.diagnose.data or cfg.data.held_out_file,
                          cfg.diagnose.label_column, cfg.diagnose.max_examples, cfg.seed)
     if sample.labels is not None:
         check_probe_labels(sample.labels)
