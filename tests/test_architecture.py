@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("recommend", ["transferkit.recommend"]),
     ("runs", ["transferkit.runs"]),
     ("ship", ["transferkit.ship"]),
+    ("serve", ["transferkit.serve"]),
     ("compare", ["transferkit.compare"]),
     ("api", ["transferkit.api"]),
     ("entry points", ["transferkit.cli", "transferkit.__main__", "transferkit"]),

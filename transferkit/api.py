@@ -313,6 +313,38 @@ def export(run_dir: str | Path, target: str, out: str | Path, max_rank: int = 16
     return export_run(run_dir, target, out, max_rank, dtype, force)
 
 
+def serve(base: str | None, adapters: list[str], *, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, limits=None, max_batch: int = 8, precision: str = "auto",
+          on_start=None) -> None:
+    """`transferkit serve`: the base and every `NAME=RUN_DIR` behind an OpenAI-compatible API until Ctrl-C
+    (`transferkit/serve/`); `on_start(url)` is called once it listens."""
+    from .serve import Engine, Limits, ModelPool, create_app, parse_adapter_args, run_server
+
+    quiet_libraries()
+    runtime = Runtime.resolve("auto", precision)
+    pool = ModelPool(base, parse_adapter_args(adapters), runtime.device)
+    engine = Engine(pool, runtime, max_batch)
+    try:
+        run_server(create_app(pool, engine, limits or Limits(), api_key), host, port, on_start)
+    finally:
+        engine.close()
+
+
+def chat(target: str, *, read, write, system: str | None = None, max_tokens: int = 256,
+         sampling: Sampling | None = None, precision: str = "auto") -> int:
+    """`transferkit chat`: a terminal conversation with a run directory or a base model (`serve/chat.py`);
+    returns the number of replies."""
+    from .serve import ModelPool, chat_loop
+
+    quiet_libraries()
+    runtime = Runtime.resolve("auto", precision)
+    is_run = (Path(target) / "config.yaml").is_file()
+    pool = ModelPool(None if is_run else target, [(Path(target).name, Path(target))] if is_run else [],
+                     runtime.device, serve_base=False)
+    served = next(iter(pool.served.values()))
+    return chat_loop(served, runtime, read, write, system=system, max_tokens=max_tokens, sampling=sampling)
+
+
 def report(run_dir: str | Path) -> Path:
     """(Re)write `run_dir`/report.html from what the run wrote (`transferkit/report`); returns its path."""
     run = RunDir(run_dir)

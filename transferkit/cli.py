@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .api import (compare, cost, diagnose, evaluate_run, export, generate, merge, predict, probe, recommend, report,
-                  train)
+from .api import (chat, compare, cost, diagnose, evaluate_run, export, generate, merge, predict, probe, recommend,
+                  report, serve, train)
 from .config import describe_keys, load_config
 from .cost import custom_hardware, get_hardware
 from .cost.calibrate import calibrate
@@ -208,6 +208,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import Limits
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it "
+              f"(set --api-key or TRANSFERKIT_API_KEY)", file=sys.stderr)
+    limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_body_kb * 1024)
+
+    def started(url: str) -> None:
+        print(f"serving on {url}  (GET {url}/v1/models lists the models; Ctrl-C stops)", flush=True)
+
+    serve(args.model, args.adapter, host=args.host, port=args.port, api_key=args.api_key, limits=limits,
+          max_batch=args.max_batch, precision=args.precision, on_start=started)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    sampling = None if args.temperature == 0 else Sampling(args.temperature, args.top_p, args.seed)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat(args.target, read=input, write=write, system=args.system, max_tokens=args.max_tokens, sampling=sampling,
+         precision=args.precision)
+    return 0
+
+
 def cmd_report(args) -> int:
     print(report(args.run_dir))
     return 0
@@ -381,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parsers(sub)
     add_diagnose_parsers(sub)
     add_ship_parsers(sub)
+    add_serve_parsers(sub)
     add_cost_parser(sub)
     add_recommend_parser(sub)
 
@@ -435,6 +464,36 @@ def add_ship_parsers(sub) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="hf: the merged weights' dtype")
     p.add_argument("--force", action="store_true", help="hf: write even outside the fidelity tolerance")
     p.set_defaults(func=cmd_export)
+
+
+def add_serve_parsers(sub) -> None:
+    """`serve` (an OpenAI-compatible API over a base and its runs) and `chat` (a conversation in the terminal)."""
+    import os
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API: one base in memory, runs' adapters switched "
+                                     "per request")
+    p.add_argument("--model", help="the base model (default: the first adapter run's)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="a finished run served as model NAME (repeat for more)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="0: any free port")
+    p.add_argument("--api-key", default=os.environ.get("TRANSFERKIT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $TRANSFERKIT_API_KEY)")
+    p.add_argument("--max-tokens", type=int, default=256, help="generated tokens per request, at most")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="prompt tokens per request, at most")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="request body size, at most")
+    p.add_argument("--max-batch", type=int, default=8, help="requests run together in one batch, at most")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("chat", help="talk to a run (or a base model) in the terminal")
+    p.add_argument("target", help="a finished run directory, or a model (short name, HF folder, GGUF file)")
+    p.add_argument("--system", help="a system message at the start of the conversation")
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens per reply, at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.set_defaults(func=cmd_chat)
 
 
 def add_compare_parsers(sub) -> None:

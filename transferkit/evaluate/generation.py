@@ -87,11 +87,12 @@ class SharedPrefix:
 @dataclass(frozen=True)
 class Sampling:
     """Sampled instead of greedy decoding: softmax(logits / temperature), cut to the smallest set of tokens holding
-    `top_p` of the probability (nucleus sampling, Holtzman et al. 2020); `seed` makes it repeatable."""
+    `top_p` of the probability (nucleus sampling, Holtzman et al. 2020); `seed` makes it repeatable (None: not
+    seeded)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
-    seed: int = 0
+    seed: int | None = 0
 
     def generate_kwargs(self) -> dict:
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
@@ -102,7 +103,7 @@ def generate_completions(model, tokenizer, prompts: list[list[dict]], *, max_new
                          runtime: Runtime, desc: str | None = None, sampling: Sampling | None = None) -> list[str]:
     """Completions (decoded, special tokens removed) for chat prompts, greedy unless `sampling` is given; `desc`
     names a progress bar."""
-    if sampling is not None:
+    if sampling is not None and sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     decoding = sampling.generate_kwargs() if sampling is not None else {"do_sample": False}
     ensure_chat_template(tokenizer)
