@@ -151,3 +151,32 @@ def test_merge_and_export_on_smollm2(run_dir, tmp_path):
     cli("export", str(run_dir), "--target", "vllm", "--out", str(tmp_path / "vllm"))
     manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
     assert manifest["base"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and manifest["method"] == "lora"
+
+
+def test_serve_and_chat_on_smollm2(run_dir):
+    """The real CLI: the quickstart run and its base served together answer as `transferkit generate` does with
+    each alone (greedy), streamed or not; `transferkit chat` answers the same."""
+    from served import call, serve_process
+
+    prompt = "Convert to a JSON record with keys name, age, city, job: Bo Lind, 51, is a pilot in Oslo."
+    alone = {name: cli("generate", *flag, "--prompt", prompt, "--max-new-tokens", "24").stdout.strip()
+             for name, flag in (("quick", ("--adapter", str(run_dir))), ("smollm2-135m", ("--model", "smollm2-135m")))}
+    assert alone["quick"] != alone["smollm2-135m"]
+    with serve_process("--model", "smollm2-135m", "--adapter", f"quick={run_dir}") as address:
+        status, models = call(address, "GET", "/v1/models")
+        assert status == 200 and {m["id"]: m["shares_base"] for m in models["data"]} == {"quick": True,
+                                                                                         "smollm2-135m": True}
+        for name, expected in alone.items():
+            status, body = call(address, "POST", "/v1/chat/completions", {
+                "model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24, "temperature": 0})
+            assert status == 200 and body["choices"][0]["message"]["content"].strip() == expected, body
+        status, body = call(address, "POST", "/v1/chat/completions", {
+            "model": "quick", "messages": [{"role": "user", "content": prompt}], "max_tokens": 24, "temperature": 0,
+            "stream": True})
+        chunks = [json.loads(line[6:]) for line in body.split("\n\n") if line.startswith("data: {")]
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == alone["quick"]
+        assert call(address, "POST", "/v1/chat/completions", {"model": "nope", "messages": []})[0] == 400
+    chat = subprocess.run([sys.executable, "-m", "transferkit", "chat", str(run_dir), "--max-tokens", "24"], cwd=ROOT,
+                          input=prompt + "\n/exit\n", capture_output=True, text=True, timeout=600)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert alone["quick"] in chat.stdout

@@ -96,3 +96,14 @@ def test_lora_on_minilm_merges_into_a_backbone_and_its_head(tmp_path):
                                    atol=1e-4)
     refused = cli("export", str(run), "--target", "vllm", "--out", str(tmp_path / "vllm"), check=False)
     assert refused.returncode == 2 and "modules_to_save" in refused.stderr and not (tmp_path / "vllm").exists()
+    # served: /v1/classify gives the run's own probabilities
+    from served import call, serve_process
+
+    with serve_process("--adapter", f"topics={run}") as address:
+        status, body = call(address, "POST", "/v1/classify", {"model": "topics", "input": [
+            "The match went to extra time.", "Heavy rain all weekend."]})
+    assert status == 200, body
+    labels = [trained.config.id2label[i] for i in range(trained.config.num_labels)]
+    served = torch.tensor([[row["probabilities"][label] for label in labels] for row in body["data"]])
+    with torch.no_grad():
+        torch.testing.assert_close(served, torch.softmax(trained(**batch).logits, -1), atol=1e-5, rtol=1e-4)

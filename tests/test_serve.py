@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from served import call
 
 from transferkit.errors import UserError
 
@@ -65,25 +66,10 @@ def serving(pool, *, api_key=None, limits=None, max_batch=8):
         engine.close()
 
 
-def call(address, method: str, path: str, body=None, headers=None, raw: bytes | None = None):
-    """(status, parsed JSON or the text) of one request."""
-    host, port = address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=120)
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-    response = connection.getresponse()
-    text = response.read().decode()
-    connection.close()
-    try:
-        return response.status, json.loads(text)
-    except ValueError:
-        return response.status, text
-
-
 def chat_answer(address, model: str, prompt: str, max_tokens: int = 12, **extra) -> str:
     status, body = call(address, "POST", "/v1/chat/completions",
                         {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                         "temperature": 0, **extra}, headers=extra.pop("headers", None))
+                         "temperature": 0, **extra})
     assert status == 200, body
     return body["choices"][0]["message"]["content"]
 
@@ -107,11 +93,25 @@ def test_one_base_holds_every_lora_run_and_the_others_say_they_do_not_share_it(p
     assert not listed["full"]["shares_base"] and listed["full"]["method"] == "full"
 
 
-def test_concurrent_requests_for_different_adapters_get_each_adapter_s_own_answer(pool, tiny_model_dir):
+@pytest.mark.parametrize("mixable", [True, False], ids=["rows-name-their-adapter", "one-adapter-per-batch"])
+def test_concurrent_requests_for_different_adapters_get_each_adapter_s_own_answer(pool, tiny_model_dir, mixable,
+                                                                                  monkeypatch):
     """No cross-talk: interleaved concurrent requests for the base, two adapters and a full fine-tune, each answer
-    equal to that model's answer served alone (greedy) and to the run loaded by itself (`api.generate`)."""
+    equal to that model's answer served alone (greedy) and to the run loaded by itself (`api.generate`); with the
+    LoRA family's adapters mixed in one batch, and switched batch by batch."""
     from transferkit import generate
 
+    from transferkit.serve import engine as engine_module
+
+    assert pool.get("json").family.mixable
+    pool.get("json").family.mixable = mixable
+    batches = []  # (adapters in the batch, mixed?)
+    real = engine_module.generate_batch
+
+    def recorded(model, tokenizer, jobs, runtime, mixed=False):
+        batches.append(({job.adapter_name() for job in jobs}, mixed))
+        real(model, tokenizer, jobs, runtime, mixed)
+    monkeypatch.setattr(engine_module, "generate_batch", recorded)
     base = str(tiny_model_dir)
     names = [base, "json", "tone", "full"]
     with serving(pool) as address:
@@ -124,6 +124,8 @@ def test_concurrent_requests_for_different_adapters_get_each_adapter_s_own_answe
             together = list(workers.map(lambda ask: chat_answer(address, *ask), asks))
         assert together == [alone[ask] for ask in asks]
         assert address[2].batches - batches_before < len(asks), "requests were not batched together"
+        assert any(len(names) > 1 for names, _ in batches) == mixable  # several adapters in one batch
+        assert all(mixed == (len(names) > 1) for names, mixed in batches)
     own = generate(PROMPTS, adapter=str(pool.get("tone").run), max_new_tokens=12, precision="fp32")
     assert own == [alone[("tone", p)] for p in PROMPTS]
 
@@ -167,6 +169,8 @@ def test_max_tokens_and_stop_strings_end_each_row_on_its_own(pool):
                              "temperature": 0})
         assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
         assert full.startswith(body["choices"][0]["message"]["content"])
+        seeded = [chat_answer(address, "tone", PROMPTS[1], temperature=1.0, seed=5) for _ in range(2)]
+        assert seeded[0] == seeded[1], "a seeded sampled request is repeatable"
         stop = full[len(full) // 2: len(full) // 2 + 2]
         assert stop.strip(), f"no stop string to cut {full!r} with"
         cut = chat_answer(address, "tone", PROMPTS[1], max_tokens=12, stop=[stop])

@@ -142,7 +142,8 @@ def generation_job(served: Served, prompt: list[int], body: Decoding, max_tokens
                    limits: Limits) -> Job:
     if len(prompt) > limits.max_prompt_tokens:
         raise ApiError(400, f"the prompt is {len(prompt)} tokens; this server takes at most "
-                            f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+                            f"{limits.max_prompt_tokens}", param="messages" if isinstance(body, ChatRequest) else
+                       "prompt", code="context_length_exceeded")
     max_tokens = limits.max_tokens if max_tokens is None else max_tokens
     if max_tokens > limits.max_tokens:
         raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {limits.max_tokens}",

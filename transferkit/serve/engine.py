@@ -1,9 +1,13 @@
 """The engine: one worker thread owns the models; requests wait in a queue and run in batches grouped by model.
 
     HTTP handlers ──submit(Job)──► queue ──► worker: take what is waiting (≤ max_batch)
-                                               group by (served name, decoding)   ← one adapter per batch
-                                               per group: activate the adapter, run the batch
+                                               group by (model, work, decoding)  ← `Job.group_key`
+                                               per group: activate its adapter, run the batch
     Job.sink ◄── Delta(text) … Done(reason, usage) | Failed(message) ── called from the worker thread
+
+A family of plain LoRA adapters (`Family.mixable`) batches its adapters and its base together: each row names its
+adapter (peft's `adapter_names`; "__base__" for the base), so requests for three adapters are one batch of
+decoding steps instead of three. Other families batch one adapter at a time (`set_adapter`).
 
 Generation is `model.generate` on the group's prompts, left-padded (positions follow the attention mask), with
 two hooks: `RowStream` receives every step's new tokens and turns each row into its request's text deltas, and
@@ -62,10 +66,17 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def group_key(self) -> tuple:
+        """Jobs with equal keys run as one batch: the same model — or the same family when its rows can mix
+        adapters — the same work and the same decoding."""
         if self.sampling is not None and self.sampling.seed is not None:
             return (self.served.name, "seeded", id(self))
         decoding = None if self.sampling is None else (self.sampling.temperature, self.sampling.top_p)
-        return (self.served.name, "classify" if self.texts else "generate", decoding)
+        model = id(self.served.family) if self.served.family.mixable else self.served.name
+        return (model, "classify" if self.texts else "generate", decoding)
+
+    def adapter_name(self) -> str:
+        """peft's name of this job's rows in a mixed batch."""
+        return self.served.adapter or "__base__"
 
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -142,8 +153,9 @@ class RowStop:
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, jobs: list[Job], runtime: Runtime) -> None:
-    """Continue every job's prompt on `model` (one batch); results go to the jobs' sinks."""
+def generate_batch(model, tokenizer, jobs: list[Job], runtime: Runtime, mixed: bool = False) -> None:
+    """Continue every job's prompt on `model` (one batch); results go to the jobs' sinks. `mixed`: each row runs
+    its own job's adapter (peft's `adapter_names`)."""
     from transformers import StoppingCriteriaList
 
     stops = stop_token_ids(tokenizer)
@@ -157,19 +169,21 @@ def generate_batch(model, tokenizer, jobs: list[Job], runtime: Runtime) -> None:
         model.generate(input_ids=input_ids.to(runtime.device), attention_mask=attention.to(runtime.device),
                        max_new_tokens=max(job.max_tokens for job in jobs), eos_token_id=stops,
                        pad_token_id=tokenizer.pad_token_id, streamer=stream,
-                       stopping_criteria=StoppingCriteriaList([RowStop(stream)]), **decoding)
+                       stopping_criteria=StoppingCriteriaList([RowStop(stream)]), **decoding,
+                       **({"adapter_names": [job.adapter_name() for job in jobs]} if mixed else {}))
     stream.end()
 
 
 @torch.no_grad()
-def classify_batch(model, tokenizer, jobs: list[Job], runtime: Runtime) -> None:
-    """Class probabilities for every job's texts (one batch)."""
+def classify_batch(model, tokenizer, jobs: list[Job], runtime: Runtime, mixed: bool = False) -> None:
+    """Class probabilities for every job's texts (one batch); `mixed` as for `generate_batch`."""
     texts = [text for job in jobs for text in job.texts]
+    rows = {"adapter_names": [job.adapter_name() for job in jobs for _ in job.texts]} if mixed else {}
     batch = tokenizer(texts, padding=True, truncation=True,
                       max_length=jobs[0].served.max_length, return_tensors="pt")
     with for_inference(model), runtime.autocast():
         logits = model(input_ids=batch["input_ids"].to(runtime.device),
-                       attention_mask=batch["attention_mask"].to(runtime.device)).logits.float()   # [N, C]
+                       attention_mask=batch["attention_mask"].to(runtime.device), **rows).logits.float()  # [N, C]
     probabilities = torch.softmax(logits, dim=-1).cpu()
     lengths = batch["attention_mask"].sum(1).tolist()
     start = 0
@@ -227,13 +241,12 @@ class Engine:
                 self.run(group)
 
     def run(self, jobs: list[Job]) -> None:
-        served = jobs[0].served
+        family = jobs[0].served.family
+        mixed = len({job.adapter_name() for job in jobs}) > 1
+        batch = classify_batch if jobs[0].texts else generate_batch
         try:
-            with served.family.activate(served.adapter) as model:
-                if jobs[0].texts:
-                    classify_batch(model, served.family.tokenizer, jobs, self.runtime)
-                else:
-                    generate_batch(model, served.family.tokenizer, jobs, self.runtime)
+            with family.activate(None if mixed else jobs[0].served.adapter, mixed) as model:
+                batch(model, family.tokenizer, jobs, self.runtime, mixed)
             self.batches += 1
         except Exception as exc:  # noqa: BLE001 — a failed batch answers its requests with 500; the server goes on
             for job in jobs:

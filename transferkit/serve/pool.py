@@ -7,8 +7,9 @@ is equal:
 
     smollm2-135m ─┬─ (base: adapters off)             one PeftModel, adapters added by
                   ├─ lora-json    LoRA  r=8          `load_adapter(dir, adapter_name=NAME)` and
-                  ├─ lora-tone    LoRA  r=16         chosen per batch by `set_adapter(NAME)`
-                  └─ dora-sql     DoRA  r=8          (DoRA and rsLoRA are LoRA's peft type)
+                  ├─ lora-tone    LoRA  r=16         chosen per row by `adapter_names=[…]` (a mixed batch)
+                  └─ dora-sql     DoRA  r=8          or per batch by `set_adapter(NAME)` (DoRA: peft has no
+                                                     mixed-batch DoRA; DoRA and rsLoRA are LoRA's peft type)
     full-ft     (own copy)  full fine-tuning: its weights are not the base's
     minilm/news (own family) a classifier: its head is sized to its own labels
 
@@ -43,10 +44,15 @@ class Family:
     tokenizer: object
     method: str | None = None                       # the method whose `disabled` switch gives the base back
     adapters: list[str] = field(default_factory=list)
+    mixable: bool = False   # rows of different adapters (and the base) can share one batch: peft's `adapter_names`
 
     @contextlib.contextmanager
-    def activate(self, adapter: str | None):
-        """Yields the module to run: `adapter` switched on, or the base (adapters off) for None."""
+    def activate(self, adapter: str | None, mixed: bool = False):
+        """Yields the module to run: `adapter` switched on, the base (adapters off) for None, or the model whose
+        rows each name their adapter when `mixed`."""
+        if mixed:
+            yield self.model
+            return
         if adapter is None and self.adapters:
             with get_method(self.method).disabled(self.model) as base:
                 yield base
@@ -167,6 +173,9 @@ class ModelPool:
                             f"({str(exc).strip().splitlines()[0][:300]})") from None
         family.model.eval()
         family.adapters.append(name)
+        config = family.model.peft_config[name]
+        family.mixable = (len(family.adapters) == 1 or family.mixable) and config.peft_type == "LORA" and \
+            not getattr(config, "use_dora", False)
 
     def add_base(self) -> None:
         """The base under its own name: a causal-LM family with its adapters off, else the plain model. An encoder
