@@ -1,6 +1,6 @@
 """`transferkit serve` under load: one process holding a base and its adapters, against one process per model.
 
-    .venv/bin/python benchmarks/serve_load.py [--adapter NAME=RUN_DIR ...] [--clients 6] [--seconds 40]
+    .venv/bin/python benchmarks/serve_load.py [--adapter NAME=RUN_DIR ...] [--clients 6] [--seconds 60]
 
 Two deployments answer the same load, one after the other, on loopback only:
 
@@ -12,8 +12,9 @@ test split) for `--seconds`, cycling through the models so every model gets the 
 sent is waited for, none is started after the deadline, and at most `--max-requests` are sent. Printed per
 deployment: requests/s, generated tokens/s, p50 / p95 latency, the servers' resident memory (peak, summed over
 processes), and the ratios shared / naive; then how many answers of one deployment equal the other's for the
-same (model, prompt). Every process gets the machine's default torch threads (the naive deployment's processes
-share the cores; that is how it would run on one machine).
+same (model, prompt). The shared server uses torch's default threads (one per core). The naive deployment runs
+twice: with the default threads in every process (what starting N servers does: N × cores threads on the cores),
+and with the cores divided between its processes (`OMP_NUM_THREADS`, at least 1 each).
 
 Without `--adapter`, two LoRA runs of SmolLM2-135M on the quickstart task (20 steps each, rank 8 and 16) are
 trained once into runs/serve-load/ and reused.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -70,10 +72,11 @@ class Server:
         return 0
 
 
-def start(args: list[str]) -> Server:
+def start(args: list[str], threads: int | None = None) -> Server:
     port = free_port()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     process = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", *args, "--port", str(port),
-                                "--max-batch", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--max-batch", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 300
     while time.time() < deadline:
         if process.poll() is not None:
@@ -143,9 +146,10 @@ def drive(route: dict[str, int], prompts: list[str], clients: int, seconds: floa
     return load
 
 
-def deploy_and_drive(deployments: list[list[str]], names: list[list[str]], prompts, options) -> tuple[Load, int]:
+def deploy_and_drive(deployments: list[list[str]], names: list[list[str]], prompts, options,
+                     threads: int | None = None) -> tuple[Load, int]:
     """Start the servers, warm each model once, drive the load; returns it and the summed peak RSS (KiB)."""
-    servers = [start(args) for args in deployments]
+    servers = [start(args, threads) for args in deployments]
     try:
         route = {name: server.port for server, served in zip(servers, names) for name in served}
         for name, port in route.items():
@@ -172,7 +176,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR")
     parser.add_argument("--clients", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-requests", type=int, default=2000)
     options = parser.parse_args()
@@ -186,23 +190,30 @@ def main() -> None:
     adapter_args = [arg for a in adapters for arg in ("--adapter", a)]
     shared, shared_rss = deploy_and_drive([["--model", options.model, *adapter_args]], [[options.model, *names]],
                                           prompts, options)
-    naive, naive_rss = deploy_and_drive([["--model", options.model]] + [["--adapter", a] for a in adapters],
-                                        [[options.model]] + [[n] for n in names], prompts, options)
-    rows = [row("shared (1 process)", shared, shared_rss), row(f"naive ({len(names) + 1} processes)", naive, naive_rss)]
-    print(f"{'deployment':<22}{'requests':>9}{'failed':>7}{'req/s':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}"
+    processes = len(names) + 1
+    split = max(1, (os.cpu_count() or 1) // processes)
+    naive_args = ([["--model", options.model]] + [["--adapter", a] for a in adapters], [[options.model]] + [[n] for n in names])
+    rows, loads = [row("shared: 1 process", shared, shared_rss)], [shared]
+    for label, threads in ((f"naive: {processes} processes", None), (f"  … {split} thread each", split)):
+        naive, naive_rss = deploy_and_drive(*naive_args, prompts, options, threads)
+        rows.append(row(label, naive, naive_rss))
+        loads.append(naive)
+    print(f"{'deployment':<24}{'requests':>9}{'failed':>7}{'req/s':>8}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}"
           f"{'peak RSS MiB':>14}")
     for r in rows:
-        print(f"{r['deployment']:<22}{r['requests']:>9}{r['failures']:>7}{r['requests_per_s']:>8.2f}"
+        print(f"{r['deployment']:<24}{r['requests']:>9}{r['failures']:>7}{r['requests_per_s']:>8.2f}"
               f"{r['tokens_per_s']:>10.1f}{r['p50_s']:>8.2f}{r['p95_s']:>8.2f}{r['peak_rss_mib']:>14.0f}")
-    a, b = rows
-    print(f"shared / naive: memory {a['peak_rss_mib'] / b['peak_rss_mib']:.2f}×, throughput (tokens/s) "
-          f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}×, p50 latency {a['p50_s'] / b['p50_s']:.2f}×")
-    both = set(shared.answers) & set(naive.answers)
-    same = sum(shared.answers[key] == naive.answers[key] for key in both)
-    print(f"answers equal across the two deployments: {same} of {len(both)} (model, prompt) pairs")
+    shared_row = rows[0]
+    for r, load in zip(rows[1:], loads[1:]):
+        both = set(shared.answers) & set(load.answers)
+        same = sum(shared.answers[key] == load.answers[key] for key in both)
+        r["equal_answers"] = [same, len(both)]
+        print(f"shared / {r['deployment'].strip(' …')}: memory {shared_row['peak_rss_mib'] / r['peak_rss_mib']:.2f}×, "
+              f"throughput (tokens/s) {shared_row['tokens_per_s'] / r['tokens_per_s']:.2f}×, p50 latency "
+              f"{shared_row['p50_s'] / r['p50_s']:.2f}×; answers equal for {same} of {len(both)} (model, prompt) pairs")
     (ROOT / "runs" / "serve-load").mkdir(parents=True, exist_ok=True)
-    (ROOT / "runs" / "serve-load" / "result.json").write_text(json.dumps({"rows": rows, "equal": [same, len(both)],
-                                                                          "options": vars(options)}, indent=2))
+    (ROOT / "runs" / "serve-load" / "result.json").write_text(json.dumps({"rows": rows, "options": vars(options)},
+                                                                         indent=2))
 
 
 if __name__ == "__main__":

@@ -256,6 +256,13 @@ def test_classification_runs_serve_classify_with_their_own_heads(tiny_config, to
         served = torch.tensor([[row["probabilities"][label] for label in ev.labels] for row in answers[name]])
         torch.testing.assert_close(served, probabilities, atol=1e-5, rtol=1e-4)
     assert [r["probabilities"] for r in answers["a"]] != [r["probabilities"] for r in answers["b"]]
+    # chat with a classifier: each line answered with its label and probabilities
+    from transferkit.api import chat
+
+    lines, written = iter([texts[0], "/exit"]), []
+    assert chat(str(first), read=lambda _: next(lines), write=written.append, precision="fp32") == 1
+    ranked = sorted(answers["a"][0]["probabilities"].items(), key=lambda item: -item[1])
+    assert f"{answers['a'][0]['label']}  ({ranked[0][0]} {ranked[0][1]:.1%}" in "".join(written)
 
 
 def test_serve_refuses_runs_of_another_base_and_twice_given_names(runs, tiny_qwen_dir):

@@ -314,8 +314,8 @@ def export(run_dir: str | Path, target: str, out: str | Path, max_rank: int = 16
 
 
 def serve(base: str | None, adapters: list[str], *, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, limits=None, max_batch: int = 8, precision: str = "auto",
-          on_start=None) -> None:
+          api_key: str | None = None, limits=None, max_batch: int = 8, batch_wait_ms: float = 25,
+          precision: str = "auto", on_start=None) -> None:
     """`transferkit serve`: the base and every `NAME=RUN_DIR` behind an OpenAI-compatible API until Ctrl-C
     (`transferkit/serve/`); `on_start(url)` is called once it listens."""
     from .serve import Engine, Limits, ModelPool, create_app, parse_adapter_args, run_server
@@ -323,7 +323,7 @@ def serve(base: str | None, adapters: list[str], *, host: str = "127.0.0.1", por
     quiet_libraries()
     runtime = Runtime.resolve("auto", precision)
     pool = ModelPool(base, parse_adapter_args(adapters), runtime.device)
-    engine = Engine(pool, runtime, max_batch)
+    engine = Engine(pool, runtime, max_batch, batch_wait_ms / 1000)
     try:
         run_server(create_app(pool, engine, limits or Limits(), api_key), host, port, on_start)
     finally:

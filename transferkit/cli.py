@@ -220,7 +220,7 @@ def cmd_serve(args) -> int:
         print(f"serving on {url}  (GET {url}/v1/models lists the models; Ctrl-C stops)", flush=True)
 
     serve(args.model, args.adapter, host=args.host, port=args.port, api_key=args.api_key, limits=limits,
-          max_batch=args.max_batch, precision=args.precision, on_start=started)
+          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, precision=args.precision, on_start=started)
     return 0
 
 
@@ -483,6 +483,8 @@ def add_serve_parsers(sub) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=2048, help="prompt tokens per request, at most")
     p.add_argument("--max-body-kb", type=int, default=1024, help="request body size, at most")
     p.add_argument("--max-batch", type=int, default=8, help="requests run together in one batch, at most")
+    p.add_argument("--batch-wait-ms", type=float, default=25,
+                   help="how long a batch waits for more requests after its first")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("chat", help="talk to a run (or a base model) in the terminal")

@@ -21,6 +21,7 @@ says so (`shares_base: false`): it costs a whole copy of the base. Every run mus
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class ModelPool:
         if base is None and not adapters:
             raise UserError("serve: give --model, at least one --adapter NAME=RUN_DIR, or both")
         self.device = device
+        self.created = int(time.time())  # OpenAI's `created` of every model: when this server loaded it
         self.served: dict[str, Served] = {}
         self.families: dict[tuple, Family] = {}
         configs = [(name, RunDir(path), self.run_config(RunDir(path))) for name, path in adapters]
@@ -195,5 +197,5 @@ class ModelPool:
 
     def models(self) -> list[dict]:
         everyone = list(self.served.values())
-        return [served.describe(self.base_name, sum(other.family is served.family for other in everyone) > 1)
-                for served in everyone]
+        return [{**served.describe(self.base_name, sum(other.family is served.family for other in everyone) > 1),
+                 "created": self.created} for served in everyone]
