@@ -52,7 +52,8 @@ def default_runs() -> list[str]:
         out = ROOT / "runs" / "serve-load" / name
         if not (out / "summary.json").is_file():
             subprocess.run([sys.executable, "-m", "transferkit", "train", "--overwrite",
-                            str(ROOT / "recipes" / "quickstart.yaml"), f"output_dir={out}", "train.max_steps=20", "train.eval_every=0",
+                            str(ROOT / "recipes" / "quickstart.yaml"), f"output_dir={out}", "train.max_steps=20",
+                            "train.eval_every=0",
                             "train.save_every=0", "eval.baseline=false", "forgetting.reference=none",
                             f"method.r={rank}", f"method.alpha={2 * rank}"], check=True)
         runs.append(f"{name}={out}")
@@ -192,7 +193,8 @@ def main() -> None:
                                           prompts, options)
     processes = len(names) + 1
     split = max(1, (os.cpu_count() or 1) // processes)
-    naive_args = ([["--model", options.model]] + [["--adapter", a] for a in adapters], [[options.model]] + [[n] for n in names])
+    naive_args = ([["--model", options.model]] + [["--adapter", a] for a in adapters],
+                  [[options.model]] + [[n] for n in names])
     rows, loads = [row("shared: 1 process", shared, shared_rss)], [shared]
     for label, threads in ((f"naive: {processes} processes", None), (f"  … {split} thread each", split)):
         naive, naive_rss = deploy_and_drive(*naive_args, prompts, options, threads)

@@ -6,8 +6,8 @@ In this process, on the server's own generation code (`serve.engine.generate_bat
 quickstart test prompts (greedy): the base model alone (the reference), every row on one adapter, the rows spread
 over the adapters and the base (peft's `adapter_names`, what `serve` does with a LoRA family), and one row alone.
 Each is timed for 1 and for `--tokens` new tokens after a warm-up, so (t_tokens − t_1) / (tokens − 1) is the cost of
-one decoding step and t_1 the prompt's; ratios are to the base alone; tokens/s counts the tokens generated (a row ends at its stop
-token, its batch at the last row's). Without `--adapter`, the runs
+one decoding step and t_1 the prompt's; ratios are to the base alone; tokens/s counts the tokens generated (a row
+ends at its stop token, its batch at the last row's). Without `--adapter`, the runs
 benchmarks/serve_load.py trains (runs/serve-load/) are used.
 """
 
