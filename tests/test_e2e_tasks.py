@@ -107,3 +107,10 @@ def test_lora_on_minilm_merges_into_a_backbone_and_its_head(tmp_path):
     served = torch.tensor([[row["probabilities"][label] for label in labels] for row in body["data"]])
     with torch.no_grad():
         torch.testing.assert_close(served, torch.softmax(trained(**batch).logits, -1), atol=1e-5, rtol=1e-4)
+    # chat: each line answered with the label the server gave it
+    import subprocess
+    import sys
+
+    chat = subprocess.run([sys.executable, "-m", "transferkit", "chat", str(run)], input="The match went to extra time."
+                          "\n/exit\n", capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    assert chat.returncode == 0 and f"> {body['data'][0]['label']}  (" in chat.stdout, chat.stdout + chat.stderr

@@ -195,6 +195,8 @@ BAD = [  # (what, request kwargs, status, words in the message)
     ("two choices", dict(body={"model": "json", "messages": [{"role": "user", "content": "hi"}], "n": 2}), 400,
      "n"),
     ("chat with nothing", dict(body={"model": "json", "messages": []}), 400, "messages"),
+    ("a field not built", dict(body={"model": "json", "messages": [{"role": "user", "content": "hi"}],
+                                     "logprobs": True}), 400, "logprobs: not supported"),
 ]
 
 

@@ -7,6 +7,8 @@ Every refusal is one JSON body `{"error": {"message", "type", "param", "code"}}`
                                 --max-prompt-tokens (code context_length_exceeded), max_tokens over --max-tokens,
                                 a task the model does not do (chat with a classifier, classify with a decoder)
     401 authentication_error    --api-key set and the request's `Authorization: Bearer …` missing or wrong
+    400 invalid_request_error   a field that would change the answer and is not built (logprobs, tools, penalties,
+                                response_format, …: `UNSUPPORTED`), named instead of ignored
     404 not_found_error         an unknown `model` (code model_not_found) or path
     405 invalid_request_error   a method the path does not take
     413 invalid_request_error   a body over --max-body-kb
@@ -68,6 +70,14 @@ class StreamOptions(Request):
     include_usage: bool = False
 
 
+# OpenAI fields that would change the answer and are not built here: refused by name, never silently ignored.
+# (value: what a request may still send, e.g. OpenAI clients' `logprobs: false`)
+UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []), "tool_choice": (None, "none"),
+               "functions": (None, []), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
+               "frequency_penalty": (None, 0, 0.0), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
+               "response_format": (None, {"type": "text"})}
+
+
 class Decoding(Request):
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -109,6 +119,10 @@ def parse(model: type[Request], body: bytes) -> Request:
         raise ApiError(400, f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
+    for name, harmless in UNSUPPORTED.items() if issubclass(model, Decoding) else ():
+        if data.get(name) not in harmless:
+            raise ApiError(400, f"{name}: not supported by this server (it takes model, messages or prompt, "
+                                f"max_tokens, temperature, top_p, seed, stop, stream, stream_options)", param=name)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
