@@ -5,12 +5,13 @@
 | instruction    | `prompt, completion` or `messages` or `instruction[, input], output` |
 | lm             | `text` (or a .txt file)                                        |
 | classification | `text[, text_pair], label`                                     |
-| preference     | `prompt, chosen, rejected` (recognised, not trainable yet)     |
+| preference     | `prompt, chosen, rejected` (validated, not trainable yet)      |
 
 Instruction rows become a list of chat messages; the assistant turns are what
 the model learns. A bad row raises `DataError` with file, line and field.
-Preference data is detected so that it is refused with a clear message, not
-misread as instruction data.
+Preference rows: `prompt` a string or chat messages ending in a user turn, `chosen` and `rejected` each a string or
+one assistant turn; both sides non-empty and different. Training on them is not built yet, so `schema_of` refuses
+the schema with a clear message rather than misreading it as instruction data.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Example:
     text: str = ""                             # lm, classification: raw text
     text_pair: str | None = None               # classification: optional second text
     label: str | None = None                   # classification: class name (ints and bools as strings)
+    chosen: str | None = None                  # preference: the preferred answer to `messages` (the prompt)
+    rejected: str | None = None                # preference: the dispreferred one
     slice: str | None = None                   # held-out slice (domain, source, ...) metrics are also split by
 
     @property
@@ -60,8 +63,8 @@ def schema_of(rows: list[Row], configured: str = "auto") -> str:
     first = rows[0]
     schema = detect_schema(set(first.fields))
     if schema == "preference":
-        raise DataError(first.source, "preference data (prompt, chosen, rejected) cannot be trained yet; "
-                                      "supported: instruction, lm, classification", first.line)
+        raise DataError(first.source, "preference data (prompt, chosen, rejected) is recognised but cannot be trained "
+                                      "yet (DPO is not built); supported: instruction, lm, classification", first.line)
     if schema is None:
         raise DataError(
             first.source,
@@ -84,16 +87,16 @@ def _string_field(row: Row, name: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _messages(row: Row, allow_unanswered: bool = False) -> tuple[dict[str, str], ...]:
+def _messages(row: Row, allow_unanswered: bool = False, column: str = "messages") -> tuple[dict[str, str], ...]:
     """The chat turns of a row; the last must be the assistant's (the target) unless `allow_unanswered`."""
-    raw = row.fields.get("messages")
+    raw = row.fields.get(column)
     if raw is None:
-        raise DataError(row.source, "missing or null", row.line, "messages")
+        raise DataError(row.source, "missing or null", row.line, column)
     if not isinstance(raw, list) or not raw:
-        raise DataError(row.source, "must be a non-empty list of {role, content} objects", row.line, "messages")
+        raise DataError(row.source, "must be a non-empty list of {role, content} objects", row.line, column)
     messages = []
     for i, message in enumerate(raw):
-        field = f"messages[{i}]"
+        field = f"{column}[{i}]"
         if not isinstance(message, dict):
             raise DataError(row.source, "must be an object with role and content", row.line, field)
         role, content = message.get("role"), message.get("content")
@@ -110,8 +113,42 @@ def _messages(row: Row, allow_unanswered: bool = False) -> tuple[dict[str, str],
             raise DataError(row.source, "an assistant message must follow a user message", row.line, field + ".role")
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] == "system" or (messages[-1]["role"] != "assistant" and not allow_unanswered):
-        raise DataError(row.source, "the last message must be from the assistant (the target to learn)", row.line, "messages")
+        raise DataError(row.source, "the last message must be from the assistant (the target to learn)", row.line,
+                        column)
     return tuple(messages)
+
+
+def _preference(row: Row) -> Example:
+    """A preference row: the prompt as chat turns ending in the user's, and its two answers."""
+    if isinstance(row.fields.get("prompt"), list):
+        prompt = _messages(row, allow_unanswered=True, column="prompt")
+        if prompt[-1]["role"] != "user":
+            raise DataError(row.source, "the prompt's last message must be the user's (the answers reply to it)",
+                            row.line, "prompt")
+    else:
+        prompt = ({"role": "user", "content": _string_field(row, "prompt")},)
+    chosen, rejected = _answer(row, "chosen"), _answer(row, "rejected")
+    if chosen == rejected:
+        raise DataError(row.source, "is the same answer as chosen: nothing to prefer", row.line, "rejected")
+    return Example(row.source, row.line, messages=prompt, chosen=chosen, rejected=rejected)
+
+
+def _answer(row: Row, column: str) -> str:
+    """One side of a pair: a string, or one assistant turn ({role, content}, alone or in a one-element list)."""
+    value = row.fields.get(column)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise DataError(row.source, f"must be one assistant turn, got {len(value)} messages", row.line, column)
+        value = value[0]
+    if isinstance(value, dict):
+        if value.get("role") != "assistant":
+            raise DataError(row.source, f"must be an assistant turn, got role {value.get('role')!r}", row.line,
+                            column + ".role")
+        value = value.get("content")
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(row.source, "must be a non-empty string", row.line, column + ".content")
+        return value
+    return _string_field(row, column)
 
 
 def to_example(row: Row, schema: str, slice_column: str = "slice") -> Example:
@@ -143,6 +180,8 @@ def _to_example(row: Row, schema: str) -> Example:
     if schema == "classification":
         pair = _string_field(row, "text_pair") if row.fields.get("text_pair") is not None else None
         return Example(row.source, row.line, text=_string_field(row, "text"), text_pair=pair, label=_label(row))
+    if schema == "preference":
+        return _preference(row)
     raise ValueError(f"unknown schema {schema!r}")
 
 

@@ -8,6 +8,7 @@ tokenized whole and split into `max_length` chunks, every token labelled.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import DataError
@@ -67,6 +68,16 @@ def tokenize_instruction(tokenizer, example: Example) -> tuple[list[int], list[i
                             "its continuation, so turns cannot be masked exactly", example.line, "messages")
         labels[start: len(upto)] = input_ids[start: len(upto)]
     return input_ids, labels
+
+
+def tokenize_preference(tokenizer, example: Example) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    """(ids, labels) of prompt + chosen and of prompt + rejected: the same prompt tokens, labels on the answer only
+    (what `objectives.preference.pair_logprobs` sums)."""
+    sides = []
+    for answer in (example.chosen, example.rejected):
+        turns = (*example.messages, {"role": "assistant", "content": answer})
+        sides.append(tokenize_instruction(tokenizer, dataclasses.replace(example, messages=turns)))
+    return sides[0], sides[1]
 
 
 def check_length(example: Example, length: int, max_length: int, overlong: str) -> bool:
