@@ -249,6 +249,17 @@ def test_classification_runs_serve_classify_with_their_own_heads(tiny_config, to
         status, body = call(address, "POST", "/v1/chat/completions",
                             {"model": "a", "messages": [{"role": "user", "content": "hi"}]})
         assert status == 400 and "classifies" in body["error"]["message"]
+        # concurrent: both heads in one batch (peft's adapter_names reach the heads too), each its own answer
+        batches_before = address[2].batches
+        with ThreadPoolExecutor(max_workers=4) as workers:
+            together = list(workers.map(lambda name: call(address, "POST", "/v1/classify",
+                                                          {"model": name, "input": texts})[1]["data"],
+                                        ["a", "b", "a", "b"]))
+        assert address[2].batches - batches_before < 4
+        for name, got in zip(["a", "b", "a", "b"], together):
+            assert [row["label"] for row in got] == [row["label"] for row in answers[name]]
+            for row, alone in zip(got, answers[name]):
+                assert row["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-5)
     for name, run in (("a", first), ("b", second)):  # each equals its run loaded alone
         ev = load_evaluated(str(run), None, Runtime.resolve("cpu", "fp32"), 128)
         batch = ev.tokenizer(texts, padding=True, return_tensors="pt")
