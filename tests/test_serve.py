@@ -100,7 +100,6 @@ def test_concurrent_requests_for_different_adapters_get_each_adapter_s_own_answe
     equal to that model's answer served alone (greedy) and to the run loaded by itself (`api.generate`); with the
     LoRA family's adapters mixed in one batch, and switched batch by batch."""
     from transferkit import generate
-
     from transferkit.serve import engine as engine_module
 
     assert pool.get("json").family.mixable
@@ -298,3 +297,18 @@ def test_chat_keeps_the_conversation_and_answers_as_the_server_does(runs, pool, 
     assert main(["chat", str(runs["tone"]), "--max-tokens", "8", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     assert out.count(expected) >= 2 and "conversation forgotten" in out
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_400():
+    from tiny import tiny_tokenizer
+
+    from transferkit.serve.app import chat_prompt
+    from transferkit.serve.protocol import ApiError
+
+    strict = tiny_tokenizer("{% for m in messages %}{% if m['role'] == 'assistant' and loop.first %}"
+                            "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+                            "{{ m['content'] }}{% endfor %}")
+    assert chat_prompt(strict, [{"role": "user", "content": "hi"}])
+    with pytest.raises(ApiError) as refused:
+        chat_prompt(strict, [{"role": "assistant", "content": "hi"}])
+    assert refused.value.status == 400 and "roles must alternate" in refused.value.message

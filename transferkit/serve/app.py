@@ -68,8 +68,7 @@ def create_app(pool: ModelPool, engine: Engine, limits: Limits, api_key: str | N
         served = find(pool, body.model, "causal-lm")
         tokenizer = served.family.tokenizer
         ensure_chat_template(tokenizer)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = encode_chat(tokenizer, messages, add_generation_prompt=True)
+        prompt = chat_prompt(tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
         job = generation_job(served, prompt, body, body.max_completion_tokens or body.max_tokens, limits)
         if body.stream:
             return StreamingResponse(chat_stream(engine, job, body), media_type="text/event-stream")
@@ -124,6 +123,17 @@ async def read_body(request: Request, limits: Limits) -> bytes:
             raise ApiError(413, f"the body is over {limits.max_body_bytes} bytes, the most this server takes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """The messages through the model's chat template; a template that refuses them (some raise on a turn order
+    they do not take) is the request's fault: 400."""
+    from jinja2 import TemplateError
+
+    try:
+        return encode_chat(tokenizer, messages, add_generation_prompt=True)
+    except (TemplateError, ValueError) as exc:
+        raise ApiError(400, f"messages: the model's chat template refused them ({exc})", param="messages") from None
 
 
 def find(pool: ModelPool, name: str, task: str) -> Served:

@@ -5,7 +5,8 @@ Every refusal is one JSON body `{"error": {"message", "type", "param", "code"}}`
 
     400 invalid_request_error   malformed JSON, a wrong type or value (param names the field), a prompt over
                                 --max-prompt-tokens (code context_length_exceeded), max_tokens over --max-tokens,
-                                a task the model does not do (chat with a classifier, classify with a decoder)
+                                a task the model does not do (chat with a classifier, classify with a decoder),
+                                messages the model's chat template refuses (a turn order it does not take)
     401 authentication_error    --api-key set and the request's `Authorization: Bearer …` missing or wrong
     400 invalid_request_error   a field that would change the answer and is not built (logprobs, tools, penalties,
                                 response_format, …: `UNSUPPORTED`), named instead of ignored
