@@ -49,7 +49,7 @@ def serving(pool, *, api_key=None, limits=None, max_batch=8):
     from transferkit.runtime import Runtime
     from transferkit.serve import Engine, Limits, create_app
 
-    engine = Engine(pool, Runtime.resolve("cpu", "fp32"), max_batch)
+    engine = Engine(Runtime.resolve("cpu", "fp32"), max_batch)
     app = create_app(pool, engine, limits or Limits(), api_key)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

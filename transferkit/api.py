@@ -323,7 +323,7 @@ def serve(base: str | None, adapters: list[str], *, host: str = "127.0.0.1", por
     quiet_libraries()
     runtime = Runtime.resolve("auto", precision)
     pool = ModelPool(base, parse_adapter_args(adapters), runtime.device)
-    engine = Engine(pool, runtime, max_batch, batch_wait_ms / 1000)
+    engine = Engine(runtime, max_batch, batch_wait_ms / 1000)
     try:
         run_server(create_app(pool, engine, limits or Limits(), api_key), host, port, on_start)
     finally:

@@ -15,28 +15,44 @@ from .evaluate.comparison import headline_metric
 from .methods import get_method
 from .models import load_model
 from .models.fingerprint import check_adapter_folder
+from .options import RunConfig
 from .rundir import RunDir
+
+
+def finished_config(run: RunDir) -> RunConfig:
+    """The config of a finished run directory; a `UserError` when it is not one."""
+    if not run.config.is_file() or not run.adapter.is_dir():
+        raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
+    return load_config(run.config)
+
+
+def load_base(run: RunDir, cfg: RunConfig, device: str | torch.device = "cpu"):
+    """(base model, tokenizer) as the run trained on it: its task and labels, 4-bit storage for a method that
+    quantizes the base, the same attention kernel (the same kernel gives the same numbers to the last digit)."""
+    labels = run.read_labels()
+    model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
+                                     device=device, quantize_4bit=get_method(cfg.method.name).quantize_base,
+                                     attention=run.read_summary().get("attention"),
+                                     trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
+    return model, tokenizer
+
+
+def adapter_misfit(run: RunDir, cfg: RunConfig, exc: Exception) -> UserError:
+    """The error for an adapter whose shapes or names do not fit its base (raised inside a loader)."""
+    return UserError(f"{run.adapter}: adapter does not fit base model {cfg.model} "
+                     f"({str(exc).strip().splitlines()[0][:300]})")
 
 
 def load_trained(run_path: str | Path, device: str | torch.device = "cpu"):
     """(model with adapter, tokenizer, config) from a finished run directory."""
     run = RunDir(run_path)
-    if not run.config.is_file() or not run.adapter.is_dir():
-        raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
-    cfg = load_config(run.config)
-    method = get_method(cfg.method.name)
-    labels = run.read_labels()
-    # The attention kernel training ran with: the same kernel gives the same numbers to the last digit.
-    model, tokenizer, _ = load_model(cfg.model, task="classification" if labels else "causal-lm", labels=labels,
-                                     device=device, quantize_4bit=method.quantize_base,
-                                     attention=run.read_summary().get("attention"),
-                                     trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
+    cfg = finished_config(run)
+    model, tokenizer = load_base(run, cfg, device)
     check_adapter_folder(run.adapter, model, cfg.model)
     try:
-        model = method.load(model, run.adapter)
+        model = get_method(cfg.method.name).load(model, run.adapter)
     except (RuntimeError, ValueError, KeyError) as exc:  # shape or name mismatches inside the loader
-        raise UserError(f"{run.adapter}: adapter does not fit base model {cfg.model} "
-                        f"({str(exc).strip().splitlines()[0][:300]})") from None
+        raise adapter_misfit(run, cfg, exc) from None
     model.eval()
     return model, tokenizer, cfg
 

@@ -23,7 +23,7 @@ from typing import AsyncIterator
 
 from starlette.requests import Request  # a module global: FastAPI resolves the handlers' annotations here
 
-from ..data.tokenize import encode_chat, ensure_chat_template
+from ..data.tokenize import encode_chat
 from ..evaluate.generation import Sampling
 from .engine import Delta, Done, Engine, Failed, Job
 from .pool import ModelPool, Served
@@ -66,9 +66,7 @@ def create_app(pool: ModelPool, engine: Engine, limits: Limits, api_key: str | N
     async def chat(request: Request):
         body = parse(ChatRequest, await read_body(request, limits))
         served = find(pool, body.model, "causal-lm")
-        tokenizer = served.family.tokenizer
-        ensure_chat_template(tokenizer)
-        prompt = chat_prompt(tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
+        prompt = chat_prompt(served.family.tokenizer, [{"role": m.role, "content": m.text()} for m in body.messages])
         job = generation_job(served, prompt, body, body.max_completion_tokens or body.max_tokens, limits)
         if body.stream:
             return StreamingResponse(chat_stream(engine, job, body), media_type="text/event-stream")

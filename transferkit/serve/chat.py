@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..data.tokenize import encode_chat, ensure_chat_template
+from ..data.tokenize import encode_chat
 from ..evaluate.generation import Sampling
 from ..runtime import Runtime
 from .engine import Delta, Done, Job, classify_batch, generate_batch
@@ -54,7 +54,6 @@ def chat_loop(served: Served, runtime: Runtime, read: Callable[[str], str], writ
 def reply(model, tokenizer, served: Served, history: list[dict], runtime: Runtime, write, max_tokens: int,
           sampling: Sampling | None) -> str:
     """Stream the assistant's next turn to `write`; returns its text."""
-    ensure_chat_template(tokenizer)
     parts: list[str] = []
 
     def sink(event) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from ..evaluate.generation import Sampling, left_padded, stop_token_ids
 from ..runtime import Runtime, for_inference
-from .pool import ModelPool, Served
+from .pool import Served
 
 
 @dataclass(frozen=True)
@@ -201,8 +201,8 @@ def classify_batch(model, tokenizer, jobs: list[Job], runtime: Runtime, mixed: b
 class Engine:
     """The worker thread and its queue. `submit` from any thread; `close` drains and stops it."""
 
-    def __init__(self, pool: ModelPool, runtime: Runtime, max_batch: int = 8, batch_wait_s: float = 0.025):
-        self.pool, self.runtime, self.max_batch, self.batch_wait_s = pool, runtime, max_batch, batch_wait_s
+    def __init__(self, runtime: Runtime, max_batch: int = 8, batch_wait_s: float = 0.025):
+        self.runtime, self.max_batch, self.batch_wait_s = runtime, max_batch, batch_wait_s
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.batches = 0                         # batches run so far (for /health and the tests)
         self.thread = threading.Thread(target=self.work, name="transferkit-engine", daemon=True)

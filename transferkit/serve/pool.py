@@ -21,20 +21,21 @@ says so (`shares_base: false`): it costs a whole copy of the base. Every run mus
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..config import load_config
+from ..data.tokenize import ensure_chat_template
 from ..errors import UserError
 from ..methods import get_method
 from ..models import load_model
 from ..models.fingerprint import check_adapter_folder
 from ..models.loading import resolve_model
 from ..rundir import RunDir
-from ..runs import load_trained
+from ..runs import adapter_misfit, finished_config, load_base, load_trained
 
 
 @dataclass
@@ -46,6 +47,9 @@ class Family:
     method: str | None = None                       # the method whose `disabled` switch gives the base back
     adapters: list[str] = field(default_factory=list)
     mixable: bool = False   # rows of different adapters (and the base) can share one batch: peft's `adapter_names`
+
+    def __post_init__(self):
+        ensure_chat_template(self.tokenizer)  # once here, not per request: chat prompts need one
 
     @contextlib.contextmanager
     def activate(self, adapter: str | None, mixed: bool = False):
@@ -109,7 +113,7 @@ class ModelPool:
         self.created = int(time.time())  # OpenAI's `created` of every model: when this server loaded it
         self.served: dict[str, Served] = {}
         self.families: dict[tuple, Family] = {}
-        configs = [(name, RunDir(path), self.run_config(RunDir(path))) for name, path in adapters]
+        configs = [(name, RunDir(path), finished_config(RunDir(path))) for name, path in adapters]
         self.base_name = base if base is not None else configs[0][2].model
         self.base_folder = resolve_model(self.base_name)
         for name, run, cfg in configs:
@@ -121,12 +125,6 @@ class ModelPool:
             self.add_run(name, run, cfg)
         if serve_base or not adapters:
             self.add_base()
-
-    @staticmethod
-    def run_config(run: RunDir):
-        if not run.config.is_file() or not run.adapter.is_dir():
-            raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
-        return load_config(run.config)
 
     def add_run(self, name: str, run: RunDir, cfg) -> None:
         method = get_method(cfg.method.name)
@@ -141,23 +139,14 @@ class ModelPool:
         key = (task, tuple(labels or ()), method.quantize_base, peft_type)
         family = self.families.get(key)
         if family is None:
-            family = self.families[key] = self.new_family(run, cfg, task, labels, method)
+            family = self.families[key] = Family(*load_base(run, cfg, self.device), method.name)
         self.load_adapter(family, name, run, cfg)
         self.served[name] = Served(name, task, family, name, method.name, tuple(labels) if labels else None,
                                    str(run.path), cfg.data.max_length)
 
     @staticmethod
     def peft_type(run: RunDir) -> str:
-        import json
-
         return json.loads((run.adapter / "adapter_config.json").read_text()).get("peft_type", "?")
-
-    def new_family(self, run: RunDir, cfg, task: str, labels, method) -> Family:
-        model, tokenizer, _ = load_model(cfg.model, task=task, labels=labels, device=self.device,
-                                         quantize_4bit=method.quantize_base,
-                                         attention=run.read_summary().get("attention"),
-                                         trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
-        return Family(model, tokenizer, method.name)
 
     @staticmethod
     def load_adapter(family: Family, name: str, run: RunDir, cfg) -> None:
@@ -171,8 +160,7 @@ class ModelPool:
             else:
                 family.model.load_adapter(str(run.adapter), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:  # shapes or names that do not fit
-            raise UserError(f"{run.adapter}: adapter does not fit base model {cfg.model} "
-                            f"({str(exc).strip().splitlines()[0][:300]})") from None
+            raise adapter_misfit(run, cfg, exc) from None
         family.model.eval()
         family.adapters.append(name)
         config = family.model.peft_config[name]

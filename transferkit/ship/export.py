@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..files import write_dir_atomic
 from ..methods import get_method
 from ..rundir import RunDir
+from ..runs import finished_config
 from .merge import check_free, merge_run
 
 TARGETS = ("peft", "vllm", "hf")
@@ -82,12 +83,11 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, max_rank: int 
     if target not in TARGETS:
         raise UserError(f"--target '{target}': choose one of {', '.join(TARGETS)}")
     run, out = RunDir(run_dir), Path(out)
-    if not run.adapter.is_dir() or not run.config.is_file():
-        raise UserError(f"{run.path}: not a finished transferkit run (needs config.yaml and adapter/)")
+    cfg = finished_config(run)
     check_free(out)
     if target == "hf":
         return {"target": target, "out": str(out), "merge": merge_run(run.path, out, dtype, force)}
-    method = get_method(load_config(run.config).method.name)
+    method = get_method(cfg.method.name)
     if not method.peft_format:
         raise UserError(f"method '{method.name}' does not save in PEFT format; export it with --target hf (the "
                         f"merged model)" + ("" if method.trains_base_weights else " where it merges, or use the run as it is"))

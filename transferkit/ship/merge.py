@@ -41,7 +41,7 @@ from ..files import write_dir_atomic
 from ..methods import Method, get_method
 from ..models import task_of
 from ..rundir import RunDir
-from ..runs import load_trained
+from ..runs import finished_config, load_trained
 from ..runtime import underlying_model
 
 SAMPLE = 16
@@ -155,11 +155,7 @@ def compare(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor, t
 def merge_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False) -> dict:
     """Fold the run's adapter into its base and save OUT (module docstring); returns merge_report.json's content."""
     run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise UserError(f"{run.path}: not a transferkit run directory (no config.yaml)")
-    from ..config import load_config
-
-    method = get_method(load_config(run.config).method.name)
+    method = get_method(finished_config(run).method.name)
     refuse_unmergeable(method)
     check_free(Path(out))
     trained, tokenizer, cfg = load_trained(run.path)
