@@ -155,17 +155,27 @@ def test_lm_text_is_chunked_not_cut(tokenizer, tmp_path):
 def test_quickstart_data_matches_generator(tmp_path):
     from pathlib import Path
 
-    from transferkit.data.synthetic import write_quickstart, write_topics
+    from functools import partial
+
+    from transferkit.data.synthetic import write_quickstart, write_quickstart_preference, write_topics
 
     data = Path(__file__).resolve().parents[1] / "data"
     shipped = data / "quickstart"
-    for writer, folder in ((write_quickstart, "quickstart"), (write_topics, "topics")):
+    preference = partial(write_quickstart_preference, shipped)
+    for writer, folder in ((write_quickstart, "quickstart"), (write_topics, "topics"),
+                           (preference, "quickstart-preference")):
         for path in writer(tmp_path / folder):
             assert path.read_text() == (data / folder / path.name).read_text(), \
                 f"regenerate data/{folder}/{path.name}: python scripts/make_quickstart_data.py"
     train = {json.loads(l)["prompt"] for l in (shipped / "train.jsonl").read_text().splitlines()}
     test = {json.loads(l)["prompt"] for l in (shipped / "test.jsonl").read_text().splitlines()}
     assert not train & test
+    pairs = [json.loads(line) for line in (data / "quickstart-preference" / "test.jsonl").read_text().splitlines()]
+    assert [p["prompt"] for p in pairs] == [json.loads(line)["prompt"] for line in
+                                             (shipped / "test.jsonl").read_text().splitlines()]
+    for pair in pairs:  # one field wrong, the other three as in the correct record
+        chosen, rejected = json.loads(pair["chosen"]), json.loads(pair["rejected"])
+        assert [k for k in chosen if chosen[k] != rejected[k]] == [pair["slice"]]
 
 
 def test_shipped_tasks_share_no_example_between_splits():

@@ -27,7 +27,7 @@ def test_at_initialisation_the_sigmoid_loss_is_log_2(smoothing):
     same = planted(-7.5, -3.25)
     out = preference_loss(same, same, beta=0.3, label_smoothing=smoothing)
     assert out.losses.item() == pytest.approx(math.log(2))
-    assert out.metrics()["reward_margin"] == 0 and out.metrics()["preference_accuracy"] == 0
+    assert out.metrics()["reward_margin"] == 0 and out.metrics()["reward_accuracy"] == 0
 
 
 def test_each_loss_equals_its_hand_computation():
@@ -42,7 +42,7 @@ def test_each_loss_equals_its_hand_computation():
     # the SFT term: α × the chosen answer's mean token NLL = 0.5 × 10/4
     rpo = preference_loss(planted(), REFERENCE, beta=0.5, sft_weight=0.5)
     assert rpo.losses.item() == pytest.approx(math.log(1 + math.exp(-1)) + 1.25)
-    assert dpo.metrics() == pytest.approx({"loss": math.log(1 + math.exp(-1)), "preference_accuracy": 1.0,
+    assert dpo.metrics() == pytest.approx({"loss": math.log(1 + math.exp(-1)), "reward_accuracy": 1.0,
                                            "reward_margin": 1.0, "chosen_reward": 0.5, "rejected_reward": -0.5})
     with pytest.raises(ValueError, match="unknown preference loss"):
         preference_loss(planted(), REFERENCE, loss="kto")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,24 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     """Fine-tune as `cfg` says (`train/recipe.py`); returns the summary. Progress goes to the `transferkit`
     logger (the CLI shows it on stdout), never to stdout directly."""
     quiet_libraries()
+    write_chained_base(cfg.model)
     return run_training(cfg, resume=resume, overwrite=overwrite)
+
+
+def write_chained_base(ref: str) -> None:
+    """A finished run named as the model (SFT first, then DPO on top): its adapter folded into its base once, into
+    <run>/merged, which `models.resolve_model` then loads for every run chained on it. `merge_run` checks the
+    merged model against the unmerged run before writing (`ship/merge.py`)."""
+    run = RunDir(ref)
+    if not run.path.is_dir() or not run.config.is_file() or not run.adapter.is_dir():
+        return
+    if (run.merged / "config.json").is_file():
+        return
+    from .ship import merge_run
+
+    logging.getLogger("transferkit").info(f"model {ref} is a finished run: folding its adapter into its base once, "
+                                          f"into {run.merged}")
+    merge_run(run.path, run.merged)
 
 
 def generate(prompts: list[str], *, model: str | None = None, adapter: str | None = None,
@@ -136,7 +154,7 @@ def evaluate_run(data: str, *, run_dir: str | None = None, model: str | None = N
     split = Split(Path(data).name, examples, tokenize_examples(ev.tokenizer, examples, schema, ev.max_length,
                                                                labels=ev.labels))
     metrics, predictions = evaluate_split(ev.model, ev.tokenizer, split, schema, eval_cfg, runtime, label="eval",
-                                          labels=ev.labels)
+                                          labels=ev.labels, preference=ev.cfg.preference if ev.cfg else None)
     reference = reference or (ev.cfg.forgetting.reference if ev.cfg else PACKAGED)
     assessment = Assessment(schema, eval_cfg, reference, ev.max_length, runtime, ev.labels)
     general = {"evaluated": assessment.general(ev.model, ev.tokenizer)}

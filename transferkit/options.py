@@ -34,7 +34,7 @@ class DataConfig:
     train: str = opt("", "training data: a .jsonl/.json/.csv/.parquet/.txt file or a saved HF dataset folder")
     validation: Optional[str] = opt(None, "validation data; if absent, `validation_fraction` of train is split off")
     test: Optional[str] = opt(None, "test data, evaluated after training (and before, for the baseline)")
-    schema: Literal["auto", "instruction", "lm", "classification"] = opt(
+    schema: Literal["auto", "instruction", "lm", "classification", "preference"] = opt(
         "auto", "task schema; `auto` detects it from the columns")
     max_length: int = opt(1024, "longest tokenized example in tokens", gt=0)
     overlong: Literal["truncate", "error"] = opt(
@@ -144,6 +144,23 @@ class ForgettingConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    loss: Literal["sigmoid", "ipo"] = opt(
+        "sigmoid", "preference data only: `sigmoid` is DPO (Rafailov et al. 2023), `ipo` IPO (Azar et al. 2023) on "
+                   "per-token log-probability averages")
+    beta: float = opt(0.1, "β: how far the policy may move from the reference (smaller: further)", gt=0)
+    label_smoothing: float = opt(0.0, "ε of conservative DPO: the share of pairs assumed mislabelled (sigmoid only)",
+                                 ge=0, le=0.49)
+    sft_weight: float = opt(0.0, "α: adds α × the chosen answer's mean token NLL to the loss (RPO, \"DPO + NLL\"), "
+                                 "against DPO lowering the chosen likelihood on small data", ge=0)
+    reference: Literal["cached", "adapter_off"] = opt(
+        "cached", "the reference log-probabilities: `cached` = computed once before the first step for every pair "
+                  "(one forward pass over the data, the method switched off) and kept in "
+                  "<run>/reference_logprobs.json; `adapter_off` = recomputed every step through the method's off "
+                  "switch (one more forward per step; adapter methods only)")
+
+
+@dataclass
 class DiagnoseConfig:
     enabled: bool = opt(False, "at the end of training, compare the tuned model with its base layer by layer "
                                "(probes, CKA, weight change: `transferkit diagnose`) into <run>/diagnostics/, shown "
@@ -179,6 +196,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig,
                                          metadata={"help": "forgetting measurement and mitigations"})
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig,
+                                         metadata={"help": "the preference objective (data with prompt, chosen, "
+                                                           "rejected)"})
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig,
                                      metadata={"help": "where the network changed, measured after training"})
     output_dir: str = opt("runs/default", "run directory to write")
@@ -190,6 +210,8 @@ class RunConfig:
             raise ConfigError("config key 'data.train' is required: the training data file")
         if self.train.max_steps is not None and self.train.epochs is not None:
             raise ConfigError("give one of 'train.max_steps' and 'train.epochs', not both")
+        if self.preference.label_smoothing and self.preference.loss != "sigmoid":
+            raise ConfigError("config key 'preference.label_smoothing' applies to preference.loss=sigmoid only")
         micro = self.train.micro_batch_size or self.train.batch_size
         if self.train.batch_size % micro:
             raise ConfigError(

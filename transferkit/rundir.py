@@ -11,6 +11,10 @@
                 test_reliability.png    classification: the tuned model's reliability diagram
                 adapter/       what the method's `load` needs (PEFT format for PEFT methods)
                 checkpoints/   resumable state, written atomically (`train/checkpoint.py`)
+                reference_logprobs.json  preference data: the reference's answer log-probabilities
+                               (`train/reference.py`)
+                merged/        when a later run names this one as its `model:`: the adapter folded into the base,
+                               a plain HF folder (`transferkit merge`), which that run loads
 
 `train` writes it; `runs.load_trained` and `eval` read it.
 """
@@ -91,6 +95,8 @@ class RunDir:
     labels = property(lambda self: self.path / "labels.json")  # classification: class names by id
     predictions = property(lambda self: self.path / "test_predictions.jsonl")
     diagnostics = property(lambda self: self.path / "diagnostics")  # `transferkit diagnose`: json and plot
+    reference_logprobs = property(lambda self: self.path / "reference_logprobs.json")  # preference data
+    merged = property(lambda self: self.path / "merged")  # the base a run chained on this one loads
 
     def check_writable(self, overwrite: bool) -> None:
         """Refuse a non-empty folder unless asked to overwrite (a finished run is never lost by accident)."""

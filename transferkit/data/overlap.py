@@ -17,7 +17,7 @@ import json
 import re
 
 from ..errors import DataError
-from .schema import Example
+from .schema import Example, prompt_and_reference
 
 PAIRS = (("train", "validation"), ("train", "test"), ("validation", "test"))
 WHITESPACE = re.compile(r"\s+")
@@ -26,7 +26,7 @@ WHITESPACE = re.compile(r"\s+")
 def content(example: Example, normalised: bool = False) -> str:
     """What the model reads from `example` (labels and answers left out), optionally normalised."""
     if example.messages:
-        parts = [part for m in example.messages[:-1] for part in (m["role"], m["content"])]  # the prompt turns
+        parts = [part for m in prompt_and_reference(example)[0] for part in (m["role"], m["content"])]  # the prompt
     else:
         parts = [example.text, example.text_pair]
     return json.dumps([normalise(p) if normalised and p is not None else p for p in parts])

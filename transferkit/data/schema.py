@@ -5,13 +5,13 @@
 | instruction    | `prompt, completion` or `messages` or `instruction[, input], output` |
 | lm             | `text` (or a .txt file)                                        |
 | classification | `text[, text_pair], label`                                     |
-| preference     | `prompt, chosen, rejected` (validated, not trainable yet)      |
+| preference     | `prompt, chosen, rejected` (prompt as text or chat turns)       |
 
 Instruction rows become a list of chat messages; the assistant turns are what
 the model learns. A bad row raises `DataError` with file, line and field.
 Preference rows: `prompt` a string or chat messages ending in a user turn, `chosen` and `rejected` each a string or
-one assistant turn; both sides non-empty and different. Training on them is not built yet, so `schema_of` refuses
-the schema with a clear message rather than misreading it as instruction data.
+one assistant turn; both sides non-empty and different. They train the preference objectives
+(`objectives/preference.py`).
 """
 
 from __future__ import annotations
@@ -62,9 +62,6 @@ def schema_of(rows: list[Row], configured: str = "auto") -> str:
         return configured
     first = rows[0]
     schema = detect_schema(set(first.fields))
-    if schema == "preference":
-        raise DataError(first.source, "preference data (prompt, chosen, rejected) is recognised but cannot be trained "
-                                      "yet (DPO is not built); supported: instruction, lm, classification", first.line)
     if schema is None:
         raise DataError(
             first.source,
@@ -242,7 +239,10 @@ def to_examples(rows: list[Row], schema: str, slice_column: str = "slice") -> li
 
 
 def prompt_and_reference(example: Example) -> tuple[list[dict[str, str]], str]:
-    """Split an instruction example into (messages before the last assistant turn, its content)."""
+    """Split an instruction example into (messages before the last assistant turn, its content); a preference
+    example into (its prompt turns, the chosen answer)."""
     messages = list(example.messages)
+    if example.chosen is not None:
+        return messages, example.chosen
     return messages[:-1], messages[-1]["content"]
 

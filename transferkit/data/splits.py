@@ -19,7 +19,8 @@ from .schema import Example, check_known_labels, label_vocabulary, schema_of, to
 from .tokenize import Tokenized, check_has_labels, tokenize_examples
 
 # The model task each data schema trains.
-TASK_OF_SCHEMA = {"instruction": "causal-lm", "lm": "causal-lm", "classification": "classification"}
+TASK_OF_SCHEMA = {"instruction": "causal-lm", "lm": "causal-lm", "classification": "classification",
+                  "preference": "causal-lm"}
 
 
 @dataclass
@@ -47,7 +48,7 @@ def duplicate_examples(examples: list[Example]) -> list[tuple[Example, Example]]
     first: dict[str, Example] = {}
     repeats = []
     for ex in examples:
-        key = json.dumps([ex.messages, ex.text, ex.text_pair, ex.label])
+        key = json.dumps([ex.messages, ex.text, ex.text_pair, ex.label, ex.chosen, ex.rejected])
         if key in first:
             repeats.append((ex, first[key]))
         else:
@@ -124,7 +125,7 @@ def load_splits(data_cfg: DataConfig, tokenizer, seed: int, train: tuple[str, li
 
     train = _tokenize_split("train", train_examples, tokenizer, schema, data_cfg, labels)
     labelled = check_has_labels(train.tokenized, data_cfg.train)
-    unit = "examples" if labels else "labelled tokens"
+    unit = "examples" if labels else "pairs" if schema == "preference" else "labelled tokens"
     notes.append(f"train: {len(train_examples)} examples, {len(train.tokenized)} sequences, {labelled:,} {unit}")
     if labels:
         notes.append(f"classes: {', '.join(labels)}")

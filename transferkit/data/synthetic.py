@@ -83,6 +83,53 @@ def write_quickstart(folder: str | Path) -> list[Path]:
     return written
 
 
+# ---------------------------------------------------------------- preference pairs from the quickstart task
+
+WRONG_FIELDS = ("name", "age", "city", "job")
+
+
+def wrong_record(record: dict, field: str, rng: random.Random) -> dict:
+    """`record` with one plausible mistake in `field`: first and last name swapped, the age off by 1, 2 or 10, or
+    another city or job from the task's lists."""
+    wrong = dict(record)
+    if field == "name":
+        first, last = record["name"].split()
+        wrong["name"] = f"{last} {first}"
+    elif field == "age":
+        wrong["age"] = record["age"] + rng.choice([-10, -2, -1, 1, 2, 10])
+    else:
+        pool = CITIES if field == "city" else JOBS
+        wrong[field] = rng.choice([v for v in pool if v != record[field]])
+    return wrong
+
+
+def preference_pairs(rows: list[dict], seed: int) -> list[dict]:
+    """Quickstart rows (prompt, completion) as preference pairs: chosen = the correct record, rejected = the same
+    record with one field wrong (`wrong_record`), the fields taking turns; `slice` names the wrong field."""
+    rng = random.Random(seed)
+    pairs = []
+    for i, row in enumerate(rows):
+        field = WRONG_FIELDS[i % len(WRONG_FIELDS)]
+        record = json.loads(row["completion"])
+        pairs.append({"prompt": row["prompt"], "chosen": row["completion"],
+                      "rejected": json.dumps(wrong_record(record, field, rng)), "slice": field})
+    return pairs
+
+
+def write_quickstart_preference(source: str | Path, folder: str | Path) -> list[Path]:
+    """data/quickstart-preference/{train,validation,test}.jsonl from data/quickstart's splits of the same names:
+    the same prompts, so a DPO run's test pairs are prompts no split before it trained on."""
+    source, folder = Path(source), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for seed, split in enumerate(QUICKSTART_SPLITS):
+        rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+        path = folder / f"{split}.jsonl"
+        path.write_text(jsonl_text(preference_pairs(rows, seed)), encoding="utf-8")
+        written.append(path)
+    return written
+
+
 # ---------------------------------------------------------------- topic classification
 
 TOPICS = {

@@ -30,7 +30,16 @@ class Tokenized:
     labels: list[int]          # causal LM: same length, IGNORE where no loss is taken; classification: [class]
     where: str                 # "file:line" of the source row
     truncated: bool = False
-    per_example: bool = False  # classification: one label for the whole sequence
+    per_example: bool = False  # classification, preference: one loss unit for the whole example
+    # preference: input_ids / labels hold prompt + chosen; these prompt + rejected, labels on the answer only
+    rejected: tuple[list[int], list[int]] | None = None
+    # preference: the reference model's summed answer log-probabilities (chosen, rejected), once computed
+    reference: tuple[float, float] | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the model reads for this example (both sides of a pair)."""
+        return len(self.input_ids) + (len(self.rejected[0]) if self.rejected is not None else 0)
 
     @property
     def num_labels(self) -> int:
@@ -80,6 +89,20 @@ def tokenize_preference(tokenizer, example: Example) -> tuple[tuple[list[int], l
     return sides[0], sides[1]
 
 
+def tokenize_pair(tokenizer, example: Example, max_length: int, overlong: str) -> Tokenized:
+    """A preference pair as one `Tokenized`; a pair whose prompt leaves an answer no token within `max_length`
+    is an error naming the prompt (truncating it would compare nothing)."""
+    (chosen, chosen_labels), (rejected, rejected_labels) = tokenize_preference(tokenizer, example)
+    truncated = check_length(example, max(len(chosen), len(rejected)), max_length, overlong)
+    for labels, side in ((chosen_labels, "chosen"), (rejected_labels, "rejected")):
+        if all(t == IGNORE for t in labels[1:max_length]):
+            raise DataError(example.source, f"the prompt fills data.max_length={max_length} tokens: no token of the "
+                            f"{side} answer is left to compare (shorten the prompt or raise data.max_length)",
+                            example.line, "prompt")
+    return Tokenized(chosen[:max_length], chosen_labels[:max_length], example.where, truncated, per_example=True,
+                     rejected=(rejected[:max_length], rejected_labels[:max_length]))
+
+
 def check_length(example: Example, length: int, max_length: int, overlong: str) -> bool:
     """Whether the example must be truncated; with `data.overlong=error`, an error naming its line instead."""
     if length > max_length and overlong == "error":
@@ -98,6 +121,9 @@ def tokenize_examples(tokenizer, examples: list[Example], schema: str, max_lengt
             ids, labels = tokenize_instruction(tokenizer, ex)
             truncated = check_length(ex, len(ids), max_length, overlong)
             out.append(Tokenized(ids[:max_length], labels[:max_length], ex.where, truncated))
+    elif schema == "preference":
+        ensure_chat_template(tokenizer)
+        out.extend(tokenize_pair(tokenizer, ex, max_length, overlong) for ex in examples)
     elif schema == "lm":
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         for ex in examples:

@@ -7,6 +7,8 @@ One strategy per (data schema, architecture), like `OBJECTIVES` per task:
 | instruction, decoder     | greedy answers; k-shot puts k training conversations before each prompt; zero-shot |
 |                          | is a plain evaluation, which also gives the reference answers' loss                |
 | lm, decoder              | the base model's loss and perplexity (nothing to prompt; zero-shot only)           |
+| preference, decoder      | the base model's preference accuracy: the share of pairs whose chosen answer it    |
+|                          | already finds the more likely (zero-shot only)                                     |
 | classification, decoder  | each label's verbalisation scored by its log-likelihood after                      |
 |                          | "Classify the text as one of: a, b, c.\n\n" + k × "Text: …\nLabel: <label>\n\n" +   |
 |                          | "Text: <text>\nLabel:"; class probabilities = softmax over the labels. Prompted      |
@@ -211,6 +213,7 @@ class Strategy:
 STRATEGIES: dict[tuple[str, str], Strategy] = {
     ("instruction", "decoder"): Strategy(instruction_answers),
     ("lm", "decoder"): Strategy(plain_evaluation, with_shots=False),
+    ("preference", "decoder"): Strategy(plain_evaluation, with_shots=False),
     ("classification", "decoder"): Strategy(class_scores(verbaliser_log_probs), needs_lm_head=True),
     ("classification", "encoder"): Strategy(class_scores(centroid_log_probs)),
 }

@@ -57,7 +57,8 @@ def collapse_flag(tuned: dict) -> str | None:
 
 SHORT_ANSWER_WORDS = 4   # at the median: answers this short are closed (a name, a number, a label)
 HEADLINES = {"classification": {"macro_f1", "accuracy", "loss"}, "lm": {"perplexity", "loss"},
-             "instruction": {"exact_match", "token_f1", "perplexity", "loss"}}  # + a task metric's scores
+             "instruction": {"exact_match", "token_f1", "perplexity", "loss"},  # + a task metric's scores
+             "preference": {"preference_accuracy", "logp_margin"}}
 
 
 def default_headline(schema: str, references: list[str], generates: bool, task_metric: str | None) -> str | None:
@@ -65,6 +66,8 @@ def default_headline(schema: str, references: list[str], generates: bool, task_m
     known once it has scored."""
     if schema == "classification":
         return "macro_f1"
+    if schema == "preference":
+        return "preference_accuracy"
     if schema != "instruction" or not generates:
         return "perplexity"
     if task_metric is not None:
@@ -81,6 +84,8 @@ def headline_metric(schema: str, tuned: dict, choice: str | None = None) -> str:
         return choice
     if schema == "classification":
         return "macro_f1"
+    if schema == "preference":
+        return "preference_accuracy"
     if schema == "instruction":
         if tuned.get("task_metric_headline") in tuned:
             return tuned["task_metric_headline"]

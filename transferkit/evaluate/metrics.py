@@ -10,8 +10,10 @@ from tqdm.auto import tqdm
 
 from ..data.batching import collate
 from ..data.tokenize import Tokenized
-from ..objectives import collate_classes
+from ..objectives import collate_classes, pair_rows
 from ..objectives.loss import token_loss_per_row
+from ..objectives.preference import PairLogProbs, preference_loss
+from ..options import PreferenceConfig
 from ..runtime import Runtime, for_inference
 
 
@@ -61,6 +63,39 @@ def loss_metrics(losses: list[tuple[float, int]]) -> dict:
     count = sum(n for _, n in losses)
     loss = math.fsum(s for s, _ in losses) / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def pair_log_probs(model, tokenized: list[Tokenized], pad_id: int, batch_size: int, runtime: Runtime,
+                   desc: str | None = None) -> PairLogProbs:
+    """Preference pairs: each answer's summed log-probability and token count under `model`, each [pairs]."""
+    n = len(tokenized)
+    scored = torch.tensor(per_example_token_losses(model, pair_rows(tokenized), pad_id, batch_size, runtime, desc),
+                          dtype=torch.float64)                                    # [2n, (loss sum, tokens)]
+    return PairLogProbs(-scored[:n, 0], -scored[n:, 0], scored[:n, 1], scored[n:, 1])
+
+
+def preference_metrics(policy: PairLogProbs, reference: PairLogProbs | None, cfg: PreferenceConfig) -> dict:
+    """Held-out preference figures, means over pairs:
+
+        preference_accuracy   share of pairs whose chosen answer has the higher log-probability: the answer the
+                              model would pick; the headline, measured alike for the base and the tuned model
+        chosen_logp, rejected_logp, logp_margin    summed answer log-probabilities and their difference
+        loss, reward_accuracy, reward_margin, chosen_reward, rejected_reward    (with a reference) the training
+                              loss and TRL's implicit rewards β (π − ρ): the share of pairs whose chosen reward is
+                              the higher one is what DPO optimises, not what the model would answer
+    """
+    metrics = {"examples": len(policy.chosen),
+               "preference_accuracy": (policy.chosen > policy.rejected).double().mean().item(),
+               "chosen_logp": policy.chosen.mean().item(), "rejected_logp": policy.rejected.mean().item(),
+               "logp_margin": (policy.chosen - policy.rejected).mean().item()}
+    if reference is not None:
+        out = preference_loss(policy, reference, loss=cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                              sft_weight=cfg.sft_weight)
+        figures = out.metrics()
+        metrics.update(loss=figures["loss"], reward_accuracy=figures["reward_accuracy"],
+                       reward_margin=figures["reward_margin"], chosen_reward=figures["chosen_reward"],
+                       rejected_reward=figures["rejected_reward"])
+    return metrics
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@
   plus the configured task metric (`eval.task_metric`);
 - lm: loss and perplexity;
 - classification: loss, accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, the
-  expected calibration error of the predicted class's probability and its calibration bins.
+  expected calibration error of the predicted class's probability and its calibration bins;
+- preference: preference accuracy (the chosen answer more likely than the rejected), the answers' log-probabilities
+  and, where the pairs carry the reference's, the preference loss and implicit rewards (`metrics.preference_metrics`).
 
 The model runs once per example; metrics are aggregated from per-example records, so the same
 functions give the whole split and every slice (`data.slice_column`) of it.
@@ -15,13 +17,16 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
+
 from ..data import Split
 from ..data.schema import Example, prompt_and_reference
-from ..options import EvalConfig
+from ..objectives.preference import PairLogProbs
+from ..options import EvalConfig, PreferenceConfig
 from ..runtime import Runtime
 from .generation import generate_completions
 from .metrics import (class_log_probs, classification_metrics, exact_match, loss_metrics, normalise_answer,
-                      per_example_token_losses, token_f1)
+                      pair_log_probs, per_example_token_losses, preference_metrics, token_f1)
 from .task_metrics import TaskMetric, resolve_task_metric
 
 UNSLICED = "(no slice)"
@@ -76,12 +81,44 @@ def answer_predictions(examples: list[Example], references: list[str], outputs: 
             for ex, r, o in zip(examples, references, outputs)]
 
 
+def pair_results(examples: list[Example], tokenized, policy: PairLogProbs, cfg: PreferenceConfig
+                 ) -> tuple[dict, list[dict]]:
+    """(metrics, per-pair records) of preference pairs; the reward figures where every pair carries its
+    reference log-probabilities."""
+    known = all(t.reference is not None for t in tokenized)
+    reference = None
+    if known:
+        ref = torch.tensor([t.reference for t in tokenized], dtype=torch.float64)              # [pairs, 2]
+        reference = PairLogProbs(ref[:, 0], ref[:, 1], policy.chosen_tokens, policy.rejected_tokens)
+
+    def score(idx: list[int]) -> dict:
+        pick = torch.tensor(idx, dtype=torch.long)
+        part = PairLogProbs(*(getattr(policy, f)[pick] for f in PAIR_FIELDS))
+        ref = PairLogProbs(*(getattr(reference, f)[pick] for f in PAIR_FIELDS)) if known else None
+        return preference_metrics(part, ref, cfg)
+
+    # "reference" is the chosen answer, "prediction" the answer the model finds the more likely
+    records = [{"where": ex.where, "prompt": ex.messages[-1]["content"], "reference": ex.chosen,
+                "prediction": ex.chosen if c > r else ex.rejected, "chosen_logp": c, "rejected_logp": r,
+                "match": c > r, **({"slice": ex.slice} if ex.slice is not None else {})}
+               for ex, c, r in zip(examples, policy.chosen.tolist(), policy.rejected.tolist())]
+    return with_slices(examples, score), records
+
+
+PAIR_FIELDS = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
+
+
 def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalConfig, runtime: Runtime, *,
-                   label: str = "eval", labels: list[str] | None = None) -> tuple[dict, list[dict]]:
-    """(metrics, per-example predictions). `label` names the progress bar; `labels`: the class names."""
+                   label: str = "eval", labels: list[str] | None = None,
+                   preference: PreferenceConfig | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, per-example predictions). `label` names the progress bar; `labels`: the class names;
+    `preference`: the preference loss's settings (preference data)."""
     examples, tokenized = split.examples, split.tokenized
     if eval_cfg.max_examples is not None:
         examples, tokenized = examples[: eval_cfg.max_examples], tokenized[: eval_cfg.max_examples]
+    if schema == "preference":
+        policy = pair_log_probs(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
+        return pair_results(examples, tokenized, policy, preference or PreferenceConfig())
     if schema == "classification":
         # One forward pass gives the loss (cross-entropy = −log p(gold)) and the predictions.
         log_probs = class_log_probs(model, tokenized, tokenizer.pad_token_id, eval_cfg.batch_size, runtime)
@@ -110,7 +147,8 @@ def format_metrics(metrics: dict) -> str:
     parts = [f"loss {metrics['loss']:.4f}"] if "loss" in metrics else []
     headline = metrics.get("task_metric_headline")
     for key, label in (("perplexity", "ppl"), ("exact_match", "exact match"), (headline, headline),
-                       ("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+                       ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+                       ("preference_accuracy", "preference accuracy"), ("reward_accuracy", "reward accuracy")):
         if key in metrics:
             parts.append(f"{label} {metrics[key]:.2f}" if key == "perplexity" else f"{label} {100 * metrics[key]:.1f}%")
     return ", ".join(parts) + f" ({metrics['examples']} examples)"

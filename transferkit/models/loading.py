@@ -17,7 +17,9 @@ ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta
 
 
 def resolve_model(ref: str) -> Path:
-    """Short name, HF folder or .gguf file → a local HF folder with float weights."""
+    """Short name, HF folder, .gguf file or a finished run directory → a local HF folder with float weights (a run
+    directory: its `merged/` folder, the run's adapter folded into its base; `api.train` writes it when a run first
+    names the directory as its model)."""
     if ref in PACKAGED:
         path = packaged_path(ref)
     else:
@@ -30,6 +32,12 @@ def resolve_model(ref: str) -> Path:
         if path.suffix != ".gguf":
             raise ModelError(f"{path}: a model file must be .gguf; for other formats give the HF folder")
         return converted_folder(path)
+    if (path / "config.yaml").is_file() and (path / "adapter").is_dir():
+        if not (path / "merged" / "config.json").is_file():
+            raise ModelError(f"{path}: a transferkit run directory whose merged model is not written yet; "
+                             f"`transferkit train` writes it when a run names this directory as its model, or run "
+                             f"`transferkit merge {path} --out {path / 'merged'}`")
+        return path / "merged"
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
     return path

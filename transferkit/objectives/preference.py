@@ -16,8 +16,10 @@ At initialisation the policy is the reference, h = 0, and the sigmoid loss is lo
 (`sft_weight` α) adds α · (−πc / chosen tokens), the chosen answer's mean token negative log-likelihood: RPO / "DPO +
 NLL" (Pang et al. 2024), against DPO's known drift of lowering the chosen answer's likelihood on small data.
 
-Rewards, logged as TRL does: β (πc − ρc) and β (πr − ρr); the preference accuracy is the share of pairs whose chosen
-reward is the higher one, the margin their mean difference.
+Rewards, logged as TRL does: β (πc − ρc) and β (πr − ρr); the reward accuracy is the share of pairs whose chosen
+reward is the higher one, the margin their mean difference. (The preference accuracy the runs are judged by is the
+share of pairs whose chosen answer has the higher log-probability, πc > πr: what the model would pick, measured alike
+for the base, which has no reward.)
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class PreferenceLoss:
 
     def metrics(self) -> dict[str, float]:
         margin = self.chosen_rewards - self.rejected_rewards
-        return {"loss": self.losses.mean().item(), "preference_accuracy": (margin > 0).float().mean().item(),
+        return {"loss": self.losses.mean().item(), "reward_accuracy": (margin > 0).float().mean().item(),
                 "reward_margin": margin.mean().item(), "chosen_reward": self.chosen_rewards.mean().item(),
                 "rejected_reward": self.rejected_rewards.mean().item()}
 
@@ -79,6 +81,7 @@ def pair_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Pai
     B rejected ones, labels on the answer tokens only (`data.tokenize.tokenize_preference`)."""
     from .loss import token_loss_per_row
 
-    losses, tokens = token_loss_per_row(model, batch)                       # [2B], [2B]
+    rows = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}   # each [2B, T]
+    losses, tokens = token_loss_per_row(model, rows)                         # [2B], [2B]
     half = losses.shape[0] // 2
     return PairLogProbs(-losses[:half], -losses[half:], tokens[:half], tokens[half:])

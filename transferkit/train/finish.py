@@ -46,6 +46,8 @@ def finish(s: Session, stats: FitStats) -> dict:
     verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why,
                                    from_labels=baselines_from_labels(s))
     verdict["flags"] += overlap_warnings(s.splits.overlap)
+    if s.splits.schema == "preference" and (falling := chosen_falls(s.run.read_events(), tuned)):
+        verdict["flags"].append(falling)
     if verdict["forgetting"] is not None:
         log.info(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
     for flag in verdict["flags"]:
@@ -61,6 +63,20 @@ def finish(s: Session, stats: FitStats) -> dict:
     report = write_report(s.run.path)
     log.info(f"done: {s.run.path} (adapter in {s.run.adapter}, summary in {s.run.summary}, open {report})")
     return summary
+
+
+def chosen_falls(events: list[dict], tuned: dict | None) -> str | None:
+    """Preference data: a flag when the chosen answers became less likely over training — the last logged
+    training window's mean chosen log-probability below the first's, and the held-out chosen answers less likely
+    than under the reference (DPO's known drift: it can raise the margin by lowering both answers)."""
+    series = [e["chosen_logp"] for e in events if e.get("event") == "train" and e.get("chosen_logp") is not None]
+    if len(series) < 2 or series[-1] >= series[0]:
+        return None
+    if tuned is None or "chosen_reward" not in tuned or tuned["chosen_reward"] >= 0:
+        return None
+    return (f"the chosen answers' log-probability fell during training (training windows {series[0]:.2f} → "
+            f"{series[-1]:.2f}; held-out chosen reward {tuned['chosen_reward']:+.3f}, below the reference): the "
+            f"margin grew by making both answers less likely; set preference.sft_weight (e.g. 1) or lower train.lr")
 
 
 def baselines_from_labels(s: Session) -> dict | None:
@@ -131,7 +147,8 @@ def evaluate_tuned(s: Session, model: torch.nn.Module, validation: dict | None) 
         result["validation"] = validation
     if s.splits.test is not None:
         metrics, predictions = evaluate_split(model, s.tokenizer, s.splits.test, s.splits.schema, s.cfg.eval,
-                                              s.runtime, label="test", labels=s.splits.labels)
+                                              s.runtime, label="test", labels=s.splits.labels,
+                                              preference=s.cfg.preference)
         if predictions:
             s.run.write_jsonl(s.run.predictions, predictions)
         if "calibration" in metrics:

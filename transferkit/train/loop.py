@@ -9,6 +9,9 @@ goes. One optimizer step (`optimizer_step`):
     add the EWC / L2-SP penalty gradients
     clip gradients; AdamW step and schedule step, unless the loss or gradient norm is not finite
 
+(Preference data: a unit is a pair, its loss the DPO / IPO loss; the step's figure sums — pairs ranked right,
+reward margin, answer log-probabilities — are logged as means per pair beside the loss.)
+
 Host syncs: one per step (the finiteness check, free on CPU) and one per log interval (the window's mean
 loss). Everything else stays on the device.
 """
@@ -83,6 +86,7 @@ class StepResult:
     grad_norm: torch.Tensor         # of all trainable gradients, before clipping
     applied: bool                   # False: a non-finite loss or gradient, the step was skipped
     penalty: float                  # EWC / L2-SP value
+    figures: dict[str, torch.Tensor]  # the objective's figure sums over the step (preference data), on the device
 
 
 @dataclass
@@ -126,14 +130,17 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
     model, device = parts.model, parts.runtime.device
     n_labels = sum(t.num_labels for t in items)  # tokens or examples, known on the host: no device sync
     loss_total = torch.zeros((), device=device)
+    figures: dict[str, torch.Tensor] = {}
     for start in range(0, len(items), micro_batch_size):
         batch = parts.collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [rows, T]
         with parts.runtime.autocast():
-            loss_sum, _ = parts.objective.loss_sum(model, batch)
+            loss_sum, _, sums = parts.objective.loss_sum(model, batch)
         # Normalising by the step's token count (not the micro-batch's) makes
         # accumulation exact whatever the split.
         parts.accelerator.backward(loss_sum / max(n_labels, 1))
         loss_total += loss_sum.detach()
+        for name, value in sums.items():
+            figures[name] = figures.get(name, 0) + value
     penalty = sum((p.add_gradient() for p in parts.penalties), torch.zeros((), dtype=torch.float64))
     params = trainable_parameters(model)
     if max_grad_norm > 0:
@@ -146,7 +153,7 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         parts.optimizer.step()
         parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_total, n_labels, grad_norm, finite, float(penalty))
+    return StepResult(loss_total, n_labels, grad_norm, finite, float(penalty), figures)
 
 
 class LogWindow:
@@ -154,12 +161,15 @@ class LogWindow:
 
     def __init__(self, device: torch.device):
         self.loss = torch.zeros((), device=device)
+        self.figures: dict[str, torch.Tensor] = {}
         self.labels = self.tokens = 0
         self.started = time.perf_counter()
         self.excluded = 0.0  # seconds of validation and checkpoints inside the window
 
     def add(self, result: StepResult, tokens: int) -> None:
         self.loss += result.loss_sum
+        for name, value in result.figures.items():
+            self.figures[name] = self.figures.get(name, 0) + value
         self.labels += result.labels
         self.tokens += tokens
 
@@ -173,12 +183,14 @@ class LogWindow:
             self.excluded += time.perf_counter() - start
 
     def close(self) -> dict:
-        """The window's mean loss per labelled unit (the host sync), tokens/s and labelled units; a new
-        window starts."""
+        """The window's mean loss per labelled unit (the host sync), tokens/s, labelled units and the means of
+        the objective's figures; a new window starts."""
         now = time.perf_counter()
         figures = {"loss": self.loss.item() / max(self.labels, 1),
                    "tokens_per_s": self.tokens / max(now - self.started - self.excluded, 1e-9),
-                   "labelled_tokens": self.labels}
+                   "labelled_tokens": self.labels,
+                   **{name: float(value) / max(self.labels, 1) for name, value in self.figures.items()}}
+        self.figures = {}
         self.loss.zero_()
         self.labels = self.tokens = 0
         self.started, self.excluded = now, 0.0
@@ -221,7 +233,7 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
             continue
         bad_in_a_row = 0
         state.step += 1
-        tokens = sum(len(t.input_ids) for t in items)
+        tokens = sum(t.tokens for t in items)
         window.add(result, tokens)
         stats.train_tokens += tokens
         bar.update(1)
@@ -268,8 +280,7 @@ def train_metrics(lr: float, figures: dict, last: StepResult, penalties: tuple[A
                   replayed: list[Tokenized] | None) -> dict:
     """What a "train" event of metrics.jsonl reports: the window's figures and the last step's gradient norm,
     penalty and replayed general text (sequences, labelled tokens)."""
-    event = {"loss": figures["loss"], "lr": lr, "tokens_per_s": figures["tokens_per_s"],
-             "labelled_tokens": figures["labelled_tokens"]}
+    event = {**figures, "lr": lr}
     event["grad_norm"] = float(last.grad_norm)
     if penalties:
         event["penalty"] = last.penalty  # EWC / L2-SP value at this step

@@ -71,7 +71,7 @@ def diagonal_fisher(model: torch.nn.Module, sequences: list[Tokenized], objectiv
         for item in tqdm(sequences, desc="EWC Fisher", unit="seq", leave=False):
             batch = objective.collate([item], pad_id, runtime.device)
             with runtime.autocast():
-                nll, _ = objective.loss_sum(model, batch)
+                nll, _, _ = objective.loss_sum(model, batch)
             grads = torch.autograd.grad(nll, params, allow_unused=True)
             for f, g in zip(fisher, grads):
                 if g is not None:

@@ -5,6 +5,7 @@
     create the run directory; write config.yaml (labels.json); open the trackers of train.report_to
     measure the untouched base: its prompting baseline               (both read back from metrics.jsonl on resume)
     apply the method; bf16 storage of frozen weights; gradient checkpointing
+    preference data: the reference's log-probabilities, the method switched off (`reference.py`; read back on resume)
     measure the base's general ability: the adapted model, method switched off, before any step
     plan the steps; optimizer and schedule; EWC / L2-SP anchors; replay pool
     restore the last checkpoint when resuming
@@ -42,7 +43,7 @@ from ..methods import Method, check_task, get_method
 from ..methods.targets import check_target_modules
 from ..models import (SequenceClassifier, architecture, count_parameters, format_trainable, load_model, load_tokenizer,
                       resolve_model, underlying_model)
-from ..objectives import OBJECTIVES, Objective
+from ..objectives import OBJECTIVES, Objective, objective_for
 from ..diagnose.diagnosis import check_probe_labels, read_sample
 from ..options import EvalConfig, ForgettingConfig, MethodConfig, RunConfig, TrainConfig
 from ..rundir import RunDir, event_metrics
@@ -51,6 +52,7 @@ from . import checkpoint as ckpt
 from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
+from .reference import adapter_off, with_references
 from .regularizers import build_penalties
 from .selection import Selection
 from .tracking import check_available, open_trackers
@@ -101,7 +103,7 @@ class Session:
         if self.splits.validation is None:
             return None
         metrics = validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
-                                     self.cfg.eval, self.runtime, self.splits.labels)
+                                     self.cfg, self.runtime, self.splits.labels)
         headline = headline_metric(self.splits.schema, metrics, self.cfg.eval.headline)
         model = self.parts.accelerator.unwrap_model(self.parts.model)
         self.state.selection.observe(self.state.step, metrics, headline, model)
@@ -142,6 +144,10 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
                     else measure_baseline(run, assessment, base, splits, cfg.seed))
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
     model = adapt(model, method, cfg.method, cfg.train, task, runtime)
+    if splits.schema == "preference":
+        with clock("reference"):
+            splits = with_references(splits, run, method, model, tokenizer.pad_token_id, runtime,
+                                     cfg.eval.batch_size, cfg.preference.reference)
     with clock("general_base"):
         general = event_metrics(known["general_base"]) if "general_base" in known else measure_general_base(
             run, assessment, method, model, tokenizer)
@@ -151,9 +157,11 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     plan = plan_steps(cfg.train, cfg.forgetting.replay, len(splits.train.tokenized), runtime.device, cfg.seed)
     optimizer, scheduler = build_optimizer(model, method, cfg.method, cfg.train, plan.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    objective = OBJECTIVES[task]
-    # θ₀ (and the Fisher) are taken here, before a checkpoint is loaded: a resumed run anchors where the first began.
-    penalties = build_penalties(cfg.forgetting, model, tokenizer, objective, cfg.data.max_length, runtime)
+    objective = objective_for(splits.schema, task, cfg.preference,
+                              adapter_off(method) if cfg.preference.reference == "adapter_off" else None)
+    # θ₀ (and the Fisher, on general text: the task's language-model objective) are taken here, before a checkpoint
+    # is loaded: a resumed run anchors where the first began.
+    penalties = build_penalties(cfg.forgetting, model, tokenizer, OBJECTIVES[task], cfg.data.max_length, runtime)
     parts = Parts(model, optimizer, scheduler, accelerator, objective, pick_collate(cfg.train, objective),
                   tokenizer.pad_token_id, runtime, penalties)
     state = restore(parts, run, resume, resume_from, Selection(keep_weights=cfg.train.select == "best"), plan.steps)
@@ -184,6 +192,7 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     train_data = read_train(cfg.data)
     task = TASK_OF_SCHEMA[train_data[0]]
     check_task(method, task)
+    check_preference(cfg, method, train_data[0])
     check_packing(cfg.train, method, task)
     check_head_lr(cfg.train, task)
     check_evaluation(cfg.eval, cfg.forgetting, task)
@@ -261,6 +270,25 @@ def check_evaluation(eval_cfg: EvalConfig, forgetting: ForgettingConfig, task: s
     check_reference(forgetting.reference, task)
     if (forgetting.replay or forgetting.ewc) and forgetting.replay_data != PACKAGED:
         general_texts(forgetting.replay_data, "pool", "forgetting.replay_data")
+
+
+def check_preference(cfg: RunConfig, method: Method, schema: str) -> None:
+    """Preference data: each pair is one chosen and one rejected row, so no packing and no replayed general text
+    in its batches; `preference.reference: adapter_off` needs a method with an off switch."""
+    if schema != "preference":
+        return
+    problems = []
+    if cfg.train.pack_tokens:
+        problems.append("config key 'train.pack_tokens': a preference pair's two rows are scored as whole "
+                        "sequences and cannot be packed; set train.pack_tokens=0")
+    if cfg.forgetting.replay:
+        problems.append("config key 'forgetting.replay': replayed general text has no rejected answer to rank; use "
+                        "forgetting.l2sp or forgetting.ewc, or preference.sft_weight to keep the chosen answers likely")
+    if cfg.preference.reference == "adapter_off" and not method.has_off_switch:
+        problems.append(f"config key 'preference.reference' is adapter_off but method '{method.name}' trains the "
+                        f"model's own weights and has no off switch; use preference.reference=cached")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def check_packing(train_cfg: TrainConfig, method: Method, task: str) -> None:
@@ -375,9 +403,11 @@ def restore(parts: Parts, run: RunDir, resume: bool, resume_from: Path | None,
     return state
 
 
-def validation_metrics(model, tokenizer, split: Split, schema: str, eval_cfg: EvalConfig, runtime: Runtime,
+def validation_metrics(model, tokenizer, split: Split, schema: str, cfg: RunConfig, runtime: Runtime,
                        labels: list[str] | None) -> dict:
-    """Loss (and for classification accuracy / macro-F1) without generation: cheap enough to run often."""
-    quick = dataclasses.replace(eval_cfg, exact_match=False, max_examples=None)
-    metrics, _ = evaluate_split(model, tokenizer, split, schema, quick, runtime, label="validation", labels=labels)
+    """Loss (and for classification accuracy / macro-F1, for preference data the preference accuracy) without
+    generation: cheap enough to run often."""
+    quick = dataclasses.replace(cfg.eval, exact_match=False, max_examples=None)
+    metrics, _ = evaluate_split(model, tokenizer, split, schema, quick, runtime, label="validation", labels=labels,
+                                preference=cfg.preference)
     return metrics

@@ -1,0 +1,197 @@
+"""Preference training (issue 19) on the tiny model: a DPO run end to end, the reference without a second model
+(the adapter switched off equals the base; cached and recomputed references train alike; full fine-tuning's
+cached reference is its base), resume mid-DPO, chaining on an SFT run directory, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import write_jsonl
+from transferkit.data.synthetic import person_records, preference_pairs
+from transferkit.errors import ConfigError, DataError
+
+RIG = ("train.max_steps=8", "train.batch_size=4", "train.eval_every=4", "train.save_every=4", "eval.batch_size=8",
+       "preference.beta=0.5")
+
+
+@pytest.fixture()
+def pref_data(tmp_path) -> dict[str, Path]:
+    """Quickstart prompts with the correct record chosen and a record with one wrong field rejected; the 8 training
+    pairs three times over, which the tiny random model can learn within a dozen steps."""
+    splits = {split: preference_pairs(person_records(n, seed), seed)
+              for split, n, seed in (("train", 8, 1), ("validation", 8, 2), ("test", 8, 3))}
+    splits["train"] *= 3
+    return {split: write_jsonl(tmp_path / f"pref-{split}.jsonl", rows) for split, rows in splits.items()}
+
+
+@pytest.fixture()
+def dpo_config(tiny_config, pref_data):
+    def make(*overrides: str):
+        return tiny_config(*(f"data.{split}={path}" for split, path in pref_data.items()), *RIG, *overrides)
+    return make
+
+
+def events(run: str | Path, kind: str) -> list[dict]:
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def test_a_dpo_run_starts_at_log_2_and_is_judged_by_preference_accuracy_against_its_base(dpo_config):
+    from transferkit import train
+
+    cfg = dpo_config("train.max_steps=18", "train.lr=3e-2")
+    summary = train(cfg)
+    run = Path(cfg.output_dir)
+    windows = events(run, "train")
+    first, last = windows[0], windows[-1]
+    # the policy is the reference at the first step: every pair's implicit reward is 0
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4) and abs(first["reward_margin"]) < 1e-4
+    late = windows[-6:]  # the last epoch: the training pairs' chosen rewards now exceed their rejected ones
+    assert sum(w["loss"] for w in late) / 6 < math.log(2) - 0.05 and sum(w["reward_margin"] for w in late) > 0
+    for key in ("preference_accuracy", "reward_accuracy", "chosen_logp", "rejected_logp"):
+        assert key in last
+    assert summary["schema"] == "preference" and summary["selection"]["metric"] == "preference_accuracy"
+    comparison, base = summary["comparison"], summary["baseline"]["zero_shot"]
+    assert comparison["metric"] == "preference_accuracy" and comparison["baseline_prompt"] == "zero_shot"
+    assert comparison["baseline"] == base["preference_accuracy"] and comparison["tuned"] == \
+        summary["test"]["preference_accuracy"]
+    assert "loss" not in base  # the base is the reference: it has no reward to report
+    # held-out figures against the cached reference: the reward margin is tuned − base on the same pairs
+    test = summary["test"]
+    assert test["reward_margin"] == pytest.approx(0.5 * (test["logp_margin"] - base["logp_margin"]), abs=1e-4)
+    assert set(test["slices"]) == {"name", "age", "city", "job"}
+    predictions = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 8 and sum(p["match"] for p in predictions) / 8 == test["preference_accuracy"]
+    assert summary["forgetting"] is not None  # forgetting is measured as for every run
+
+
+def test_the_reference_with_the_adapter_switched_off_is_the_base(tiny_model_dir, pref_data):
+    from transferkit.config import load_config
+    from transferkit.data import load_splits
+    from transferkit.evaluate.metrics import pair_log_probs
+    from transferkit.methods import get_method
+    from transferkit.models import load_model
+    from transferkit.runtime import Runtime
+
+    runtime = Runtime.resolve("cpu", "fp32")
+    model, tokenizer, _ = load_model(str(tiny_model_dir))
+    cfg = load_config(None, [f"data.train={pref_data['test']}", "method.name=lora", "method.r=4"])
+    pairs = load_splits(cfg.data, tokenizer, 0).train.tokenized
+    base = pair_log_probs(model, pairs, tokenizer.pad_token_id, 8, runtime)
+    lora = get_method("lora")
+    model = lora.apply(model, cfg.method, "causal-lm")
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter: B is no longer zero
+            param.data.normal_(0, 0.2)
+    adapted = pair_log_probs(model, pairs, tokenizer.pad_token_id, 8, runtime)
+    assert (adapted.chosen - base.chosen).abs().max() > 0.1
+    with lora.disabled(model) as off:
+        reference = pair_log_probs(off, pairs, tokenizer.pad_token_id, 8, runtime)
+    torch.testing.assert_close(reference.chosen, base.chosen, rtol=0, atol=1e-4)
+    torch.testing.assert_close(reference.rejected, base.rejected, rtol=0, atol=1e-4)
+
+
+def test_a_reference_recomputed_every_step_trains_as_the_cached_one(dpo_config, tmp_path):
+    from transferkit import train
+
+    cached = train(dpo_config(f"output_dir={tmp_path / 'cached'}"))
+    live = train(dpo_config("preference.reference=adapter_off", f"output_dir={tmp_path / 'live'}"))
+    stored = json.loads((tmp_path / "live" / "reference_logprobs.json").read_text())
+    assert stored["train"] is None and len(stored["test"]) == 8  # held-out pairs are always cached
+    for key in ("loss", "reward_margin", "preference_accuracy", "chosen_logp"):
+        assert live["test"][key] == pytest.approx(cached["test"][key], rel=1e-3, abs=1e-4)
+    assert [e["loss"] for e in events(tmp_path / "live", "train")] == pytest.approx(
+        [e["loss"] for e in events(tmp_path / "cached", "train")], rel=1e-3)
+
+
+def test_full_fine_tuning_caches_its_base_as_the_reference(dpo_config, tiny_model_dir, pref_data, tmp_path):
+    from transferkit import train
+    from transferkit.api import evaluate_run
+
+    from transferkit.config import with_method
+
+    summary = train(with_method(dpo_config("train.lr=1e-3", f"output_dir={tmp_path / 'full'}"), "full"))
+    assert summary["params"]["trainable"] == summary["params"]["total"]
+    stored = json.loads((tmp_path / "full" / "reference_logprobs.json").read_text())
+    base, _ = evaluate_run(str(pref_data["test"]), model=str(tiny_model_dir))
+    chosen = [c for c, _ in stored["test"]]
+    assert sum(chosen) / len(chosen) == pytest.approx(base["metrics"]["chosen_logp"], abs=1e-3)
+    assert summary["test"]["chosen_logp"] != pytest.approx(base["metrics"]["chosen_logp"], abs=1e-3)  # it trained
+
+
+def test_resume_mid_dpo_equals_the_straight_run(dpo_config, tmp_path, monkeypatch):
+    from tiny import crash_and_resume
+
+    from transferkit import train
+
+    straight = train(dpo_config(f"output_dir={tmp_path / 'straight'}"))
+    resumed = crash_and_resume(train, dpo_config(f"output_dir={tmp_path / 'resumed'}"), monkeypatch, crash_at=6)
+    assert resumed["resumed_from_step"] == 4
+    for key in ("loss", "reward_margin", "chosen_logp", "rejected_logp", "preference_accuracy"):
+        assert resumed["test"][key] == pytest.approx(straight["test"][key], rel=1e-5, abs=1e-6)
+    assert events(tmp_path / "resumed", "train")[-1]["loss"] == pytest.approx(
+        events(tmp_path / "straight", "train")[-1]["loss"], rel=1e-5)
+
+
+def test_dpo_on_an_sft_run_directory_starts_from_the_sft_model(tiny_config, dpo_config, pref_data, tiny_model_dir,
+                                                               tmp_path):
+    from transferkit import train
+    from transferkit.api import evaluate_run
+    from transferkit.runs import find_runs
+
+    sft = tmp_path / "sft"
+    train(tiny_config("train.max_steps=4", "eval.baseline=false", "eval.exact_match=false", f"output_dir={sft}"))
+    summary = train(dpo_config(f"model={sft}", f"output_dir={tmp_path / 'dpo'}"))
+    assert (sft / "merged" / "config.json").is_file() and (sft / "merged" / "merge_report.json").is_file()
+    # the DPO run's baseline is the SFT model (its adapter on its base), not the base the SFT run started from
+    of_sft, _ = evaluate_run(str(pref_data["test"]), run_dir=str(sft))
+    base = summary["baseline"]["zero_shot"]
+    assert base["chosen_logp"] == pytest.approx(of_sft["metrics"]["chosen_logp"], abs=1e-3)
+    assert base["preference_accuracy"] == of_sft["metrics"]["preference_accuracy"]
+    of_tiny, _ = evaluate_run(str(pref_data["test"]), model=str(tiny_model_dir))
+    assert base["chosen_logp"] != pytest.approx(of_tiny["metrics"]["chosen_logp"], abs=1e-2)
+    assert summary["model"] == str(sft)  # config.yaml names the run: reloading resolves it to its merged folder
+    rows = {row.path: row for row in find_runs(tmp_path)}
+    assert rows["dpo"].headline.startswith("preference_accuracy")
+
+
+@pytest.mark.parametrize("method, override, words", [
+    ("lora", "train.pack_tokens=64", "cannot be packed"),
+    ("lora", "forgetting.replay=0.2", "no rejected answer"),
+    ("full", "preference.reference=adapter_off", "no off switch"),
+])
+def test_what_preference_training_refuses(dpo_config, method, override, words):
+    from transferkit import train
+    from transferkit.config import with_method
+
+    cfg = dpo_config(override)
+    with pytest.raises(ConfigError, match=words):
+        train(cfg if method == "lora" else with_method(cfg, method))
+    assert not Path(cfg.output_dir).exists()
+
+
+def test_a_prompt_that_fills_the_context_is_an_error_naming_its_line(dpo_config, tmp_path):
+    from transferkit import train
+
+    rows = preference_pairs(person_records(6, 1), 0)
+    rows[3]["prompt"] = "word " * 300
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    with pytest.raises(DataError) as error:
+        train(dpo_config(f"data.train={path}", "data.max_length=128"))
+    assert error.value.line == 4 and error.value.field == "prompt" and "no token of the chosen" in str(error.value)
+    assert not Path(dpo_config().output_dir).exists()  # nothing written
+
+
+def test_the_chosen_answers_falling_is_flagged():
+    from transferkit.train.finish import chosen_falls
+
+    windows = [{"event": "train", "chosen_logp": v} for v in (-20.0, -21.5, -23.0)]
+    assert "fell during training" in chosen_falls(windows, {"chosen_reward": -0.4})
+    assert chosen_falls(windows, {"chosen_reward": 0.1}) is None          # held-out chosen answers rose
+    assert chosen_falls(windows[::-1], {"chosen_reward": -0.4}) is None   # training windows rose
