@@ -26,6 +26,11 @@ def same_as_recorded(config_yaml: Path, cfg: RunConfig, task: str) -> bool:
         return dataclasses.replace(c, data=dataclasses.replace(c.data, **paths))
 
     recorded = load_config(None, base=yaml.safe_load(config_yaml.read_text()))
+    # resolved from the data when the run began, as a null lr is from the method
+    if cfg.preference.reference == "auto":
+        recorded = dataclasses.replace(recorded, preference=dataclasses.replace(recorded.preference, reference="auto"))
+    if cfg.eval.headline is None:
+        recorded = dataclasses.replace(recorded, eval=dataclasses.replace(recorded.eval, headline=None))
     return data_paths_absolute(recorded) == data_paths_absolute(with_method_defaults(cfg, task))
 
 

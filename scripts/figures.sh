@@ -41,5 +41,7 @@ echo "== docs/diagnostics.md: the probe curves of both packaged models, before t
 echo "== docs/methods.md: trainable parameters of every method"
 .venv/bin/transferkit methods --model smollm2-135m
 .venv/bin/transferkit methods --model minilm-l6
+echo "== docs/align.md and README: SFT then DPO on SmolLM2 (four runs, about an hour on 2 AVX2 cores; resumable)"
+$PY experiments/dpo.py --out runs/dpo
 echo "== README: Tests (count and time of the test suite)"
 time $PY -m pytest -q

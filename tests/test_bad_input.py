@@ -105,12 +105,15 @@ CASES = [
                                               ["forgetting.replay=0.25"]), ["forgetting.replay", "causal-LM"]),
     Case("unknown task metric", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW]))}, ["eval.task_metric=jsno"]),
          ["eval.task_metric", "jsno", "json"]),
-    Case("preference data detected", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [
-        {"prompt": "p", "chosen": "a", "rejected": "b"}]))}, []),
-        ["d.jsonl:1", "preference data", "cannot be trained yet"]),
-    Case("preference schema configured", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW])),
-                                                     "schema": "preference"}, []),
-         ["data.schema", "must be one of", "'preference'"]),
+    Case("preference pair with one answer twice", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "a"}]))}, []),
+        ["d.jsonl:2", "rejected", "nothing to prefer"]),
+    Case("preference schema configured on instruction rows", lambda t: ({
+        "train": str(write_jsonl(t / "d.jsonl", [GOOD_ROW])), "schema": "preference"}, []),
+        ["d.jsonl:1", "chosen", "missing required field"]),
+    Case("preference prompt longer than the context", lambda t: ({"train": str(write_jsonl(t / "d.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p " * 64, "chosen": "a", "rejected": "b"}])),
+        "max_length": 16}, []), ["d.jsonl:2", "prompt", "no token of the chosen answer"]),
     Case("test rows seen in training", lambda t: ({
         "train": str(write_jsonl(t / "train.jsonl", [GOOD_ROW, {"prompt": "other", "completion": "x"}])),
         "test": str(write_jsonl(t / "test.jsonl", [{"prompt": "new", "completion": "y"}, {**GOOD_ROW, "prompt": " HI "}])),

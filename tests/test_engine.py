@@ -96,8 +96,8 @@ def test_a_finite_loss_with_non_finite_gradients_is_not_applied(tmp_path, max_gr
     real = OBJECTIVES["causal-lm"]
 
     def poisoned(m, batch):
-        loss, n = real.loss_sum(m, batch)
-        return loss + 0.0 * torch.sqrt(next(m.parameters()).sum() * 0.0), n
+        loss, n, figures = real.loss_sum(m, batch)
+        return loss + 0.0 * torch.sqrt(next(m.parameters()).sum() * 0.0), n, figures
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     result = optimizer_step(_parts(model, tok, Objective(real.collate, poisoned)), items, 2, max_grad_norm)

@@ -70,7 +70,7 @@ def one_step(model, family, lr=5e-2):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
-    loss_sum, n = OBJECTIVES[TASK[family]].loss_sum(model, batch_for(family))
+    loss_sum, n, _ = OBJECTIVES[TASK[family]].loss_sum(model, batch_for(family))
     (loss_sum / n).backward()
     optimizer.step()
     model.eval()
@@ -146,6 +146,20 @@ def test_traits_match_the_methods():
     assert {m for m in method_names() if get_method(m).can_merge} == {"lora", "rslora", "dora", "ia3"}
     assert {m for m in method_names() if get_method(m).trains_base_weights} == {"full", "freeze"}
     assert {m for m in method_names() if not get_method(m).packable} == {"prefix", "prompt"}
+    assert {m for m in method_names() if not get_method(m).starts_at_base} == {"prefix", "prompt"}
+
+
+@pytest.mark.parametrize("name, family", CASES)
+def test_a_method_starts_at_its_base_where_its_trait_says(name, family):
+    """`starts_at_base`: before any step the adapted model computes the base's logits (what a preference run's
+    reference needs), for every method but prefix and prompt tuning, whose virtual tokens start random."""
+    method, batch = get_method(name), batch_for(family)
+    torch.manual_seed(0)
+    model = method.apply(make_base(family), method_cfg(name), TASK[family])
+    # a classifier's new head has no base: compare what the backbone computes (virtual tokens make it longer)
+    out = last_hidden if TASK[family] == "classification" else logits
+    adapted, base = out(model, batch), out(make_base(family), batch)
+    assert (adapted.shape == base.shape and torch.allclose(adapted, base, atol=1e-5)) == method.starts_at_base
 
 
 def last_hidden(model, batch):

@@ -87,8 +87,8 @@ def _nan_objective(monkeypatch, bad_calls):
 
     def loss_sum(model, batch):
         calls.append(1)
-        loss, n = real.loss_sum(model, batch)
-        return (loss * float("nan"), n) if bad_calls(len(calls)) else (loss, n)
+        loss, n, figures = real.loss_sum(model, batch)
+        return (loss * float("nan"), n, figures) if bad_calls(len(calls)) else (loss, n, figures)
 
     monkeypatch.setitem(objectives.OBJECTIVES, "causal-lm", objectives.Objective(real.collate, loss_sum))
 

@@ -153,11 +153,13 @@ class PreferenceConfig:
                                  ge=0, le=0.49)
     sft_weight: float = opt(0.0, "α: adds α × the chosen answer's mean token NLL to the loss (RPO, \"DPO + NLL\"), "
                                  "against DPO lowering the chosen likelihood on small data", ge=0)
-    reference: Literal["cached", "adapter_off"] = opt(
-        "cached", "the reference log-probabilities: `cached` = computed once before the first step for every pair "
-                  "(one forward pass over the data, the method switched off) and kept in "
-                  "<run>/reference_logprobs.json; `adapter_off` = recomputed every step through the method's off "
-                  "switch (one more forward per step; adapter methods only)")
+    reference: Literal["auto", "cached", "adapter_off"] = opt(
+        "auto", "the reference log-probabilities: `cached` = computed once before the first step for every pair "
+                "(one forward pass over the data, the method switched off) and kept in "
+                "<run>/reference_logprobs.json; `adapter_off` = recomputed every step through the method's off "
+                "switch (one more forward per step; adapter methods only); `auto` = cached when the run trains at "
+                "least one pass over the pairs or the method has no off switch, else adapter_off (the fewer "
+                "forward passes); config.yaml records the choice")
 
 
 @dataclass

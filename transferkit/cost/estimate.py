@@ -16,6 +16,11 @@
 
 The micro-batch simulated is the one that holds the most: `micro_batch_size` copies of the training file's
 longest sequence (with its labelled tokens), else of `data.max_length` fully labelled tokens.
+
+Preference data: a micro-batch of pairs is twice as many sequences (each prompt + chosen and prompt + rejected,
+labels on the answers), replayed as such; the reference's forward passes (`train/reference.py`) are added to the
+time as 2 × parameters × tokens: once over every training pair when cached, over each step's pairs when
+recomputed (`preference.reference`, `auto` resolved as training resolves it).
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from ..data.tokenize import Tokenized
 from ..errors import UserError
 from ..methods import get_method
 from ..models import count_parameters, skeleton_model
-from ..objectives import OBJECTIVES
+from ..objectives import OBJECTIVES, pair_rows
 from ..options import RunConfig
 from ..runtime import Runtime
 from ..train.hardware import default_micro_batch_size, pick_attention
 from ..train.optimizer import build_optimizer
-from ..train.setup import adapt
+from ..train.reference import reference_mode
+from ..train.setup import adapt, planned_steps
 from .hardware import Hardware
 from .simulate import KINDS, StepTrace, simulate_step
 
@@ -71,6 +77,7 @@ class Workload:
     computed_steps: int          # of those, the steps that run the model: all, but for the probe the first
                                  # epoch's (later epochs read cached features and train the head alone)
     source: str                  # where the lengths come from
+    reference_tokens: int = 0    # preference data: tokens the reference model reads in the whole run
 
 
 @dataclass
@@ -112,7 +119,10 @@ class Cost:
 
     @property
     def seconds(self) -> float:
-        return self.workload.computed_steps * self.seconds_per_step
+        """The optimizer steps, and a preference run's reference forward passes (2 × parameters × token)."""
+        reference = 2 * self.params_total * self.workload.reference_tokens
+        return self.workload.computed_steps * self.seconds_per_step + reference / (self.hardware.peak_flops *
+                                                                                 self.hardware.mfu)
 
     @property
     def dollars(self) -> float:
@@ -138,14 +148,25 @@ def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: 
     schema, examples = train
     labels = label_vocabulary(examples, cfg.data.train) if schema == "classification" else None
     tokenized = tokenize_examples(tokenizer, examples, schema, cfg.data.max_length, "truncate", labels)
-    longest = max(tokenized, key=lambda t: len(t.input_ids))
+    rows = pair_rows(tokenized) if schema == "preference" else tokenized    # a pair is two sequences
+    per_row = len(rows) // len(tokenized)
+    longest = max(rows, key=lambda t: len(t.input_ids))
     micro = cfg.train.micro_batch_size or micro_default
     per_epoch = math.ceil(len(tokenized) / cfg.train.batch_size)
-    steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
-    mean = sum(len(t.input_ids) for t in tokenized) / len(tokenized)
-    computed = min(steps, per_epoch) if get_method(cfg.method.name).caches_features else steps
-    return (Workload(micro, cfg.train.batch_size // micro, len(longest.input_ids), longest.num_labels, mean, steps,
-                     computed, f"{cfg.data.train} ({len(tokenized)} sequences)"), labels)
+    steps = planned_steps(cfg.train, len(tokenized))
+    mean = sum(len(t.input_ids) for t in rows) / len(rows)
+    method = get_method(cfg.method.name)
+    computed = min(steps, per_epoch) if method.caches_features else steps
+    source = f"{cfg.data.train} ({len(tokenized)} sequences)"
+    reference = 0
+    if schema == "preference":
+        source = f"{cfg.data.train} ({len(tokenized)} pairs, 2 sequences each)"
+        mode = cfg.preference.reference
+        mode = reference_mode(method, steps, per_epoch) if mode == "auto" else mode
+        pairs = len(tokenized) if mode == "cached" else steps * cfg.train.batch_size
+        reference = round(pairs * per_row * mean)
+    return (Workload(micro * per_row, cfg.train.batch_size // micro, len(longest.input_ids), longest.num_labels, mean,
+                     steps, computed, source, reference), labels)
 
 
 def nf4_bytes(numel: int) -> float:
@@ -264,6 +285,9 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
     flops = one.flops + (depth - 1) * (two.flops - one.flops)
     notes = [] if cfg.method.name != "qlora" else [
         "qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted"]
+    if work.reference_tokens:
+        notes.append(f"preference: the reference reads {work.reference_tokens:,} tokens "
+                     f"({2 * total * work.reference_tokens / 1e12:.3g} TFLOP at 2 × parameters per token), in the time")
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
                 trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing)
 

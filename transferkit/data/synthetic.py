@@ -85,34 +85,50 @@ def write_quickstart(folder: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------- preference pairs from the quickstart task
 
-WRONG_FIELDS = ("name", "age", "city", "job")
+# The mistakes a model that has partly learned the task makes (SmolLM2-135M after 15 LoRA steps on the quickstart:
+# "library" for librarian, "Belgium" for Brussels, "Bruno" for Bruno Byrne; docs/align.md): the first name alone,
+# the city's country, the job's field of work.
+COUNTRY = {"Lisbon": "Portugal", "Lagos": "Nigeria", "Hanoi": "Vietnam", "Berlin": "Germany", "Beirut": "Lebanon",
+           "Krakow": "Poland", "Lyon": "France", "Osaka": "Japan", "Turin": "Italy", "Sofia": "Bulgaria",
+           "Madrid": "Spain", "Aarhus": "Denmark", "Accra": "Ghana", "Delhi": "India", "Brussels": "Belgium",
+           "Prague": "Czechia", "Izmir": "Turkey", "Porto": "Portugal", "Uppsala": "Sweden", "Durban": "South Africa",
+           "Hamburg": "Germany", "Seville": "Spain", "Kyoto": "Japan", "Cairo": "Egypt", "Cork": "Ireland",
+           "Zagreb": "Croatia", "Utrecht": "Netherlands", "Bilbao": "Spain", "Busan": "South Korea",
+           "Szeged": "Hungary"}
+FIELD_OF_WORK = {"nurse": "nursing", "carpenter": "carpentry", "teacher": "teaching", "pilot": "aviation",
+                 "baker": "bakery", "architect": "architecture", "plumber": "plumbing", "chemist": "chemistry",
+                 "journalist": "journalism", "electrician": "electricity", "librarian": "library",
+                 "dentist": "dentistry", "gardener": "gardening", "translator": "translation",
+                 "mechanic": "mechanics", "photographer": "photography", "lawyer": "law", "farmer": "farming",
+                 "pharmacist": "pharmacy", "engineer": "engineering", "tailor": "tailoring",
+                 "firefighter": "firefighting", "economist": "economics", "surgeon": "surgery", "chef": "cooking",
+                 "potter": "pottery", "geologist": "geology", "accountant": "accounting", "violinist": "violin",
+                 "welder": "welding"}
+WRONG_FIELDS = ("name", "city", "job")
 
 
-def wrong_record(record: dict, field: str, rng: random.Random) -> dict:
-    """`record` with one plausible mistake in `field`: first and last name swapped, the age off by 1, 2 or 10, or
-    another city or job from the task's lists."""
+def wrong_record(record: dict, field: str) -> dict:
+    """`record` with one plausible mistake in `field`: the first name alone, the city's country, or the job's
+    field of work (`COUNTRY`, `FIELD_OF_WORK`)."""
     wrong = dict(record)
     if field == "name":
-        first, last = record["name"].split()
-        wrong["name"] = f"{last} {first}"
-    elif field == "age":
-        wrong["age"] = record["age"] + rng.choice([-10, -2, -1, 1, 2, 10])
+        wrong["name"] = record["name"].split()[0]
+    elif field == "city":
+        wrong["city"] = COUNTRY[record["city"]]
     else:
-        pool = CITIES if field == "city" else JOBS
-        wrong[field] = rng.choice([v for v in pool if v != record[field]])
+        wrong["job"] = FIELD_OF_WORK[record["job"]]
     return wrong
 
 
-def preference_pairs(rows: list[dict], seed: int) -> list[dict]:
+def preference_pairs(rows: list[dict]) -> list[dict]:
     """Quickstart rows (prompt, completion) as preference pairs: chosen = the correct record, rejected = the same
     record with one field wrong (`wrong_record`), the fields taking turns; `slice` names the wrong field."""
-    rng = random.Random(seed)
     pairs = []
     for i, row in enumerate(rows):
         field = WRONG_FIELDS[i % len(WRONG_FIELDS)]
         record = json.loads(row["completion"])
         pairs.append({"prompt": row["prompt"], "chosen": row["completion"],
-                      "rejected": json.dumps(wrong_record(record, field, rng)), "slice": field})
+                      "rejected": json.dumps(wrong_record(record, field)), "slice": field})
     return pairs
 
 
@@ -122,10 +138,10 @@ def write_quickstart_preference(source: str | Path, folder: str | Path) -> list[
     source, folder = Path(source), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for seed, split in enumerate(QUICKSTART_SPLITS):
+    for split in QUICKSTART_SPLITS:
         rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
         path = folder / f"{split}.jsonl"
-        path.write_text(jsonl_text(preference_pairs(rows, seed)), encoding="utf-8")
+        path.write_text(jsonl_text(preference_pairs(rows)), encoding="utf-8")
         written.append(path)
     return written
 

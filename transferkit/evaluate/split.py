@@ -93,9 +93,7 @@ def pair_results(examples: list[Example], tokenized, policy: PairLogProbs, cfg: 
 
     def score(idx: list[int]) -> dict:
         pick = torch.tensor(idx, dtype=torch.long)
-        part = PairLogProbs(*(getattr(policy, f)[pick] for f in PAIR_FIELDS))
-        ref = PairLogProbs(*(getattr(reference, f)[pick] for f in PAIR_FIELDS)) if known else None
-        return preference_metrics(part, ref, cfg)
+        return preference_metrics(policy.take(pick), reference.take(pick) if known else None, cfg)
 
     # "reference" is the chosen answer, "prediction" the answer the model finds the more likely
     records = [{"where": ex.where, "prompt": ex.messages[-1]["content"], "reference": ex.chosen,
@@ -103,9 +101,6 @@ def pair_results(examples: list[Example], tokenized, policy: PairLogProbs, cfg: 
                 "match": c > r, **({"slice": ex.slice} if ex.slice is not None else {})}
                for ex, c, r in zip(examples, policy.chosen.tolist(), policy.rejected.tolist())]
     return with_slices(examples, score), records
-
-
-PAIR_FIELDS = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
 
 
 def evaluate_split(model, tokenizer, split: Split, schema: str, eval_cfg: EvalConfig, runtime: Runtime, *,

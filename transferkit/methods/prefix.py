@@ -34,4 +34,4 @@ DEFAULTS = Defaults(lr=1e-2)
 
 
 register(Method("prefix", PrefixMethodConfig, apply=apply, defaults=DEFAULTS, summary="learned key/value prefixes at every layer (peft)",
-                closed_form=closed_form, packable=False, checkpointable=False, **PEFT_FUNCTIONS))
+                closed_form=closed_form, packable=False, checkpointable=False, starts_at_base=False, **PEFT_FUNCTIONS))

@@ -32,4 +32,4 @@ DEFAULTS = Defaults(lr=3e-2)
 
 
 register(Method("prompt", PromptMethodConfig, apply=apply, defaults=DEFAULTS, summary="a learned soft prompt of virtual tokens (peft)",
-                closed_form=closed_form, packable=False, **PEFT_FUNCTIONS))
+                closed_form=closed_form, packable=False, starts_at_base=False, **PEFT_FUNCTIONS))

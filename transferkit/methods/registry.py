@@ -68,6 +68,9 @@ class Method:
     caches_features: bool = False     # after the first epoch, steps read cached features (the backbone idles)
     checkpointable: bool = True       # works with train.gradient_checkpointing (not prefix: its key/value cache is dropped)
     trains_base_weights: bool = False  # the base's own weights train: the tuned model is its own merged form
+    # Before its first step the adapted model computes what its base does (LoRA's B = 0, IA3's ones, ...): a
+    # preference run's policy then starts at its reference. Not prefix or prompt tuning (random virtual tokens).
+    starts_at_base: bool = True
     # Optional capabilities; None where the method has none.
     param_groups: Callable[[Model, MethodConfig, float], list[dict]] | None = None
     disabled: Callable[[Model], ContextManager] | None = None   # yields a model acting as the base

@@ -96,13 +96,14 @@ def preference_objective(cfg: PreferenceConfig, reference: ReferenceOf | None = 
         units = torch.tensor(len(out.losses))
         return out.losses.sum(), units, pair_figures(policy, out.chosen_rewards, out.rejected_rewards)
 
-    return Objective(collate_pairs, loss_sum)
+    return Objective(collate_pairs, loss_sum, units="pairs")
 
 
 @dataclass(frozen=True)
 class Objective:
     collate: Callable[[list[Tokenized], int, torch.device], dict[str, torch.Tensor]]
     loss_sum: Callable[[torch.nn.Module, dict[str, torch.Tensor]], LossSum]
+    units: str = "labelled_tokens"   # what the loss is averaged over, as the training log names it
 
 
 OBJECTIVES = {

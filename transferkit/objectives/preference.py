@@ -41,6 +41,11 @@ class PairLogProbs:
     chosen_tokens: torch.Tensor
     rejected_tokens: torch.Tensor
 
+    def take(self, index: torch.Tensor) -> PairLogProbs:
+        """The pairs at `index` (a slice of the data)."""
+        return PairLogProbs(self.chosen[index], self.rejected[index], self.chosen_tokens[index],
+                            self.rejected_tokens[index])
+
 
 @dataclass(frozen=True)
 class PreferenceLoss:

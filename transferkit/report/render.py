@@ -5,7 +5,8 @@
 
     section            reads
     overview           summary.json: model, method, device, headline, baseline → tuned, gain, flags
-    curves             metrics.jsonl: train loss and learning rate per step, validation metrics per step (SVG)
+    curves             metrics.jsonl: train loss and learning rate per step (preference data: both answers'
+                       log-probabilities), validation metrics per step (SVG)
     test metrics       summary.json test (+ per class, per slice, confusion matrix), test_reliability.png
     examples           test_predictions.jsonl: the worst and the best answers beside their references
     forgetting         summary.json general / forgetting: general text before and after
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from html import escape
 from pathlib import Path
 
@@ -100,6 +102,9 @@ def svg(fig) -> str:
     return text[text.index("<svg"):]  # the XML prologue and doctype are not allowed inside HTML
 
 
+PLOTS_PER_ROW = 5  # validation metrics per row of small charts
+
+
 def curves(events: list[dict]) -> str:
     """Train loss and learning rate per step; validation metrics per step (one chart each)."""
     from ..evaluate.plots import _pyplot
@@ -121,15 +126,29 @@ def curves(events: list[dict]) -> str:
             lr_ax.set_ylabel("learning rate (dashed)")
         figures.append(svg(fig))
         plt.close(fig)
+    answers = [e for e in train if e.get("chosen_logp") is not None]
+    if answers:  # preference data: DPO should widen the gap without sinking the chosen answers
+        fig, ax = plt.subplots(figsize=(7, 3))
+        for key, colour in (("chosen_logp", "tab:green"), ("rejected_logp", "tab:red")):
+            ax.plot([e["step"] for e in answers], [e[key] for e in answers], color=colour, label=key.split("_")[0])
+        ax.set_xlabel("step")
+        ax.set_ylabel("answer log-probability (train)")
+        ax.legend(fontsize=8)
+        figures.append(svg(fig))
+        plt.close(fig)
     scalar = sorted({k for _, m in checks for k, v in m.items() if isinstance(v, (int, float))
                      and k not in ("examples", "tokens")})
     if scalar:
-        fig, axes = plt.subplots(1, len(scalar), figsize=(3.2 * len(scalar), 2.6), squeeze=False)
-        for ax, key in zip(axes[0], scalar):
+        columns = min(len(scalar), PLOTS_PER_ROW)
+        rows = math.ceil(len(scalar) / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, scalar):
             points = [(step, m[key]) for step, m in checks if key in m]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
             ax.set_title(f"validation {key}", fontsize=9)
             ax.set_xlabel("step")
+        for ax in list(axes.flat)[len(scalar):]:
+            ax.set_visible(False)
         fig.tight_layout()
         figures.append(svg(fig))
         plt.close(fig)

@@ -46,7 +46,8 @@ def finish(s: Session, stats: FitStats) -> dict:
     verdict = s.assessment.verdict(tuned, s.before.baseline, s.before.general, general_tuned, no_baseline_reason=why,
                                    from_labels=baselines_from_labels(s))
     verdict["flags"] += overlap_warnings(s.splits.overlap)
-    if s.splits.schema == "preference" and (falling := chosen_falls(s.run.read_events(), tuned)):
+    if s.splits.schema == "preference" and (falling := chosen_falls(s.run.read_events(), tuned,
+                                                                    s.cfg.preference.sft_weight)):
         verdict["flags"].append(falling)
     if verdict["forgetting"] is not None:
         log.info(f"forgetting ({verdict['forgetting']['measure']}): {verdict['forgetting']['forgetting']:+.2%}")
@@ -65,7 +66,7 @@ def finish(s: Session, stats: FitStats) -> dict:
     return summary
 
 
-def chosen_falls(events: list[dict], tuned: dict | None) -> str | None:
+def chosen_falls(events: list[dict], tuned: dict | None, sft_weight: float) -> str | None:
     """Preference data: a flag when the chosen answers became less likely over training — the last logged
     training window's mean chosen log-probability below the first's, and the held-out chosen answers less likely
     than under the reference (DPO's known drift: it can raise the margin by lowering both answers)."""
@@ -74,9 +75,11 @@ def chosen_falls(events: list[dict], tuned: dict | None) -> str | None:
         return None
     if tuned is None or "chosen_reward" not in tuned or tuned["chosen_reward"] >= 0:
         return None
+    remedy = "set preference.sft_weight (e.g. 1)" if not sft_weight else \
+        f"raise preference.sft_weight (now {sft_weight:g})"
     return (f"the chosen answers' log-probability fell during training (training windows {series[0]:.2f} → "
             f"{series[-1]:.2f}; held-out chosen reward {tuned['chosen_reward']:+.3f}, below the reference): the "
-            f"margin grew by making both answers less likely; set preference.sft_weight (e.g. 1) or lower train.lr")
+            f"margin grew by making both answers less likely; {remedy} or lower train.lr")
 
 
 def baselines_from_labels(s: Session) -> dict | None:

@@ -182,13 +182,13 @@ class LogWindow:
         finally:
             self.excluded += time.perf_counter() - start
 
-    def close(self) -> dict:
+    def close(self, units: str = "labelled_tokens") -> dict:
         """The window's mean loss per labelled unit (the host sync), tokens/s, labelled units and the means of
         the objective's figures; a new window starts."""
         now = time.perf_counter()
         figures = {"loss": self.loss.item() / max(self.labels, 1),
                    "tokens_per_s": self.tokens / max(now - self.started - self.excluded, 1e-9),
-                   "labelled_tokens": self.labels,
+                   units: self.labels,
                    **{name: float(value) / max(self.labels, 1) for name, value in self.figures.items()}}
         self.figures = {}
         self.loss.zero_()
@@ -248,7 +248,7 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
             out_of_time(state, train_cfg)
 
         if due(state.step, train_cfg.log_every) or last:
-            figures = window.close()
+            figures = window.close(parts.objective.units)
             stats.final_train_loss = figures["loss"]
             if stats.first_logged_loss is None:
                 stats.first_logged_loss = figures["loss"]

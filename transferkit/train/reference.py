@@ -8,14 +8,17 @@ from). transferkit gets them from the one model in memory, with the method switc
                                         split; the numbers go into the run directory and onto each pair
     preference.reference = adapter_off  the held-out splits as above; training pairs recomputed every step
                                         through the off switch (adapter methods only)
+    preference.reference = auto         cached when training passes over every pair at least once or the method
+                                        has no off switch, else adapter_off: the fewer forward passes
 
     <run>/reference_logprobs.json       {"train": [[chosen, rejected], ...] | null, "validation": [...] | null,
                                          "test": [...] | null, "where": {split: [file:line, ...]}}
 
 Costs: `cached` adds one forward pass over the training pairs once (an epoch of training costs about three), and
 2 floats per pair; `adapter_off` adds one forward pass per step instead — the same as `cached` after one epoch,
-more after that. Neither keeps a second model: a frozen copy would double the weights' memory. A resumed run reads
-the file back, since a model that has trained is no longer its own reference.
+more after that. Neither keeps a second model: a frozen copy would double the weights' memory. The pass runs before
+a resumed run restores its checkpoint (the model is still the reference then); a resumed run reads the file back
+instead of repeating it.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ def attach(split: Split, known: dict, path) -> Split:
                         f"the run began); start a new run or restore the data")
     tokenized = [dataclasses.replace(t, reference=tuple(ref)) for t, ref in zip(split.tokenized, known[split.name])]
     return dataclasses.replace(split, tokenized=tokenized)
+
+
+def reference_mode(method: Method, steps: int, steps_per_epoch: int) -> str:
+    """`preference.reference: auto`: `cached` when training passes over every pair at least once (one forward per
+    pair up front, none per step) or the method has no off switch, else `adapter_off` (one per trained pair)."""
+    return "cached" if steps >= steps_per_epoch or not method.has_off_switch else "adapter_off"
 
 
 def adapter_off(method: Method) -> ReferenceOf:

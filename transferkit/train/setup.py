@@ -52,7 +52,7 @@ from . import checkpoint as ckpt
 from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
-from .reference import adapter_off, with_references
+from .reference import adapter_off, reference_mode, with_references
 from .regularizers import build_penalties
 from .selection import Selection
 from .tracking import check_available, open_trackers
@@ -217,9 +217,14 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
 def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits) -> RunConfig:
     """The config as it runs, so that the run's config.yaml names every choice and re-runs or reloads the same:
     null learning rates, warmup and weight decay replaced by the method's defaults, a null `eval.headline` by
-    the one the data calls for, and a classifier's `method.pooling: auto` by the pooling it resolved to."""
+    the one the data calls for, a preference run's `preference.reference: auto` by the reference it takes, and a
+    classifier's `method.pooling: auto` by the pooling it resolved to."""
     cfg = with_method_defaults(cfg, TASK_OF_SCHEMA[splits.schema])
     cfg = dataclasses.replace(cfg, eval=with_headline(cfg.eval, splits))
+    if splits.schema == "preference" and cfg.preference.reference == "auto":
+        mode = reference_mode(get_method(cfg.method.name), planned_steps(cfg.train, len(splits.train.tokenized)),
+                              steps_per_epoch(len(splits.train.tokenized), cfg.train.batch_size))
+        cfg = dataclasses.replace(cfg, preference=dataclasses.replace(cfg.preference, reference=mode))
     inner = underlying_model(model)
     if not isinstance(inner, SequenceClassifier) or cfg.method.pooling == inner.pooling:
         return cfg
@@ -284,7 +289,11 @@ def check_preference(cfg: RunConfig, method: Method, schema: str) -> None:
     if cfg.forgetting.replay:
         problems.append("config key 'forgetting.replay': replayed general text has no rejected answer to rank; use "
                         "forgetting.l2sp or forgetting.ewc, or preference.sft_weight to keep the chosen answers likely")
-    if cfg.preference.reference == "adapter_off" and not method.has_off_switch:
+    if not method.starts_at_base:
+        problems.append(f"method '{method.name}' starts from randomly initialised virtual tokens, so its policy does "
+                        f"not begin at its reference (the base): DPO would first have to undo the random start; use "
+                        f"lora, dora, ia3, adapter, qlora, full or freeze")
+    if cfg.preference.reference == "adapter_off" and not method.has_off_switch:  # auto never picks it then
         problems.append(f"config key 'preference.reference' is adapter_off but method '{method.name}' trains the "
                         f"model's own weights and has no off switch; use preference.reference=cached")
     if problems:
@@ -364,12 +373,19 @@ def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, trai
     return model
 
 
+def planned_steps(train_cfg: TrainConfig, num_sequences: int) -> int:
+    """Optimizer steps of the run: `train.max_steps`, else `train.epochs` passes (resolved by the method's defaults)."""
+    if train_cfg.max_steps is not None:
+        return train_cfg.max_steps
+    return max(1, math.ceil(train_cfg.epochs * steps_per_epoch(num_sequences, train_cfg.batch_size)))
+
+
 def plan_steps(train_cfg: TrainConfig, replay: float, num_sequences: int, device: torch.device, seed: int
                ) -> StepPlan:
     """Optimizer steps and batch composition: `train.batch_size` task sequences per step, plus general text
     holding `forgetting.replay` of the step's labelled tokens (`replay.py`)."""
     per_epoch = steps_per_epoch(num_sequences, train_cfg.batch_size)
-    steps = train_cfg.max_steps if train_cfg.max_steps is not None else max(1, math.ceil(train_cfg.epochs * per_epoch))
+    steps = planned_steps(train_cfg, num_sequences)
     micro = train_cfg.micro_batch_size or default_micro_batch_size(device, train_cfg.batch_size)
     return StepPlan(steps, train_cfg.batch_size, replay, micro, per_epoch, seed)
 
