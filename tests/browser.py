@@ -66,3 +66,12 @@ def lookup(summary: dict, key: str):
     for part in key.split("."):
         node = node[int(part)] if isinstance(node, list) else node[part]
     return node
+
+
+def check_numbers_are_the_summary(page: str, summary: dict, required: tuple[str, ...]) -> None:
+    """Every number the page tags equals summary.json's at its path, and each `required` path is on the page."""
+    found = dict(numbers_in(page))
+    missing = [key for key in required if key not in found]
+    assert not missing, missing
+    for key, value in found.items():
+        assert value == lookup(summary, key), key

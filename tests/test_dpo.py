@@ -172,6 +172,11 @@ def test_dpo_on_an_sft_run_directory_starts_from_the_sft_model(tiny_config, dpo_
     assert summary["model"] == str(sft)  # config.yaml names the run: reloading resolves it to its merged folder
     rows = {row.path: row for row in find_runs(tmp_path)}
     assert rows["dpo"].headline.startswith("preference_accuracy")
+    # the DPO run is a normal run of its base: it reloads on the SFT model and merges within the fp32 tolerance
+    from transferkit.api import merge
+
+    report = merge(tmp_path / "dpo", tmp_path / "dpo-merged")
+    assert report["within_tolerance"] and report["base"] == str(sft)
 
 
 @pytest.mark.parametrize("method, override, words", [
@@ -280,16 +285,13 @@ def test_cost_counts_both_sequences_of_a_pair_and_the_reference(dpo_config, pref
 
 
 def test_a_preference_report_shows_both_answers_and_its_numbers_are_the_summary(dpo_config, tmp_path):
-    from browser import lookup, numbers_in
+    from browser import check_numbers_are_the_summary
 
     from transferkit import train
 
     summary = train(dpo_config(f"output_dir={tmp_path / 'run'}"))
     page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
-    found = dict(numbers_in(page))
-    for key in ("comparison.tuned", "comparison.baseline", "test.preference_accuracy", "test.reward_margin",
-                "test.chosen_logp", "baseline.zero_shot.logp_margin"):
-        assert key in found, key
-    for key, value in found.items():
-        assert value == lookup(summary, key), key
+    check_numbers_are_the_summary(page, summary, ("comparison.tuned", "comparison.baseline", "test.preference_accuracy",
+                                                  "test.reward_margin", "test.chosen_logp",
+                                                  "baseline.zero_shot.logp_margin"))
     assert "answer log-probability (train)" in page and page.count("<svg") >= 3

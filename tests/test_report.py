@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import find_chromium, lookup, numbers_in, open_page
+from browser import check_numbers_are_the_summary, find_chromium, lookup, numbers_in, open_page
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 NO_BROWSER = "no Chromium here: `bash scripts/setup.sh --browser` installs Debian's chromium for this test"
@@ -43,12 +43,8 @@ def test_every_run_writes_a_report_whose_numbers_are_the_summary(finished_run):
     # self-contained: no script, no stylesheet, image or font fetched from anywhere (SVG namespaces are names)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert re.search(r'(src|href)="(https?:|//|file:)|url\((https?:|//)', page) is None
-    found = dict(numbers_in(page))
-    for key in ("comparison.tuned", "comparison.baseline", "comparison.gain", "forgetting.forgetting",
-                "params.trainable", "test.exact_match"):
-        assert key in found, key
-    for key, value in found.items():
-        assert value == lookup(summary, key), key
+    check_numbers_are_the_summary(page, summary, ("comparison.tuned", "comparison.baseline", "comparison.gain",
+                                                   "forgetting.forgetting", "params.trainable", "test.exact_match"))
     assert page.count("<svg") >= 2  # the loss / learning-rate and the validation charts
 
 
