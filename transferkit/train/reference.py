@@ -38,6 +38,7 @@ from ..objectives.preference import PairLogProbs, pair_logprobs
 from ..rundir import RunDir
 from ..runtime import Runtime
 
+
 def with_references(splits: Splits, run: RunDir, method: Method, model: torch.nn.Module, pad_id: int,
                     runtime: Runtime, batch_size: int, mode: str) -> Splits:
     """`splits` with every pair carrying its reference log-probabilities (`mode` adapter_off: not the training
