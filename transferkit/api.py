@@ -35,6 +35,7 @@ from .rundir import RunDir
 from .runs import load_trained
 from .runtime import Runtime, quiet_libraries, store_frozen_weights
 from .train import train as run_training
+from .train.distributed import launched_rank
 
 __all__ = ["train", "generate", "evaluate_run", "predict", "load_trained"]
 
@@ -43,7 +44,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     """Fine-tune as `cfg` says (`train/recipe.py`); returns the summary. Progress goes to the `transferkit`
     logger (the CLI shows it on stdout), never to stdout directly."""
     quiet_libraries()
-    write_chained_base(cfg.model)
+    if launched_rank() == 0:  # with several processes the main one folds it; the others wait for it in setup
+        write_chained_base(cfg.model)
     return run_training(cfg, resume=resume, overwrite=overwrite)
 
 

@@ -7,6 +7,8 @@ import contextlib
 import datetime
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from .recommend import as_dict as recommendation_dict
 from .recommend import format_recommendation, recipe_text
 from .runs import find_runs, format_runs
 from .runtime import quiet_libraries
+from .train.distributed import launched_rank
 from .train.signals import Stopped
 
 
@@ -51,7 +54,7 @@ def progress_messages_on_stdout() -> Iterator[None]:
     handler, level = _Stdout(), logger.level
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if launched_rank() == 0 else logging.WARNING)  # several processes: one voice
     try:
         yield
     finally:
@@ -73,7 +76,38 @@ def cmd_train(args) -> int:
     if config_path is None:
         raise UserError("give a config file, e.g. `transferkit train recipes/quickstart.yaml`")
     cfg = load_config(config_path, overrides)
+    if args.processes < 1:
+        raise UserError(f"--processes {args.processes}: give 1 or more processes")
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:  # checked here, then every rank runs this command
+        return launch_processes(args.processes, train_argv(args))
     train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+    return 0
+
+
+def train_argv(args) -> list[str]:
+    """The `train` command line each launched process runs: this one without --processes."""
+    argv = ["train", *([args.config] if args.config else []), *args.overrides]
+    return argv + (["--resume", args.resume] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+
+
+def launch_processes(processes: int, argv: list[str]) -> int:
+    """`accelerate launch --multi_gpu --num_processes N -m transferkit ARGV` (its torchrun launcher; on a machine
+    without GPUs the processes use gloo on the CPU), on a free port; returns the exit code of the first process
+    that failed (2 for bad input, 128 + N for a signal), 0 when all finished."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = launch_command_parser().parse_args([
+        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "transferkit", *argv])
+    try:
+        launch_command(launch)
+    except ChildFailedError as exc:
+        code = exc.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code  # a process killed by signal N reports -N
     return 0
 
 
@@ -354,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=5")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="train on N processes on this machine (accelerate's launcher; distributed.strategy: ddp, "
+                        "fsdp); train.batch_size stays the global batch. Same as `accelerate launch --multi_gpu "
+                        "--num_processes N -m transferkit train ...`")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="replies from a base model or a run's adapter (greedy, or sampled)")

@@ -179,6 +179,22 @@ class DiagnoseConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = opt(
+        "ddp", "with several processes (`transferkit train --processes N` or `accelerate launch -m transferkit "
+               "train`): `ddp` = every process holds the whole model and gradients are averaged (accelerate's DDP); "
+               "`fsdp` = weights, gradients and optimizer state sharded over the processes (PyTorch FSDP2's "
+               "fully_shard on every transformer block and the root); `deepspeed` = DeepSpeed ZeRO through "
+               "accelerate, configured by `config_file`. One process: ignored")
+    config_file: Optional[str] = opt(
+        None, "deepspeed only: the DeepSpeed JSON config passed through to the engine (ZeRO stage, offload, ...); "
+              "transferkit sets its micro-batch, accumulation, clipping and precision from `train`; null: ZeRO-2")
+    reshard_after_forward: bool = opt(
+        True, "fsdp only: free each block's gathered weights after its forward and gather them again for backward "
+              "(ZeRO-3-like, least memory); false keeps them until backward (ZeRO-2-like, less communication)")
+
+
+@dataclass
 class MethodConfig:
     """Base of every method's config; each method module subclasses it."""
 
@@ -203,6 +219,9 @@ class RunConfig:
                                                            "rejected)"})
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig,
                                      metadata={"help": "where the network changed, measured after training"})
+    distributed: DistributedConfig = field(default_factory=DistributedConfig,
+                                           metadata={"help": "training on several processes (data parallel, "
+                                                             "FSDP, DeepSpeed): what changes with the world size"})
     output_dir: str = opt("runs/default", "run directory to write")
     seed: int = opt(0, "random seed for data order, initialisation and dropout")
 

@@ -16,7 +16,8 @@
                 merged/        when a later run names this one as its `model:`: the adapter folded into the base,
                                a plain HF folder (`transferkit merge`), which that run loads
 
-`train` writes it; `runs.load_trained` and `eval` read it.
+`train` writes it; `runs.load_trained` and `eval` read it. With several processes only the main one writes: the
+others hold a `RunDir(path, writer=False)`, whose writes do nothing.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ class Tracker(Protocol):
 class RunDir:
     """Every file a run writes lies inside `path` (checked on each write)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path).expanduser().resolve()
+        self.writer = writer  # False on every rank but the main one of a multi-process run: nothing is written
         self._tail_checked = False  # metrics.jsonl's last line is checked once, before the first append
         self.trackers: list[Tracker] = []  # `train.report_to`: attached by setup, closed by the recipe
 
@@ -130,6 +132,8 @@ class RunDir:
         return path
 
     def create(self, overwrite: bool, protected: list[str | Path] = ()) -> None:
+        if not self.writer:
+            return
         self.check_writable(overwrite)
         self.check_replaceable(list(protected))
         if self.path.is_dir() and any(self.path.iterdir()):
@@ -138,11 +142,13 @@ class RunDir:
 
     def write_file_atomic(self, path: Path, write: Callable[[Path], object]) -> None:
         """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one step."""
-        write_file_atomic(self.inside(path), write)
+        if self.writer:
+            write_file_atomic(self.inside(path), write)
 
     def write_dir_atomic(self, path: Path, write: Callable[[Path], object]) -> None:
         """`write(tmp)` fills a temporary folder beside `path` (the adapter, a checkpoint), renamed onto `path`."""
-        write_dir_atomic(self.inside(path), write)
+        if self.writer:
+            write_dir_atomic(self.inside(path), write)
 
     def write_text_atomic(self, path: Path, text: str) -> None:
         self.write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -170,6 +176,8 @@ class RunDir:
     def log(self, event: str, step: int, metrics: dict | None, *, split: str | None = None,
             epoch: int | None = None) -> None:
         """Append one event to metrics.jsonl (`flat_event`) and pass it to every tracker."""
+        if not self.writer:
+            return
         line = flat_event(event, step, metrics, split=split, epoch=epoch)
         if not self._tail_checked:  # once, before the first append: the file is inside, its last line whole
             self.inside(self.metrics)

@@ -38,10 +38,27 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor (an FSDP DTensor) gathered whole — a collective every rank of the run takes part in —
+    and any other tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`value` (a whole tensor) laid out as `param` is: this rank's shard of it for an FSDP DTensor (cut locally,
+    no communication: every rank holds the same whole value), else `value` itself."""
+    if not hasattr(param, "device_mesh"):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+
+
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters as detached CPU tensors, by name: what adapters and checkpoints store. On CPU
-    they share storage with the parameters; clone them to keep a snapshot."""
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters as detached whole CPU tensors, by name: what adapters and checkpoints store. On
+    CPU they share storage with the parameters; clone them to keep a snapshot. FSDP-sharded parameters are
+    gathered (`whole`): every rank must call this together."""
+    return {name: whole(p.detach()).contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -52,4 +69,4 @@ def load_trainable_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tens
         raise RuntimeError(f"{source} parameters do not match the model's trainable parameters")
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value)
+            params[name].copy_(like(value, params[name]))

@@ -4,13 +4,16 @@ The output head of a small model is a large share of its FLOPs (SmolLM2-135M:
 576 × 49,152 = 28M of 135M parameters), and with completion-only loss most
 positions carry no label. So we run the decoder body, gather the hidden
 states of labelled positions and apply the head to those alone: no
-[B, T, vocab] logits tensor is ever built.
+[B, T, vocab] logits tensor is ever built. A model sharded by FSDP is the
+exception: its root gathers the embeddings and the head only when the whole
+model is called, so it computes the full logits.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 
 from ..data.tokenize import IGNORE
 from ..models.heads import underlying_model, uses_virtual_tokens
@@ -18,7 +21,7 @@ from ..models.heads import underlying_model, uses_virtual_tokens
 
 def _body_and_head(model: torch.nn.Module):
     """(decoder body returning last_hidden_state, output head) or None."""
-    if uses_virtual_tokens(model):
+    if uses_virtual_tokens(model) or isinstance(model, FSDPModule):
         return None
     inner = underlying_model(model)
     get_decoder = getattr(inner, "get_decoder", None)

@@ -12,6 +12,12 @@
 Each checkpoint is written into a hidden temporary folder and renamed into
 place, so a crash leaves either the previous complete checkpoint or the new
 complete one; `latest()` only ever sees complete ones.
+
+With several processes every rank calls `save_checkpoint` (FSDP-sharded
+parameters and optimizer state are gathered whole, a collective) and only the
+main process writes (`write=False` elsewhere); the files are those of a
+one-process run, so a run resumes on any number of processes. Every rank loads
+the same files and keeps its own shard (`like`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..files import write_dir_atomic
-from ..models.params import load_trainable_tensors, trainable_tensors
+from ..models.params import like, load_trainable_tensors, trainable_tensors, whole
 from .selection import Selection
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -47,14 +53,20 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     tensors = {}
     for index, entries in state["state"].items():
         for key, value in entries.items():
-            tensors[f"{index}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).contiguous().cpu()
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{index}.{key}"] = whole(value).contiguous().cpu()
     return tensors, state["param_groups"]
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState) -> None:
-    def write(tmp: Path) -> None:
-        save_file(trainable_tensors(model), str(tmp / "trainable.safetensors"))
-        tensors, groups = _optimizer_tensors(optimizer)
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState, write: bool = True) -> None:
+    """`write=False`: take part in gathering the tensors (every rank must), write nothing."""
+    trainable = trainable_tensors(model)
+    tensors, groups = _optimizer_tensors(optimizer)
+    if not write:
+        return
+
+    def write_files(tmp: Path) -> None:
+        save_file(trainable, str(tmp / "trainable.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -73,7 +85,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState
         }
         (tmp / "state.json").write_text(json.dumps(meta))
 
-    write_dir_atomic(folder, write)
+    write_dir_atomic(folder, write_files)
 
 
 def checkpoint_dirs(checkpoints: Path) -> list[Path]:
@@ -111,6 +123,10 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, selection: Select
         index, name = key.split(".", 1)
         opt_state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer_param_groups"]})
+    for param, entries in optimizer.state.items():  # FSDP: each rank keeps its shard of the whole state
+        for name, value in entries.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.dim():
+                entries[name] = like(value, param)
     scheduler.load_state_dict(meta["scheduler"])
     rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])

@@ -1,5 +1,6 @@
-"""After the last optimizer step: the final checkpoint, the adapter, the tuned model's evaluation, the
-assessment against the base, and `summary.json` (one `build_summary`)."""
+"""After the last optimizer step and its checkpoint: the trained model as one plain module on the main process
+(`consolidate`), the adapter, the tuned model's evaluation, the assessment against the base, and `summary.json` (one
+`build_summary`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 import torch
 
+from ..data import TASK_OF_SCHEMA
 from ..data.overlap import overlap_warnings
 from ..diagnose import diagnose_run
 from ..evaluate.comparison import label_baselines
@@ -17,21 +19,36 @@ from ..evaluate.split import evaluate_split, format_metrics
 from ..methods import Method
 from ..models.fingerprint import write_fingerprint
 from ..models.heads import underlying_model
+from ..models.params import load_trainable_tensors, trainable_tensors
 from ..models.packaged import portable_reference
 from ..options import MethodConfig
 from ..report import write_report
 from ..rundir import RunDir
-from .loop import FitStats, checkpoint_now
-from .setup import Session, scored_split
+from .loop import FitStats
+from .setup import Session, adapt, load_for_task, scored_split, training_storage
 
 log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library user chooses
 
 
-def finish(s: Session, stats: FitStats) -> dict:
-    """Save and measure the trained model; write and return the summary."""
-    model = s.parts.accelerator.unwrap_model(s.parts.model)
-    with s.clock("save"):
-        checkpoint_now(s.parts, s.run, s.state, s.cfg.train.keep_checkpoints)  # the last step's: for resuming
+def consolidate(s: Session) -> torch.nn.Module | None:
+    """The trained model as one plain module on the main process, None on the others: the module inside DDP's
+    wrapper, or under FSDP a fresh copy of the base with the method applied and the trained tensors gathered into
+    it (every rank takes part in the gathering)."""
+    if not s.world.sharded:
+        return s.model if s.world.is_main else None
+    trained = trainable_tensors(s.parts.model)
+    if not s.world.is_main:
+        return None
+    model, _, _ = load_for_task(s.cfg, s.method, s.splits, s.tokenizer, s.runtime)
+    model = adapt(model, s.method, s.cfg.method, training_storage(s.cfg.train, s.world), TASK_OF_SCHEMA[s.splits.schema],
+                  s.runtime)
+    load_trainable_tensors(model, trained, "the gathered FSDP shards")
+    return model
+
+
+def finish(s: Session, stats: FitStats, model: torch.nn.Module) -> dict:
+    """Save and measure the trained `model` (`consolidate`'s) on the main process; write and return the summary."""
+    s.parts.model = model  # validation and selection now run on the plain model, without collectives
     with s.clock("evaluate"):
         validation = final_validation(s)
         validation = select_weights(s, model, validation)
@@ -179,6 +196,7 @@ def build_summary(s: Session, stats: FitStats, evaluation: dict, general_tuned: 
         "out_of_time": stats.out_of_time,
         "selection": s.state.selection.facts(s.state.step, cfg.train.select),
         "resumed_from_step": None if s.resumed_from is None else int(s.resumed_from.name.split("-")[1]),
+        "distributed": s.world.facts(),
         "data": s.splits.facts(),
     }
     if s.splits.labels is not None:

@@ -14,6 +14,12 @@ reward margin, answer log-probabilities — are logged as means per pair beside 
 
 Host syncs: one per step (the finiteness check, free on CPU) and one per log interval (the window's mean
 loss). Everything else stays on the device.
+
+Several processes (`distributed.py`): every rank draws the same global step and runs its share of it; N_step is the
+whole step's, and each rank's loss is scaled by the world size because DDP / FSDP average gradients over ranks.
+Sync points per step: the gradient all-reduce at the step's last micro-batch (FSDP: its gathers and reduce-scatters
+in every pass), and one all-reduce of [loss sum, figure sums, stop requested] before the finiteness check, so every
+rank logs the global loss, skips the same steps and stops after the same step.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ from ..data.batching import length_grouped_batches
 from ..data.tokenize import Tokenized
 from ..errors import UserError
 from ..evaluate.split import format_metrics
-from ..models.params import trainable_parameters
+from ..models.params import trainable_parameters, whole
 from ..objectives import Objective
 from ..options import TrainConfig
 from ..rundir import RunDir
 from ..runtime import Runtime
 from . import checkpoint as ckpt
+from .distributed import World, micro_batches, no_sync
 from .regularizers import AnchorPenalty
 from .replay import replay_sequences, replay_units
 from .signals import Stopped, StopRequest
@@ -61,6 +68,7 @@ class Parts:
     pad_id: int
     runtime: Runtime
     penalties: tuple[AnchorPenalty, ...] = ()  # EWC / L2-SP: their gradients join the task loss's
+    world: World = World()  # this process among the run's ranks (one process: rank 0 of 1)
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class StepResult:
     applied: bool                   # False: a non-finite loss or gradient, the step was skipped
     penalty: float                  # EWC / L2-SP value
     figures: dict[str, torch.Tensor]  # the objective's figure sums over the step (preference data), on the device
+    stop: bool = False              # a stop (SIGINT / SIGTERM) was requested on some rank before this step ended
 
 
 @dataclass
@@ -125,35 +134,53 @@ class Batches:
         return items, replay_sequences(self.replay_pool, state.step, units, self.plan.seed)
 
 
-def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float) -> StepResult:
-    """One optimizer step over `items` (see the module docstring)."""
-    model, device = parts.model, parts.runtime.device
-    n_labels = sum(t.num_labels for t in items)  # tokens or examples, known on the host: no device sync
+def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float,
+                   stop_requested: bool = False) -> StepResult:
+    """One optimizer step over the global step's `items` (see the module docstring); this rank runs its share."""
+    model, device, world = parts.model, parts.runtime.device, parts.world
+    n_labels = sum(t.num_labels for t in items)  # tokens or examples of the whole step, known on the host: no sync
     loss_total = torch.zeros((), device=device)
     figures: dict[str, torch.Tensor] = {}
-    for start in range(0, len(items), micro_batch_size):
-        batch = parts.collate(items[start: start + micro_batch_size], parts.pad_id, device)  # [rows, T]
-        with parts.runtime.autocast():
-            loss_sum, _, sums = parts.objective.loss_sum(model, batch)
-        # Normalising by the step's token count (not the micro-batch's) makes
-        # accumulation exact whatever the split.
-        parts.accelerator.backward(loss_sum / max(n_labels, 1))
-        loss_total += loss_sum.detach()
+    passes = micro_batches(items, world, micro_batch_size)
+    for number, (batch_items, weight) in enumerate(passes):
+        batch = parts.collate(batch_items, parts.pad_id, device)  # [rows, T]
+        with no_sync(parts.accelerator, model, last=number == len(passes) - 1):
+            with parts.runtime.autocast():
+                loss_sum, _, sums = parts.objective.loss_sum(model, batch)
+            # Normalising by the step's count (not the micro-batch's) makes accumulation exact whatever the split;
+            # × world size undoes the gradient averaging over ranks.
+            parts.accelerator.backward(loss_sum * (weight * world.size / max(n_labels, 1)))
+        loss_total += weight * loss_sum.detach()
         for name, value in sums.items():
-            figures[name] = figures.get(name, 0) + value
+            figures[name] = figures.get(name, 0) + weight * value
+    loss_total, figures, stop = reduce_step(world, loss_total, figures, stop_requested)
     penalty = sum((p.add_gradient() for p in parts.penalties), torch.zeros((), dtype=torch.float64))
     params = trainable_parameters(model)
     if max_grad_norm > 0:
         grad_norm = parts.accelerator.clip_grad_norm_(params, max_grad_norm)
     else:  # no clipping, but a non-finite gradient must still be caught
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    grad_norm = whole(grad_norm)  # FSDP: a replicated DTensor
     # One host sync per step (free on CPU): a non-finite loss or gradient must not reach the weights.
     finite = bool(torch.isfinite(loss_total)) and bool(torch.isfinite(grad_norm))
     if finite:
         parts.optimizer.step()
         parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_total, n_labels, grad_norm, finite, float(penalty), figures)
+    return StepResult(loss_total, n_labels, grad_norm, finite, float(penalty), figures, stop)
+
+
+def reduce_step(world: World, loss_sum: torch.Tensor, figures: dict[str, torch.Tensor], stop: bool
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+    """The global step's loss and figure sums and whether any rank was asked to stop: one all-reduce (nothing with
+    one process)."""
+    if world.size == 1:
+        return loss_sum, figures, stop
+    names = sorted(figures)
+    packed = torch.stack([loss_sum.float(), *(torch.as_tensor(figures[n], dtype=torch.float32, device=loss_sum.device)
+                                              for n in names), torch.tensor(float(stop), device=loss_sum.device)])
+    packed = world.sum(packed)
+    return packed[0], dict(zip(names, packed[1:-1])), bool(packed[-1] > 0)
 
 
 class LogWindow:
@@ -215,7 +242,8 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
     bad_in_a_row = 0
     started = time.perf_counter()
     parts.model.train()
-    bar = tqdm(total=plan.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=plan.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not parts.world.is_main)
     # A resumed run that had already run out of patience does not train on.
     while state.step < plan.steps and not state.selection.exhausted(train_cfg.patience) and \
             not out_of_time(state, train_cfg):
@@ -223,7 +251,7 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
         task, replayed = batches.next(state)
         items = task + replayed
         lr = parts.optimizer.param_groups[0]["lr"]
-        result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm)
+        result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm, stop.signum is not None)
         state.seconds += time.perf_counter() - step_started  # optimizer steps only: what train.max_minutes counts
         if not result.applied:
             bad_in_a_row, stats.skipped_steps = bad_in_a_row + 1, stats.skipped_steps + 1
@@ -258,11 +286,12 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
         if due(state.step, train_cfg.save_every) and not last:
             with window.paused():
                 checkpoint_now(parts, run, state, train_cfg.keep_checkpoints)
-        if stop.signum is not None and not last:
+        if result.stop and not last:  # every rank agrees (`reduce_step`) and stops after this step
             checkpoint_now(parts, run, state, train_cfg.keep_checkpoints)
             bar.close()
-            raise Stopped(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after step {state.step}; "
-                                       f"checkpoint written. Resume with: transferkit train --resume {run.path}")
+            signum = stop.signum or signal.SIGTERM  # a rank that was not signalled itself stops with the one that was
+            raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after step {state.step}; checkpoint "
+                                  f"written. Resume with: transferkit train --resume {run.path}")
     bar.close()
     stats.out_of_time = state.step < plan.steps and out_of_time(state, train_cfg)
     stats.stopped_early = state.step < plan.steps and not stats.out_of_time
@@ -298,6 +327,9 @@ def too_many_bad_steps(step: int, in_a_row: int, run: RunDir, where: str) -> Use
 
 
 def checkpoint_now(parts: Parts, run: RunDir, state: ckpt.TrainState, keep: int) -> None:
+    """Every rank gathers (FSDP), the main process writes."""
     folder = run.inside(run.checkpoints / f"step-{state.step:06d}")
-    ckpt.save_checkpoint(folder, parts.accelerator.unwrap_model(parts.model), parts.optimizer, parts.scheduler, state)
-    ckpt.prune(run.checkpoints, keep)
+    ckpt.save_checkpoint(folder, parts.accelerator.unwrap_model(parts.model), parts.optimizer, parts.scheduler, state,
+                         write=run.writer)
+    if run.writer:
+        ckpt.prune(run.checkpoints, keep)

@@ -13,8 +13,9 @@ import signal
 
 from ..options import RunConfig
 from ..rundir import RunDir
-from .finish import finish
-from .loop import fit
+from .distributed import launched_rank
+from .finish import consolidate, finish
+from .loop import checkpoint_now, fit
 from .setup import setup
 from .signals import Stopped, StopRequest
 
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)  # the CLI shows INFO on stdout; a library use
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run a whole training job described by `cfg`; returns the summary. The trackers of `train.report_to`
-    are closed however it ends, marked finished, stopped (resumable) or failed."""
-    run = RunDir(cfg.output_dir)
+    """Run a whole training job described by `cfg`; returns the summary ({} on every process of a multi-process
+    run but the main one, which writes it). The trackers of `train.report_to` are closed however it ends, marked
+    finished, stopped (resumable) or failed."""
+    run = RunDir(cfg.output_dir, writer=launched_rank() == 0)
     outcome = "failed"
     try:
         summary = run_steps(cfg, run, resume, overwrite)
@@ -53,7 +55,12 @@ def run_steps(cfg: RunConfig, run: RunDir, resume: bool, overwrite: bool) -> dic
         stats = fit(session.parts, session.batches, session.plan, session.run, session.state, cfg.train, validate,
                     stop)
     session.memory.end_training()
-    return finish(session, stats)
+    with session.clock("save"):  # the last step's checkpoint, for resuming: every rank takes part
+        checkpoint_now(session.parts, session.run, session.state, cfg.train.keep_checkpoints)
+    model = consolidate(session)
+    if model is None:  # not the main process, which finishes alone
+        return {}
+    return finish(session, stats, model)
 
 
 def interrupted_in_setup(run: RunDir) -> Stopped:

@@ -10,7 +10,9 @@
     plan the steps; optimizer and schedule; EWC / L2-SP anchors; replay pool
     restore the last checkpoint when resuming
 
-`setup` returns a `Session`: the prepared parts `fit` moves and the facts `finish` reports.
+`setup` returns a `Session`: the prepared parts `fit` moves and the facts `finish` reports. With several processes
+(`distributed.py`) every rank runs it; only the main one writes, and measures the base (the others need no
+baseline); FSDP shards the adapted model before the optimizer is built.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from ..rundir import RunDir, event_metrics
 from ..runtime import MemoryWatch, Runtime, Stopwatch, store_frozen_weights
 from . import checkpoint as ckpt
 from .hardware import default_micro_batch_size, enable_gradient_checkpointing, pick_attention
+from .distributed import World, check_strategy, make_accelerator, shard_model
 from .loop import Batches, Collate, Parts, StepPlan, steps_per_epoch
 from .optimizer import build_optimizer
 from .reference import adapter_off, reference_mode, with_references
@@ -90,6 +93,7 @@ class Session:
     resumed_from: Path | None
     clock: Stopwatch                 # seconds per phase, reported in summary.json
     memory: MemoryWatch              # before the model, the training phase's peak; reported in summary.json
+    world: World                     # this process among the run's ranks
     wall_start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -102,12 +106,16 @@ class Session:
         selection at the current step (`selection.py`)."""
         if self.splits.validation is None:
             return None
-        metrics = validation_metrics(self.parts.model, self.tokenizer, self.splits.validation, self.splits.schema,
+        metrics = validation_metrics(self.model, self.tokenizer, self.splits.validation, self.splits.schema,
                                      self.cfg, self.runtime, self.splits.labels)
         headline = headline_metric(self.splits.schema, metrics, self.cfg.eval.headline)
-        model = self.parts.accelerator.unwrap_model(self.parts.model)
-        self.state.selection.observe(self.state.step, metrics, headline, model)
+        self.state.selection.observe(self.state.step, metrics, headline, self.model)
         return metrics
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model without its DDP wrapper: what evaluation runs (FSDP's sharded model on every rank together)."""
+        return self.parts.accelerator.unwrap_model(self.parts.model)
 
 
 def seed_everything(seed: int) -> None:
@@ -118,13 +126,12 @@ def seed_everything(seed: int) -> None:
 
 def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool = False) -> Session:
     """Prepare a run described by `cfg` in `run` (see the module docstring)."""
-    from accelerate import Accelerator
-
     wall_start, clock = time.perf_counter(), Stopwatch()
     runtime = Runtime.resolve(cfg.train.device, cfg.train.precision)
     memory = MemoryWatch(runtime.device)  # before the model exists
     resume_from = check_run_dir(run, resume, overwrite)
-    accelerator = Accelerator(cpu=runtime.device.type == "cpu")
+    accelerator, world = make_accelerator(cfg.distributed, runtime)
+    world.barrier()  # the main process has folded a chained base (`api.train`) before any rank loads it
     method = get_method(cfg.method.name)
     with clock("load"):
         model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
@@ -132,7 +139,7 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     cfg = as_run(cfg, model, splits)
     open_run(run, cfg, splits, resume, overwrite)
     resume_step = None if not resume else ckpt.step_of(resume_from) if resume_from else 0
-    run.trackers = open_trackers(cfg.train.report_to, run, dump_config(cfg), resume_step)
+    run.trackers = open_trackers(cfg.train.report_to, run, dump_config(cfg), resume_step) if run.writer else []
     seed_everything(cfg.seed)
 
     assessment = Assessment(splits.schema, cfg.eval, cfg.forgetting.reference, cfg.data.max_length, runtime,
@@ -141,42 +148,48 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     base = BaseModel(cfg.model, architecture(folder), model, tokenizer, cfg.trust_remote_code)
     with clock("baseline"):
         baseline = ({"split": known["baseline"]["split"], **event_metrics(known["baseline"])} if "baseline" in known
-                    else measure_baseline(run, assessment, base, splits, cfg.seed))
+                    else measure_baseline(run, assessment, base, splits, cfg.seed) if world.is_main else None)
     seed_everything(cfg.seed)  # same adapter init whether or not the baseline ran
-    model = adapt(model, method, cfg.method, cfg.train, task, runtime)
+    model = adapt(model, method, cfg.method, training_storage(cfg.train, world), task, runtime)
     if splits.schema == "preference":
         with clock("reference"):
             splits = with_references(splits, run, method, model, tokenizer.pad_token_id, runtime,
                                      cfg.eval.batch_size, cfg.preference.reference)
     with clock("general_base"):
         general = event_metrics(known["general_base"]) if "general_base" in known else measure_general_base(
-            run, assessment, method, model, tokenizer)
+            run, assessment, method, model, tokenizer) if world.is_main else None
     before = BaseMeasures(baseline, general)
     params = count_parameters(model)
     log.info(format_trainable(*params))
     plan = plan_steps(cfg.train, cfg.forgetting.replay, len(splits.train.tokenized), runtime.device, cfg.seed)
+    model = shard_model(model, world, cfg.distributed)  # FSDP: before the optimizer, which holds the shards
     optimizer, scheduler = build_optimizer(model, method, cfg.method, cfg.train, plan.steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if world.sharded:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)  # DDP with several processes
     objective = objective_for(splits.schema, task, cfg.preference,
                               adapter_off(method) if cfg.preference.reference == "adapter_off" else None)
     # θ₀ (and the Fisher, on general text: the task's language-model objective) are taken here, before a checkpoint
     # is loaded: a resumed run anchors where the first began.
     penalties = build_penalties(cfg.forgetting, model, tokenizer, OBJECTIVES[task], cfg.data.max_length, runtime)
     parts = Parts(model, optimizer, scheduler, accelerator, objective, pick_collate(cfg.train, objective),
-                  tokenizer.pad_token_id, runtime, penalties)
+                  tokenizer.pad_token_id, runtime, penalties, world)
     state = restore(parts, run, resume, resume_from, Selection(keep_weights=cfg.train.select == "best"), plan.steps)
     if state.step < plan.steps:
         steps = f"{plan.steps} steps" if not state.step else f"steps {state.step + 1}–{plan.steps} of {plan.steps}"
         log.info(f"training {steps} on {runtime.device.type} in {runtime.precision}; run directory {run.path}")
     batches = Batches(splits.train.tokenized, plan, replay_pool(cfg.forgetting, tokenizer, cfg.data.max_length))
     return Session(cfg, run, runtime, method, folder, tokenizer, splits, assessment, before, params, parts, plan,
-                   batches, state, resume_from, clock, memory, wall_start)
+                   batches, state, resume_from, clock, memory, world, wall_start)
 
 
 def check_run_dir(run: RunDir, resume: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (None: start at step 0); refuses to resume a folder that is no run, or to
-    write over a finished run without `overwrite`."""
+    write over a finished run without `overwrite` (checked by the main process, which writes it)."""
     if not resume:
+        if not run.writer:
+            return None
         run.check_writable(overwrite)
         return None
     if not run.config.is_file():
@@ -198,20 +211,25 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     check_evaluation(cfg.eval, cfg.forgetting, task)
     check_diagnose(cfg)
     check_available(cfg.train.report_to)
+    check_strategy(cfg.distributed, method.quantize_base, bool(cfg.forgetting.ewc or cfg.forgetting.l2sp))
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
-    longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
-                  for t in split.tokenized)
     seed_everything(cfg.seed)  # a classifier's new head is initialised here
-    model, tokenizer, folder = load_model(cfg.model, task=task, labels=splits.labels, device=runtime.device,
-                                          quantize_4bit=method.quantize_base, compute_dtype=runtime.compute_dtype,
-                                          attention=pick_attention(cfg.train.attention, runtime.device, longest),
-                                          tokenizer=tokenizer, trust_remote_code=cfg.trust_remote_code,
-                                          pooling=cfg.method.pooling)
+    model, tokenizer, folder = load_for_task(cfg, method, splits, tokenizer, runtime)
     check_target_modules(model, cfg.method)
     for note in splits.notes:
         log.info(note)
     return model, tokenizer, folder, splits
+
+
+def load_for_task(cfg: RunConfig, method: Method, splits: Splits, tokenizer, runtime: Runtime):
+    """(model, tokenizer, folder): the base loaded for the data's task, as training runs it."""
+    longest = max(len(t.input_ids) for split in (splits.train, splits.validation, splits.test) if split
+                  for t in split.tokenized)
+    return load_model(cfg.model, task=TASK_OF_SCHEMA[splits.schema], labels=splits.labels, device=runtime.device,
+                      quantize_4bit=method.quantize_base, compute_dtype=runtime.compute_dtype,
+                      attention=pick_attention(cfg.train.attention, runtime.device, longest), tokenizer=tokenizer,
+                      trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
 
 
 def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits) -> RunConfig:
@@ -371,6 +389,12 @@ def adapt(model: torch.nn.Module, method: Method, method_cfg: MethodConfig, trai
                               f"as a key/value cache, which gradient checkpointing drops; set it to false")
         enable_gradient_checkpointing(model)
     return model
+
+
+def training_storage(train_cfg: TrainConfig, world: World) -> TrainConfig:
+    """FSDP gathers each block's weights as one flat buffer of one dtype, so the frozen weights keep the trainable
+    ones' fp32 storage there (bf16 autocast still computes in bf16)."""
+    return dataclasses.replace(train_cfg, frozen_bf16=False) if world.sharded else train_cfg
 
 
 def planned_steps(train_cfg: TrainConfig, num_sequences: int) -> int:
