@@ -4,7 +4,6 @@ a rank stopped or killed mid-run leaves a checkpoint that resumes on 2 processes
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tiny import write_jsonl
-from transferkit.config import config_to_dict
+from transferkit.config import config_to_dict, with_overrides
 from transferkit.errors import ConfigError
 from transferkit.options import DistributedConfig
 from transferkit.train.distributed import World, check_strategy, micro_batches, share
@@ -242,3 +241,39 @@ def test_a_rank_stopped_mid_run_resumes_on_two_processes_and_on_one(tiny_config,
         assert max(float((straight[k] - got[k]).abs().max()) for k in straight) < 1e-5
     assert json.loads((on_one / "summary.json").read_text())["distributed"]["world_size"] == 1
     assert json.loads((run / "summary.json").read_text())["distributed"]["world_size"] == 2
+
+
+# ---------------------------------------------------------------- what `transferkit cost` charges one rank
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_cost_per_rank_under_ddp_and_fsdp(tiny_config, method):
+    """Each rank running the same passes as one process (batch 8 on 2 ranks = batch 4 on 1, micro-batch 2): DDP
+    adds its gradient buckets; FSDP divides weights, gradients and optimizer state by 2 and adds the root and two
+    blocks gathered — sizes read here from the loaded model's own modules."""
+    from transferkit.config import with_method
+    from transferkit.cost import custom_hardware, estimate
+    from transferkit.methods import get_method
+    from transferkit.models import load_model
+
+    hardware = custom_hardware(memory_gb=64, tflops=1, price_per_hour=0, mfu=0.5, device="cpu")
+    cfg = tiny_config("train.micro_batch_size=2")
+    cfg = with_method(cfg, "full") if method == "full" else cfg
+    one = estimate(with_overrides(cfg, ["train.batch_size=4"]), hardware)
+    ddp = estimate(with_overrides(cfg, ["train.batch_size=8"]), hardware, processes=2)
+    fsdp = estimate(with_overrides(cfg, ["train.batch_size=8", "distributed.strategy=fsdp"]), hardware, processes=2)
+    model, _, _ = load_model(cfg.model, task="causal-lm")
+    model = get_method(cfg.method.name).apply(model, cfg.method, "causal-lm")
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    layers = [sum(p.numel() * 4 for p in layer.parameters()) for layer in model.get_decoder().layers]
+    weights = one.memory["weights"]
+    assert ddp.memory["gradients"] == one.memory["gradients"] + trainable
+    assert {k: ddp.memory[k] for k in ("weights", "optimizer", "activations", "logits")} == \
+        {k: one.memory[k] for k in ("weights", "optimizer", "activations", "logits")}
+    assert fsdp.memory["weights"] == weights // 2 + (weights - sum(layers)) + 2 * max(layers)
+    assert fsdp.memory["gradients"] == one.memory["gradients"] // 2
+    assert fsdp.memory["optimizer"] == one.memory["optimizer"] // 2
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert fsdp.memory["logits"] == one.memory["logits"] + 8 * 2 * one.workload.longest * vocab
+    assert fsdp.seconds_per_step == pytest.approx(one.seconds_per_step / 2)
+    assert (one.processes, ddp.strategy, fsdp.strategy) == (1, "ddp", "fsdp")

@@ -242,9 +242,11 @@ def predict(run_dir: str, data: str, out, *, batch_size: int = 16, max_new_token
     return len(inputs)
 
 
-def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[Cost, tuple[str, Cost] | None]]:
+def cost(cfg: RunConfig, hardware, *, all_methods: bool = False, processes: int = 1
+         ) -> list[tuple[Cost, tuple[str, Cost] | None]]:
     """[(Cost, cheapest fix or None)] of training `cfg` on `hardware` (a `cost.Hardware`), for its method or,
-    with `all_methods`, every method that serves its task; nothing is trained and no weight is read."""
+    with `all_methods`, every method that serves its task, per rank on `processes` ranks
+    (`distributed.strategy`); nothing is trained and no weight is read."""
     quiet_libraries()
     task = TASK_OF_SCHEMA[read_train(cfg.data)[0]]
     names = [n for n in method_names() if task in get_method(n).tasks] if all_methods else [cfg.method.name]
@@ -252,7 +254,7 @@ def cost(cfg: RunConfig, hardware, *, all_methods: bool = False) -> list[tuple[C
     rows = []
     for name in names:
         one = cfg if name == cfg.method.name else with_method(cfg, name)
-        estimated = activations_both_ways(one, estimate(one, hardware))
+        estimated = activations_both_ways(one, estimate(one, hardware, processes))
         rows.append((estimated, None if estimated.fits else cheapest_fit(one, estimated)))
     return rows
 

@@ -289,7 +289,9 @@ def cmd_cost(args) -> int:
         print(json.dumps({**measured.calibrated().as_dict(), "calibration": measured.as_dict()}, indent=2)
               if args.json else format_calibration(measured))
         return 0
-    rows = cost(cfg, hardware, all_methods=args.method == "all")
+    if args.processes < 1:
+        raise UserError(f"--processes {args.processes}: give 1 or more processes")
+    rows = cost(cfg, hardware, all_methods=args.method == "all", processes=args.processes)
     if args.json:
         print(json.dumps([{**c.as_dict(), "fix": None if f is None else {"change": f[0], **f[1].as_dict()}}
                           for c, f in rows], indent=2))
@@ -358,6 +360,9 @@ def add_cost_parser(sub) -> None:
     p.add_argument("--calibrate", type=int, nargs="?", const=5, default=0, metavar="STEPS",
                    help="also train STEPS (default 5) real steps here, evaluation off, and hold the prediction "
                         "against them (memory, time, this machine's MFU)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="price one of N processes training together (distributed.strategy: ddp or fsdp): memory "
+                        "per process, the step's compute spread over N")
     p.add_argument("--json", action="store_true", help="one JSON array instead of text")
     p.set_defaults(func=cmd_cost)
 

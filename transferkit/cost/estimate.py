@@ -17,6 +17,15 @@
 The micro-batch simulated is the one that holds the most: `micro_batch_size` copies of the training file's
 longest sequence (with its labelled tokens), else of `data.max_length` fully labelled tokens.
 
+Several processes (`--processes N`, `distributed.strategy`; `train/distributed.py`): the peak of one rank, each
+running `micro_batch_size` sequences per pass (`shard_memory`):
+    ddp     everything above, + DDP's gradient buckets (a flat fp32 copy of every trainable gradient)
+    fsdp    weights, gradients and optimizer state / N, + the root's weights (embeddings, final norm, head: gathered
+            for the whole step) + 2 blocks' weights gathered (the one computing and the one prefetched);
+            causal LM: + the full logits [micro, T, vocab] in fp32 twice (FSDP's root is called whole, so the
+            head is not applied at the labelled positions alone; `objectives/loss.py`)
+    time    the step's FLOPs spread over N devices; communication not counted
+
 Preference data: a micro-batch of pairs is twice as many sequences (each prompt + chosen and prompt + rejected,
 labels on the answers), replayed as such; the reference's forward passes (`train/reference.py`) are added to the
 time as 2 × parameters × tokens: once over every training pair when cached, over each step's pairs when
@@ -98,6 +107,8 @@ class Cost:
     # activation bytes at the peak without and with gradient checkpointing ({"off", "on"}): filled by
     # `activations_both_ways` for the calculator's rows; None where not asked or the model cannot checkpoint
     activations_by_checkpointing: dict[str, int] | None = None
+    processes: int = 1                          # ranks sharing each step (`shard_memory`); memory is one rank's
+    strategy: str = "none"                      # distributed.strategy with several processes
 
     @property
     def peak_bytes(self) -> int:
@@ -114,8 +125,8 @@ class Cost:
 
     @property
     def seconds_per_step(self) -> float:
-        """A step that runs the model, at the hardware's peak × MFU."""
-        return self.flops_per_step / (self.hardware.peak_flops * self.hardware.mfu)
+        """A step that runs the model, at the hardware's peak × MFU, its FLOPs spread over the processes."""
+        return self.flops_per_step / (self.hardware.peak_flops * self.hardware.mfu * self.processes)
 
     @property
     def seconds(self) -> float:
@@ -136,12 +147,14 @@ class Cost:
                 "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
                 "seconds": self.seconds, "dollars": self.dollars, "notes": self.notes,
                 "gradient_checkpointing": self.gradient_checkpointing,
-                "activations_by_checkpointing": self.activations_by_checkpointing}
+                "activations_by_checkpointing": self.activations_by_checkpointing,
+                "processes": self.processes, "strategy": self.strategy}
 
 
-def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: int
+def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: int, processes: int = 1
              ) -> tuple[Workload, list[str] | None]:
-    """(workload, class names) of the training file `train` (schema, examples) as `cfg` batches it."""
+    """(workload, class names) of the training file `train` (schema, examples) as `cfg` batches it, on one of
+    `processes` ranks (each runs its share of the global batch)."""
     from ..data.schema import label_vocabulary
     from ..data.tokenize import tokenize_examples
 
@@ -165,7 +178,8 @@ def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: 
         mode = reference_mode(method, steps, per_epoch) if mode == "auto" else mode
         pairs = len(tokenized) if mode == "cached" else steps * cfg.train.batch_size
         reference = round(pairs * per_row * mean)
-    return (Workload(micro * per_row, cfg.train.batch_size // micro, len(longest.input_ids), longest.num_labels, mean,
+    passes = math.ceil(math.ceil(cfg.train.batch_size / processes) / micro)
+    return (Workload(micro * per_row, passes, len(longest.input_ids), longest.num_labels, mean,
                      steps, computed, source, reference), labels)
 
 
@@ -254,8 +268,8 @@ def precision_on(hardware: Hardware, requested: str) -> str:
     return requested if requested != "auto" else ("bf16" if hardware.bf16 else "fp32")
 
 
-def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
-    """The cost of training `cfg` on `hardware` (see the module docstring)."""
+def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
+    """The cost of training `cfg` on `hardware` (see the module docstring), per rank on `processes` ranks."""
     from ..config import with_method_defaults
     from ..models import load_tokenizer, resolve_model
 
@@ -264,7 +278,7 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
     cfg = with_method_defaults(cfg, task)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     device = torch.device(hardware.device)
-    work, labels = workload(cfg, train, tokenizer, default_micro_batch_size(device, cfg.train.batch_size))
+    work, labels = workload(cfg, train, tokenizer, default_micro_batch_size(device, cfg.train.batch_size), processes)
     runtime = Runtime(torch.device("cpu"), precision_on(hardware, cfg.train.precision))
     attention = pick_attention(cfg.train.attention, device, work.longest)
     full = skeleton_model(cfg.model, task=task, labels=labels, attention=attention, pooling=cfg.method.pooling,
@@ -281,15 +295,51 @@ def estimate(cfg: RunConfig, hardware: Hardware) -> Cost:
     memory = {"weights": weight_bytes(full, cfg.method.name == "qlora")}
     memory.update({kind: one.peak[kind] + (depth - 1) * (two.peak[kind] - one.peak[kind])
                    for kind in KINDS if kind != "weights"})
+    strategy = cfg.distributed.strategy if processes > 1 else "none"
+    memory, notes = shard_memory(memory, full, processes, strategy, work, task)
     memory.update(overheads(memory, hardware.device))
     flops = one.flops + (depth - 1) * (two.flops - one.flops)
-    notes = [] if cfg.method.name != "qlora" else [
-        "qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted"]
+    if cfg.method.name == "qlora":
+        notes.append("qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted")
     if work.reference_tokens:
         notes.append(f"preference: the reference reads {work.reference_tokens:,} tokens "
                      f"({2 * total * work.reference_tokens / 1e12:.3g} TFLOP at 2 × parameters per token), in the time")
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
-                trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing)
+                trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing, None, processes,
+                strategy)
+
+
+def block_bytes(model: torch.nn.Module) -> list[int]:
+    """The parameter bytes of each transformer block (the classes of `_no_split_modules`: FSDP's units)."""
+    from ..models.heads import underlying_model
+
+    names = set(getattr(underlying_model(model), "_no_split_modules", None) or ())
+    return [sum(p.numel() * p.element_size() for p in m.parameters()) for m in model.modules()
+            if type(m).__name__ in names]
+
+
+def shard_memory(memory: dict[str, int], model: torch.nn.Module, processes: int, strategy: str, work: Workload,
+                 task: str) -> tuple[dict[str, int], list[str]]:
+    """One rank's tensors by kind on `processes` ranks (the module docstring), and notes saying what was added."""
+    if processes == 1:
+        return memory, []
+    memory = dict(memory)
+    if strategy == "ddp":  # its buckets are allocated when the model is wrapped: live at every peak
+        memory["gradients"] += sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+        return memory, [f"ddp on {processes} processes: per-rank memory; gradients include DDP's buckets (a flat "
+                        f"fp32 copy of every trainable gradient)"]
+    blocks = block_bytes(model)
+    root = memory["weights"] - sum(blocks)
+    memory["weights"] = memory["weights"] // processes + root + 2 * max(blocks, default=0)
+    memory["gradients"] //= processes
+    memory["optimizer"] //= processes
+    notes = [f"fsdp on {processes} processes: per-rank memory; weights = all / {processes} + the root's "
+             f"{root / 2**20:,.0f} MiB + 2 blocks of {max(blocks, default=0) / 2**20:,.0f} MiB gathered"]
+    if task == "causal-lm":
+        vocab = model.get_output_embeddings().weight.shape[0]
+        memory["logits"] += 2 * 4 * work.micro_batch * work.longest * vocab
+        notes.append("fsdp: the head runs on every position (full logits, counted in logits)")
+    return memory, notes
 
 
 def activations_both_ways(cfg: RunConfig, cost: Cost) -> Cost:
@@ -300,7 +350,8 @@ def activations_both_ways(cfg: RunConfig, cost: Cost) -> Cost:
 
     other = not cfg.train.gradient_checkpointing
     try:
-        flipped = estimate(with_overrides(cfg, [f"train.gradient_checkpointing={str(other).lower()}"]), cost.hardware)
+        flipped = estimate(with_overrides(cfg, [f"train.gradient_checkpointing={str(other).lower()}"]), cost.hardware,
+                           cost.processes)
     except UserError:  # the architecture does not support gradient checkpointing
         return cost
     both = {cost.gradient_checkpointing: cost.memory["activations"], other: flipped.memory["activations"]}
@@ -328,10 +379,10 @@ def cheapest_fit(cfg: RunConfig, cost: Cost) -> tuple[str, Cost] | None:
 
     options = fixes(cfg, cost.workload)
     for what, overrides in options:
-        candidate = estimate(with_overrides(cfg, overrides), cost.hardware)
+        candidate = estimate(with_overrides(cfg, overrides), cost.hardware, cost.processes)
         if candidate.fits:
             return what, candidate
     last = dict(override.split("=", 1) for _, overrides in options for override in overrides)  # the last wins
     together = [f"{key}={value}" for key, value in last.items()]
-    candidate = estimate(with_overrides(cfg, together), cost.hardware)
+    candidate = estimate(with_overrides(cfg, together), cost.hardware, cost.processes)
     return (" ".join(together), candidate) if candidate.fits else None

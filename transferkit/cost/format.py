@@ -19,8 +19,9 @@ def duration(seconds: float) -> str:
 
 def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
     w, hw = cost.workload, cost.hardware
+    ranks = "" if cost.processes == 1 else f" × {cost.processes} processes ({cost.strategy}; memory per process)"
     lines = [f"{cost.method} on {cost.model} ({cost.task}, {cost.precision}) — {hw.name}: {mib(hw.memory_bytes)}, "
-             f"{hw.peak_flops / 1e12:.2f} TFLOP/s peak",
+             f"{hw.peak_flops / 1e12:.2f} TFLOP/s peak{ranks}",
              f"  data        {w.source}: longest {w.longest} tokens ({w.labelled} labelled), mean {w.mean_tokens:.0f}; "
              f"{w.steps} steps × {w.accumulation} × {w.micro_batch} sequences",
              f"  parameters  {cost.params_trainable:,} trainable of {cost.params_total:,} "
