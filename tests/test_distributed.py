@@ -124,9 +124,15 @@ def test_two_processes_train_what_one_does(tiny_config, tmp_path, method, strate
     assert two["distributed"] == {"world_size": 2, "strategy": strategy}
     assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-5)
     assert two["selection"]["chosen_step"] == one["selection"]["chosen_step"]
-    # written once: one line per event, one adapter
+    # written once: one line per event; the adapter holds the whole trained tensors (not a rank's empty shard)
     assert [e["step"] for e in train_events(tmp_path / "two")] == list(range(1, 7))
-    assert (tmp_path / "two" / "adapter").is_dir() and (tmp_path / "two" / "report.html").is_file()
+    weights = "adapter_model.safetensors" if method == "lora" else "trainable.safetensors"
+    saved_one, saved_two = (load_file(str(tmp_path / r / "adapter" / weights)) for r in ("one", "two"))
+    assert saved_one.keys() == saved_two.keys() and saved_one
+    for name, tensor in saved_one.items():
+        assert saved_two[name].shape == tensor.shape
+        assert torch.allclose(saved_two[name], tensor, atol=1e-5), name
+    assert (tmp_path / "two" / "report.html").is_file()
 
 
 # ---------------------------------------------------------------- the global step's label count

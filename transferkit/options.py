@@ -192,6 +192,10 @@ class DistributedConfig:
     reshard_after_forward: bool = opt(
         True, "fsdp only: free each block's gathered weights after its forward and gather them again for backward "
               "(ZeRO-3-like, least memory); false keeps them until backward (ZeRO-2-like, less communication)")
+    timeout_minutes: float = opt(
+        120, "how long a process waits for the others at a collective before the run fails: the other ranks wait "
+             "while the main process measures the base (prompting baseline, general ability) before the first step "
+             "(torch's own defaults, 10 min for NCCL and 30 for gloo, are shorter than a large baseline)", gt=0)
 
 
 @dataclass

@@ -8,6 +8,7 @@
     regularizers.py EWC / L2-SP;                     replay.py    general text mixed into batches
     hardware.py     micro-batch, attention kernel, bf16 storage, gradient checkpointing by device
     selection.py    the best validation's weights (train.select) and early stopping (train.patience)
+    distributed.py  several processes: each rank's share of a step, DDP / FSDP2, the main process writes
 """
 
 from .recipe import train

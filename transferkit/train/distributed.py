@@ -33,6 +33,7 @@ and GPU is one path tested. `deepspeed` is refused with the reason (`check_strat
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -108,10 +109,13 @@ def check_strategy(dist_cfg: DistributedConfig, method_quantizes: bool, penaltie
 
 
 def make_accelerator(dist_cfg: DistributedConfig, runtime: Runtime):
-    """accelerate's Accelerator (its state initialises the process group: gloo on CPU) and this rank's `World`."""
+    """accelerate's Accelerator (its state initialises the process group: gloo on CPU, `distributed.timeout_minutes`)
+    and this rank's `World`."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
-    accelerator = Accelerator(cpu=runtime.device.type == "cpu")
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=dist_cfg.timeout_minutes))
+    accelerator = Accelerator(cpu=runtime.device.type == "cpu", kwargs_handlers=[timeout])
     size = accelerator.num_processes
     world = World(accelerator.process_index, size, dist_cfg.strategy if size > 1 else "none")
     return accelerator, world
