@@ -87,9 +87,10 @@ def test_strategy_problems_are_named_together(monkeypatch):
     check_strategy(DistributedConfig(strategy="deepspeed"), True, True)  # one process: nothing to check
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError) as err:
-        check_strategy(DistributedConfig(strategy="fsdp", config_file="ds.json"), True, True)
+        check_strategy(DistributedConfig(strategy="fsdp"), True, True, max_minutes=5)
     message = str(err.value)
-    assert "4-bit" in message and "forgetting.ewc" in message and "distributed.config_file" in message
+    assert "4-bit" in message and "forgetting.ewc" in message
+    assert "train.max_minutes" in message
     with pytest.raises(ConfigError, match="deepspeed is not available yet"):
         check_strategy(DistributedConfig(strategy="deepspeed"), False, False)
     check_strategy(DistributedConfig(strategy="ddp"), True, True)
@@ -100,6 +101,16 @@ def test_processes_must_be_positive(tiny_config, tmp_path):
 
     config = write_config(tiny_config(), tmp_path / "c.yaml")
     assert main(["train", "--processes", "0", str(config)]) == 2
+
+
+def test_a_refused_strategy_is_one_line_and_exit_code_2_through_the_launcher(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(tiny_config("distributed.strategy=deepspeed", f"output_dir={run}"), tmp_path / "ds.yaml")
+    done = launch("--processes", "2", str(config))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: config key 'distributed.strategy': deepspeed is not available yet" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not run.exists()  # refused before anything was written
 
 
 # ---------------------------------------------------------------- 2 processes == 1 process

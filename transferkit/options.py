@@ -184,11 +184,8 @@ class DistributedConfig:
         "ddp", "with several processes (`transferkit train --processes N` or `accelerate launch -m transferkit "
                "train`): `ddp` = every process holds the whole model and gradients are averaged (accelerate's DDP); "
                "`fsdp` = weights, gradients and optimizer state sharded over the processes (PyTorch FSDP2's "
-               "fully_shard on every transformer block and the root); `deepspeed` = DeepSpeed ZeRO through "
-               "accelerate, configured by `config_file`. One process: ignored")
-    config_file: Optional[str] = opt(
-        None, "deepspeed only: the DeepSpeed JSON config passed through to the engine (ZeRO stage, offload, ...); "
-              "transferkit sets its micro-batch, accumulation, clipping and precision from `train`; null: ZeRO-2")
+               "fully_shard on every transformer block and the root); `deepspeed` = refused for now, with the reason "
+               "(docs/distributed.md). One process: ignored")
     reshard_after_forward: bool = opt(
         True, "fsdp only: free each block's gathered weights after its forward and gather them again for backward "
               "(ZeRO-3-like, least memory); false keeps them until backward (ZeRO-2-like, less communication)")

@@ -89,11 +89,15 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def check_strategy(dist_cfg: DistributedConfig, method_quantizes: bool, penalties: bool) -> None:
+def check_strategy(dist_cfg: DistributedConfig, method_quantizes: bool, penalties: bool,
+                   max_minutes: float | None = None) -> None:
     """Every problem of the distributed section at once, before anything is written (with several processes)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     problems = []
+    if max_minutes is not None:
+        problems.append("config key 'train.max_minutes': each process keeps its own clock, and processes that "
+                        "disagreed on the last step would wait for each other forever; give train.max_steps")
     if dist_cfg.strategy == "deepspeed":
         problems.append(DEEPSPEED_BLOCKED)
     if dist_cfg.strategy == "fsdp" and method_quantizes:
@@ -102,8 +106,6 @@ def check_strategy(dist_cfg: DistributedConfig, method_quantizes: bool, penaltie
     if dist_cfg.strategy == "fsdp" and penalties:
         problems.append("config keys 'forgetting.ewc' / 'forgetting.l2sp': their anchors are not sharded under "
                         "fsdp yet; use distributed.strategy=ddp")
-    if dist_cfg.config_file is not None and dist_cfg.strategy != "deepspeed":
-        problems.append("config key 'distributed.config_file' is read by the deepspeed strategy only; remove it")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -211,7 +211,8 @@ def prepare_inputs(cfg: RunConfig, method: Method, runtime: Runtime):
     check_evaluation(cfg.eval, cfg.forgetting, task)
     check_diagnose(cfg)
     check_available(cfg.train.report_to)
-    check_strategy(cfg.distributed, method.quantize_base, bool(cfg.forgetting.ewc or cfg.forgetting.l2sp))
+    check_strategy(cfg.distributed, method.quantize_base, bool(cfg.forgetting.ewc or cfg.forgetting.l2sp),
+                   cfg.train.max_minutes)
     tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
     splits = load_splits(cfg.data, tokenizer, cfg.seed, train=train_data)
     seed_everything(cfg.seed)  # a classifier's new head is initialised here
