@@ -142,6 +142,14 @@ def shard_model(model: torch.nn.Module, world: World, dist_cfg: DistributedConfi
     return model
 
 
+def take_over_cores(world: World) -> None:
+    """On the CPU, once the other processes on this machine have ended (after the last checkpoint), the main process
+    finishing alone uses their threads too: the launcher gave each process 1/LOCAL_WORLD_SIZE of the cores."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world.size > 1 and local > 1:
+        torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads() * local))
+
+
 def share(items: list[Tokenized], world: World) -> list[Tokenized]:
     """This rank's contiguous share of a step's sequences: sizes differ by at most one, rank 0 first."""
     base, extra = divmod(len(items), world.size)

@@ -24,6 +24,7 @@ from ..models.packaged import portable_reference
 from ..options import MethodConfig
 from ..report import write_report
 from ..rundir import RunDir
+from .distributed import take_over_cores
 from .loop import FitStats
 from .setup import Session, adapt, load_for_task, scored_split, training_storage
 
@@ -35,10 +36,17 @@ def consolidate(s: Session) -> torch.nn.Module | None:
     wrapper, or under FSDP a fresh copy of the base with the method applied and the trained tensors gathered into
     it (every rank takes part in the gathering)."""
     if not s.world.sharded:
-        return s.model if s.world.is_main else None
-    trained = trainable_tensors(s.parts.model)
-    if not s.world.is_main:
-        return None
+        model = s.model if s.world.is_main else None
+    else:
+        trained = trainable_tensors(s.parts.model)
+        model = None if not s.world.is_main else plain_copy(s, trained)
+    if model is not None and s.runtime.device.type == "cpu":
+        take_over_cores(s.world)
+    return model
+
+
+def plain_copy(s: Session, trained: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A fresh base with the method applied as training applied it, holding the `trained` tensors."""
     model, _, _ = load_for_task(s.cfg, s.method, s.splits, s.tokenizer, s.runtime)
     model = adapt(model, s.method, s.cfg.method, training_storage(s.cfg.train, s.world), TASK_OF_SCHEMA[s.splits.schema],
                   s.runtime)
