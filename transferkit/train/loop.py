@@ -135,8 +135,9 @@ class Batches:
 
 
 def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, max_grad_norm: float,
-                   stop_requested: bool = False) -> StepResult:
-    """One optimizer step over the global step's `items` (see the module docstring); this rank runs its share."""
+                   stop: StopRequest | None = None) -> StepResult:
+    """One optimizer step over the global step's `items` (see the module docstring); this rank runs its share.
+    `stop` is read after the backward passes, so a signal during this step stops the run after it."""
     model, device, world = parts.model, parts.runtime.device, parts.world
     n_labels = sum(t.num_labels for t in items)  # tokens or examples of the whole step, known on the host: no sync
     loss_total = torch.zeros((), device=device)
@@ -153,7 +154,8 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         loss_total += weight * loss_sum.detach()
         for name, value in sums.items():
             figures[name] = figures.get(name, 0) + weight * value
-    loss_total, figures, stop = reduce_step(world, loss_total, figures, stop_requested)
+    requested = stop is not None and stop.signum is not None
+    loss_total, figures, stopping = reduce_step(world, loss_total, figures, requested)
     penalty = sum((p.add_gradient() for p in parts.penalties), torch.zeros((), dtype=torch.float64))
     params = trainable_parameters(model)
     if max_grad_norm > 0:
@@ -167,7 +169,7 @@ def optimizer_step(parts: Parts, items: list[Tokenized], micro_batch_size: int, 
         parts.optimizer.step()
         parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_total, n_labels, grad_norm, finite, float(penalty), figures, stop)
+    return StepResult(loss_total, n_labels, grad_norm, finite, float(penalty), figures, stopping)
 
 
 def reduce_step(world: World, loss_sum: torch.Tensor, figures: dict[str, torch.Tensor], stop: bool
@@ -251,7 +253,7 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
         task, replayed = batches.next(state)
         items = task + replayed
         lr = parts.optimizer.param_groups[0]["lr"]
-        result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm, stop.signum is not None)
+        result = optimizer_step(parts, items, plan.micro_batch, train_cfg.max_grad_norm, stop)
         state.seconds += time.perf_counter() - step_started  # optimizer steps only: what train.max_minutes counts
         if not result.applied:
             bad_in_a_row, stats.skipped_steps = bad_in_a_row + 1, stats.skipped_steps + 1
