@@ -16,13 +16,14 @@ Each rank runs the same `setup → fit → finish` on the same data. What the wo
                             whole global step (known on every rank from the host-side data: no communication) and
                             W the world size, because DDP and FSDP average gradients over ranks:
                             (1/W) Σ_r W ∇Σ_r loss / N_step = ∇ Σ_all loss / N_step, exactly the one-process gradient
-    the step's figures      one all-reduce per step of [loss sum, figure sums, stop requested] (`Reduced`): the
+    the step's figures      one all-reduce per step of [loss sum, figure sums, stop requested] (`loop.reduce_step`): the
                             logged loss is the global step's, and every rank skips a non-finite step and stops on a
                             SIGTERM at the same step
     files                   the main process writes (`RunDir(writer=False)` elsewhere); checkpoints gather the
                             sharded tensors on every rank first (a collective), then the main process writes them
-    finish                  the main process alone, on a plain model (`plain_model`: under FSDP the trained tensors
-                            gathered into a fresh copy); the other ranks return once the last checkpoint is written
+    finish                  the main process alone, on a plain model (`finish.consolidate`: under FSDP the trained
+                            tensors gathered into a fresh copy); the other ranks return once the last checkpoint is
+                            written, and on the CPU the main process takes over their cores (`take_over_cores`)
 
 Strategies: `ddp` is accelerate's DistributedDataParallel (gloo on CPU, NCCL on GPU). `fsdp` is PyTorch FSDP2's
 `fully_shard` on every transformer block (the model's `_no_split_modules`) and then the root, applied here on every
