@@ -128,9 +128,10 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     """Prepare a run described by `cfg` in `run` (see the module docstring)."""
     wall_start, clock = time.perf_counter(), Stopwatch()
     runtime = Runtime.resolve(cfg.train.device, cfg.train.precision)
+    # First: with several GPUs it sets this rank's device, before anything (the memory watch) touches CUDA.
+    accelerator, world = make_accelerator(cfg.distributed, runtime)
     memory = MemoryWatch(runtime.device)  # before the model exists
     resume_from = check_run_dir(run, resume, overwrite)
-    accelerator, world = make_accelerator(cfg.distributed, runtime)
     world.barrier()  # the main process has folded a chained base (`api.train`) before any rank loads it
     method = get_method(cfg.method.name)
     with clock("load"):
