@@ -11,17 +11,25 @@ model is called, so it computes the full logits.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
-from torch.distributed.fsdp import FSDPModule
 
 from ..data.tokenize import IGNORE
 from ..models.heads import underlying_model, uses_virtual_tokens
 
 
+def _sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP shards `model`; torch's FSDP module (about a second to import) is only looked at once the
+    training of several processes has imported it."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
 def _body_and_head(model: torch.nn.Module):
     """(decoder body returning last_hidden_state, output head) or None."""
-    if uses_virtual_tokens(model) or isinstance(model, FSDPModule):
+    if uses_virtual_tokens(model) or _sharded(model):
         return None
     inner = underlying_model(model)
     get_decoder = getattr(inner, "get_decoder", None)
