@@ -149,17 +149,14 @@ def test_two_processes_train_what_one_does(tiny_config, tmp_path, method, strate
 def test_two_machines_on_one_host_train_what_one_process_does(tiny_config, tmp_path):
     """docs/distributed.md's two-machine commands, both machines on this host (one process each, rank 0's address
     127.0.0.1): the same run as one process."""
-    import socket
-
     from transferkit.api import train
+    from transferkit.cli import free_port
 
     overrides = ("eval.baseline=false", "forgetting.reference=none", "eval.max_new_tokens=4")
     train(tiny_config(*overrides, "train.micro_batch_size=4", f"output_dir={tmp_path / 'one'}"))
     config = write_config(tiny_config(*overrides, "train.micro_batch_size=2", f"output_dir={tmp_path / 'two'}"),
                           tmp_path / "two.yaml")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     machines = [subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines",
                                   "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                                   "--main_process_port", str(port), "--num_processes", "2", "--mixed_precision", "no",

@@ -76,12 +76,23 @@ def cmd_train(args) -> int:
     if config_path is None:
         raise UserError("give a config file, e.g. `transferkit train recipes/quickstart.yaml`")
     cfg = load_config(config_path, overrides)
-    if args.processes < 1:
-        raise UserError(f"--processes {args.processes}: give 1 or more processes")
+    check_processes(args.processes)
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:  # checked here, then every rank runs this command
         return launch_processes(args.processes, train_argv(args))
     train(cfg, resume=bool(args.resume), overwrite=args.overwrite)
     return 0
+
+
+def check_processes(processes: int) -> None:
+    if processes < 1:
+        raise UserError(f"--processes {processes}: give 1 or more processes")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now: where the launched processes meet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def train_argv(args) -> list[str]:
@@ -97,12 +108,9 @@ def launch_processes(processes: int, argv: list[str]) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     launch = launch_command_parser().parse_args([
         "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "transferkit", *argv])
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "transferkit", *argv])
     try:
         launch_command(launch)
     except ChildFailedError as exc:
@@ -289,8 +297,7 @@ def cmd_cost(args) -> int:
         print(json.dumps({**measured.calibrated().as_dict(), "calibration": measured.as_dict()}, indent=2)
               if args.json else format_calibration(measured))
         return 0
-    if args.processes < 1:
-        raise UserError(f"--processes {args.processes}: give 1 or more processes")
+    check_processes(args.processes)
     rows = cost(cfg, hardware, all_methods=args.method == "all", processes=args.processes)
     if args.json:
         print(json.dumps([{**c.as_dict(), "fix": None if f is None else {"change": f[0], **f[1].as_dict()}}

@@ -310,12 +310,10 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
 
 
 def block_bytes(model: torch.nn.Module) -> list[int]:
-    """The parameter bytes of each transformer block (the classes of `_no_split_modules`: FSDP's units)."""
-    from ..models.heads import underlying_model
+    """The parameter bytes of each transformer block (FSDP's units: `models.heads.transformer_blocks`)."""
+    from ..models.heads import transformer_blocks
 
-    names = set(getattr(underlying_model(model), "_no_split_modules", None) or ())
-    return [sum(p.numel() * p.element_size() for p in m.parameters()) for m in model.modules()
-            if type(m).__name__ in names]
+    return [sum(p.numel() * p.element_size() for p in block.parameters()) for block in transformer_blocks(model)]
 
 
 def shard_memory(memory: dict[str, int], model: torch.nn.Module, processes: int, strategy: str, work: Workload,

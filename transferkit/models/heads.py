@@ -31,6 +31,13 @@ def uses_virtual_tokens(model: torch.nn.Module) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated transformer blocks: the modules of the classes it names in `_no_split_modules`
+    (transformers' unit of device placement; FSDP's unit of sharding). [] when it names none."""
+    names = set(getattr(underlying_model(model), "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
 def is_head(module_name: str) -> bool:
     """Whether a module name is an output or task head (never adapted by LoRA or IA3)."""
     return module_name.split(".")[-1] in HEAD_NAMES

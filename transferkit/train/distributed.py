@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from ..data.tokenize import Tokenized
 from ..errors import ConfigError
-from ..models.heads import underlying_model
+from ..models.heads import transformer_blocks, underlying_model
 from ..options import DistributedConfig
 from ..runtime import Runtime
 
@@ -131,14 +131,13 @@ def shard_model(model: torch.nn.Module, world: World, dist_cfg: DistributedConfi
         return model
     from torch.distributed.fsdp import fully_shard
 
-    block_names = set(getattr(underlying_model(model), "_no_split_modules", None) or ())
-    if not block_names:
+    blocks = transformer_blocks(model)
+    if not blocks:
         raise ConfigError(f"config key 'distributed.strategy': fsdp needs the model's transformer block class "
                           f"(`_no_split_modules`), which {type(underlying_model(model)).__name__} does not declare; "
                           f"use ddp")
-    for module in list(model.modules()):
-        if type(module).__name__ in block_names:
-            fully_shard(module, reshard_after_forward=dist_cfg.reshard_after_forward)
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=dist_cfg.reshard_after_forward)
     fully_shard(model, reshard_after_forward=dist_cfg.reshard_after_forward)
     return model
 
