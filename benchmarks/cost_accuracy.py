@@ -13,11 +13,11 @@ Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --j
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
 CUDA); measured step time = the steps after the first. Printed per row: predicted and measured peak and their
-ratio; step time predicted at one calibrated speed (the median FLOP/s over all rows, as `--calibrate` would
-give) and measured. Then, over all rows: the median of (measured − predicted) peak, which is what
-`FRAMEWORK_BYTES` should hold, the rows within 10 % once it is added, the rows whose step time the median
-speed predicts within 25 %, and the median MFU, which is what the hardware table's `cpu` entry should
-assume. `--rows FILE` re-summarises a saved run.
+ratio; the step's operators and bytes moved; step time predicted with the package's constants, and measured.
+Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
+10 %; the time constants (`CPU_MFU`, `CPU_BANDWIDTH_USE`, `CPU_OP_SECONDS`) refitted (`fit_time`), and the rows
+within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
+the old model's count (FLOPs alone at the median speed). `--rows FILE` re-summarises a saved run.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "predicted_bytes": calibration["predicted_peak_bytes"], "measured_bytes": calibration["measured_peak_bytes"],
             "memory_bytes": result["memory_bytes"], "predicted_s": calibration["predicted_seconds_per_step"],
             "measured_s": calibration["measured_seconds_per_step"], "mfu": calibration["measured_mfu"],
-            "flops_per_step": result["flops_per_step"]}
+            "flops_per_step": result["flops_per_step"], "ops_per_step": result["ops_per_step"],
+            "traffic_bytes_per_step": result["traffic_bytes_per_step"],
+            "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}
 
 
 def fit_overheads(rows: list[dict]) -> tuple[float, float]:
@@ -107,14 +109,55 @@ def predicted_now(row: dict) -> float:
 
 
 def within(rows: list[dict], predict, tolerance: float) -> int:
-    return sum(abs(predict(r) / r["measured_bytes"] - 1) <= tolerance for r in rows)
+    return int(sum(abs(predict(r) / r["measured_bytes"] - 1) <= tolerance for r in rows))
+
+
+TIME_TERMS = ("operators", "flops", "traffic")  # what the time model charges (estimate.Cost.seconds_per_step)
+
+
+def time_features(row: dict) -> list[float]:
+    """A row's step under the time model with unit constants: [operators, FLOPs ÷ peak, bytes ÷ bandwidth];
+    the model's constants are then [seconds per operator, 1 / MFU, 1 / bandwidth share]."""
+    return [row["ops_per_step"], row["flops_per_step"] / row["peak_flops"],
+            row["traffic_bytes_per_step"] / row["bandwidth"]]
+
+
+def fit_time(rows: list[dict]) -> dict[str, float]:
+    """{"op_seconds", "mfu", "bandwidth_use"} minimising the relative error of the measured step times under
+    the CPU's time model (non-negative least squares: each term can only add time)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    measured = np.array([r["measured_s"] for r in rows], float)
+    design = np.array([time_features(r) for r in rows], float) / measured[:, None]
+    (op_seconds, per_flop, per_byte), _ = nnls(design, np.ones(len(rows)))
+    return {"op_seconds": float(op_seconds), "mfu": 1 / per_flop if per_flop else float("inf"),
+            "bandwidth_use": 1 / per_byte if per_byte else float("inf")}
+
+
+def predict_time(constants: dict[str, float]):
+    return lambda r: (r["ops_per_step"] * constants["op_seconds"] + r["flops_per_step"] / r["peak_flops"] /
+                      constants["mfu"] + r["traffic_bytes_per_step"] / r["bandwidth"] / constants["bandwidth_use"])
+
+
+def package_time() -> dict[str, float]:
+    """The CPU time constants `transferkit cost` uses today."""
+    from transferkit.cost.hardware import CPU_BANDWIDTH_USE, CPU_MFU, CPU_OP_SECONDS
+
+    return {"op_seconds": CPU_OP_SECONDS, "mfu": CPU_MFU, "bandwidth_use": CPU_BANDWIDTH_USE}
+
+
+def timed_within(rows: list[dict], predict, tolerance: float = 0.25) -> int:
+    return int(sum(abs(predict(r) / r["measured_s"] - 1) <= tolerance for r in rows))
 
 
 def summarise(rows: list[dict]) -> dict:
     """How many rows the package's constants predict within 10 %; the constants refitted on all rows, and
-    each model's rows predicted with constants fitted on the other model's only (held out); and one calibrated
-    speed (median FLOP/s) with how many step times it predicts within 25 %. QLoRA rows are left out of the
-    fits (their float base, loaded then quantized, stays partly resident: see docs/cost.md)."""
+    each model's rows predicted with constants fitted on the other model's only (held out). The same for step
+    time within 25 %: the package's time constants, the same once scaled by one calibration (the median of
+    measured ÷ predicted over all rows: what `--calibrate` on a typical config gives), refitted, held out by
+    model. QLoRA rows are left out of the memory fits (their float base, loaded then quantized, stays partly
+    resident: see docs/cost.md); the time fits use every row."""
     good = [r for r in rows if "error" not in r]
     fitted = [r for r in good if r["method"] != "qlora"]
     slack, framework = fit_overheads(fitted)
@@ -123,37 +166,54 @@ def summarise(rows: list[dict]) -> dict:
         return lambda r: (sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS) + constants[1] +
                           constants[0] * (r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"]))
 
-    held_out = 0
-    for model in {r["model"] for r in fitted}:
+    held_out = timed_held_out = 0
+    for model in {r["model"] for r in good}:
         others = [r for r in fitted if r["model"] != model]
         if others:
             held_out += within([r for r in fitted if r["model"] == model], with_fit(fit_overheads(others)), 0.10)
-    speed = statistics.median(r["flops_per_step"] / r["measured_s"] for r in good)
-    timed = [r for r in good if abs(r["flops_per_step"] / speed / r["measured_s"] - 1) <= 0.25]
+        others = [r for r in good if r["model"] != model]
+        if others:
+            timed_held_out += timed_within([r for r in good if r["model"] == model], predict_time(fit_time(others)))
+    now = predict_time(package_time())
+    scale = statistics.median(r["measured_s"] / now(r) for r in good)
+    time_fit = fit_time(good)
     return {"rows": len(rows), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
             "within_10pct_now": within(good, predicted_now, 0.10),
             "within_10pct_now_without_qlora": within(fitted, predicted_now, 0.10),
             "fit": {"activation_slack": slack, "framework_bytes": framework,
                     "within_10pct_in_sample": within(fitted, with_fit((slack, framework)), 0.10),
                     "within_10pct_held_out_by_model": held_out},
-            "median_mfu": statistics.median(r["mfu"] for r in good), "median_flops_per_s": speed,
-            "time_within_25pct_at_median_speed": len(timed)}
+            "median_mfu": statistics.median(r["mfu"] for r in good),
+            "time": {"within_25pct_now": timed_within(good, now), "calibration_scale": scale,
+                     "within_25pct_calibrated": timed_within(good, lambda r: now(r) * scale),
+                     "fit": time_fit, "within_25pct_in_sample": timed_within(good, predict_time(time_fit)),
+                     "within_25pct_held_out_by_model": timed_held_out,
+                     "flops_alone_within_25pct_calibrated": flops_alone(good)}}
 
 
-def table(rows: list[dict], speed: float) -> str:
+def flops_alone(rows: list[dict]) -> int:
+    """Rows whose step time the old model (FLOPs at one calibrated speed, the median) predicts within 25 %."""
+    speed = statistics.median(r["flops_per_step"] / r["measured_s"] for r in rows)
+    return timed_within(rows, lambda r: r["flops_per_step"] / speed)
+
+
+def table(rows: list[dict]) -> str:
+    now = predict_time(package_time())
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
-             "step s predicted | step s measured | ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "operators | GB moved | step s predicted | step s measured | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} ||||||")
+            lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} "
+                         f"||||||||")
             continue
         tensors = sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS)
         predicted = predicted_now(r)
         lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
                      f"{tensors / 2**20:,.0f} | {predicted / 2**20:,.0f} | "
                      f"{r['measured_bytes'] / 2**20:,.0f} | {predicted / r['measured_bytes']:.2f} | "
-                     f"{r['flops_per_step'] / speed:.2f} | {r['measured_s']:.2f} | "
-                     f"{r['flops_per_step'] / speed / r['measured_s']:.2f} |")
+                     f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | "
+                     f"{now(r):.2f} | {r['measured_s']:.2f} | {now(r) / r['measured_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -174,7 +234,7 @@ def main() -> None:
     if args.rows:
         rows = json.loads(args.rows.read_text())["rows"]
         summary = summarise(rows)
-        print(table(rows, summary["median_flops_per_s"]))
+        print(table(rows))
         print(json.dumps(summary))
         return
     with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
@@ -191,7 +251,7 @@ def main() -> None:
             if args.out:  # the rows so far, so that an interrupted run keeps them (--rows re-summarises)
                 write(args.out, {"rows": rows})
     summary = summarise(rows)
-    print(table(rows, summary["median_flops_per_s"]))
+    print(table(rows))
     print(json.dumps(summary))
     if args.out:
         write(args.out, {"summary": summary, "rows": rows})

@@ -48,8 +48,10 @@ def test_terms_match_the_model_a_run_builds(tiny_config):
     assert 0 < cost.memory["gradients"] <= 4 * sum(p.numel() for p in trained)
     assert cost.memory["activations"] > 0 and cost.flops_per_step > 0
     assert cost.workload.micro_batch == 2 and cost.workload.accumulation == 2 and cost.workload.steps == 2
+    # custom hardware without --bandwidth / --op-us: FLOPs alone are priced
     assert cost.seconds == pytest.approx(2 * cost.flops_per_step / (1e12 * 0.5))
     assert cost.dollars == pytest.approx(cost.seconds / 3600 * 2.0)
+    assert cost.ops_per_step > 0 and cost.traffic_per_step > 0
 
 
 def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
@@ -65,6 +67,51 @@ def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
     for kind in ("activations", "gradients", "optimizer"):
         assert three.peak[kind] == pytest.approx(one.peak[kind] + 2 * (two.peak[kind] - one.peak[kind]), rel=0.05)
     assert three.flops == one.flops + 2 * (two.flops - one.flops)
+    assert three.ops == one.ops + 2 * (two.ops - one.ops)
+    assert three.traffic == one.traffic + 2 * (two.traffic - one.traffic)
+
+
+def test_operators_and_bytes_moved_by_hand():
+    """`OpWork` on a few operators whose bytes are known: an elementwise op reads its inputs and writes its
+    output; a view moves nothing; an in-place op reads both and writes its target; a reduction writes one
+    element; a gather reads only the rows it writes; a question (prim.device) is not an operator."""
+    from transferkit.cost.simulate import OpWork
+
+    x, w = torch.ones(4, 8), torch.ones(100, 8)        # 128 B, 3,200 B
+    index = torch.tensor([1, 2, 3])                    # 24 B of int64
+    with OpWork() as work:
+        y = x * 2                      # reads 128, writes 128
+        v = y.view(8, 4)               # a view: 0
+        v.add_(1)                      # reads 128 (self), writes 128 (self); the scalar is no tensor
+        y.sum()                        # reads 128, writes 4
+        torch.nn.functional.embedding(index, w)  # writes 3 × 8 × 4 = 96, reads what it writes
+        x.device                       # not dispatched as an aten operator
+    assert work.ops == 5
+    assert work.traffic == (128 + 128) + 0 + (128 + 128) + (128 + 4) + (96 + 96)
+
+
+def test_step_time_adds_its_terms_on_a_cpu_and_overlaps_the_host_on_a_gpu():
+    """seconds per step = FLOPs / (peak × MFU) + bytes / (bandwidth × share) + operators × seconds each on a
+    CPU; max(device, host) on a GPU; × time_scale; a preference run adds its reference passes at the FLOP rate."""
+    from transferkit.cost.estimate import Cost, Workload
+    from transferkit.cost.hardware import Hardware
+
+    cpu = Hardware("m", "cpu", 2**30, 1e12, 0.5, "test", 3.6, False, "test", 1e10, 0.5, 1e-5)
+    work = Workload(1, 1, 8, 8, 8.0, 10, 10, "test")
+    cost = Cost("lora", "m", "causal-lm", cpu, "fp32", work, 100, 10, 40, {}, 1e12, ops_per_step=20_000,
+                traffic_per_step=10**10)
+    # 1e12 / 5e11 = 2 s of FLOPs; 1e10 / 5e9 = 2 s of bytes; 20,000 × 10 µs = 0.2 s of dispatch
+    assert cost.step_parts == pytest.approx({"flops": 2.0, "traffic": 2.0, "operators": 0.2})
+    assert cost.seconds_per_step == pytest.approx(4.2)
+    assert cost.seconds == pytest.approx(42.0) and cost.dollars == pytest.approx(42.0 / 3600 * 3.6)
+    gpu = dataclasses.replace(cost, hardware=dataclasses.replace(cpu, device="cuda"))
+    assert gpu.seconds_per_step == pytest.approx(4.0)              # the device's 4 s hide the host's 0.2
+    host_bound = dataclasses.replace(gpu, ops_per_step=1_000_000)  # 10 s of dispatch
+    assert host_bound.seconds_per_step == pytest.approx(10.0)
+    scaled = dataclasses.replace(cost, hardware=dataclasses.replace(cpu, time_scale=1.5))
+    assert scaled.seconds_per_step == pytest.approx(6.3)
+    preference = dataclasses.replace(cost, workload=dataclasses.replace(work, reference_tokens=5 * 10**9))
+    assert preference.seconds == pytest.approx(42.0 + 2 * 100 * 5e9 / 5e11)  # 2 × parameters × tokens
 
 
 def test_a_run_that_does_not_fit_gets_the_cheapest_change_that_does(tiny_config):
@@ -128,6 +175,21 @@ def test_the_training_peak_is_measured_apart_from_what_came_before():
     assert facts["train_peak_measured_apart"]
     assert 120 * 2**20 <= facts["train_peak_increase_bytes"] < 200 * 2**20
     assert facts["peak_bytes"] >= facts["before_model_bytes"] + 250 * 2**20
+
+
+def test_memory_freed_before_training_is_given_back_to_the_system():
+    """Small blocks freed below a live one stay in the C heap (resident) until `malloc_trim` returns them;
+    training starts by doing so, so its peak does not carry what loading left behind."""
+    from transferkit.runtime import memory_now_bytes, release_freed_memory
+
+    cpu = torch.device("cpu")
+    blocks = [torch.ones(16_384) for _ in range(4_000)]  # 4,000 × 64 KiB, below glibc's mmap threshold
+    top = torch.ones(16_384)  # allocated above them: the heap's top stays in use, so free() cannot trim it
+    del blocks
+    held = memory_now_bytes(cpu)
+    assert release_freed_memory(cpu)
+    assert memory_now_bytes(cpu) < held - 150 * 2**20
+    del top
 
 
 @pytest.mark.parametrize("method,checkpointing", [("lora", False), ("full", False), ("prefix", False),
@@ -199,6 +261,7 @@ def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
     measured = calibrate(cfg, get_hardware("cpu"), steps=2)
     assert measured.steps == 2 and measured.peak_bytes > 0 and measured.seconds_per_step > 0
     assert measured.calibrated().seconds == pytest.approx(40 * measured.seconds_per_step)
+    assert measured.time_scale == pytest.approx(measured.seconds_per_step / measured.predicted.seconds_per_step)
     assert measured.mfu == pytest.approx(measured.predicted.flops_per_step / (
         measured.seconds_per_step * measured.predicted.hardware.peak_flops))
     assert not (Path(cfg.output_dir)).exists()  # nothing written where the real run would go

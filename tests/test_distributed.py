@@ -316,5 +316,5 @@ def test_cost_per_rank_under_ddp_and_fsdp(tiny_config, method):
     assert fsdp.memory["optimizer"] == one.memory["optimizer"] // 2
     vocab = model.get_output_embeddings().weight.shape[0]
     assert fsdp.memory["logits"] == one.memory["logits"] + 8 * 2 * one.workload.longest * vocab
-    assert fsdp.seconds_per_step == pytest.approx(one.seconds_per_step / 2)
+    assert fsdp.seconds_per_step == pytest.approx(one.seconds_per_step)  # each rank runs what one process ran
     assert (one.processes, ddp.strategy, fsdp.strategy) == (1, "ddp", "fsdp")

@@ -150,3 +150,13 @@ def test_eval_measures_forgetting_against_the_4bit_base(folder, tiny_config):
     result, _ = evaluate_run(cfg.data.test, run_dir=cfg.output_dir, precision="fp32",
                              eval_cfg=cfg.eval)
     assert result["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_4bit_base_keeps_no_map_of_its_float_file(folder):
+    """Quantizing reads every float weight of the file; the tensors left in float (embeddings, norms) get
+    memory of their own, so the file's memory map (and every page read through it) is released."""
+    from pathlib import Path
+
+    model, _, _ = load_model(str(folder), quantize_4bit=True)
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
+    assert model.is_loaded_in_4bit and mapped == []

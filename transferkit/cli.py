@@ -287,7 +287,8 @@ def cmd_cost(args) -> int:
     config_path, overrides = args.config, list(args.overrides)
     cfg = load_config(config_path, overrides)
     if args.tflops is not None or args.memory is not None:
-        hardware = custom_hardware(args.memory or 0, args.tflops or 0, args.price_per_hour, args.mfu, args.device)
+        hardware = custom_hardware(args.memory or 0, args.tflops or 0, args.price_per_hour, args.mfu, args.device,
+                                   args.bandwidth, args.op_us)
     else:
         hardware = get_hardware(args.hardware, args.hardware_file)
     if args.calibrate:
@@ -362,8 +363,13 @@ def add_cost_parser(sub) -> None:
     p.add_argument("--memory", type=float, help="custom hardware: GiB of memory")
     p.add_argument("--tflops", type=float, help="custom hardware: peak TFLOP/s")
     p.add_argument("--price-per-hour", type=float, default=0.0, help="custom hardware: US dollars per hour")
-    p.add_argument("--mfu", type=float, default=0.35, help="custom hardware: share of the peak a step reaches")
+    p.add_argument("--mfu", type=float, default=0.35,
+                   help="custom hardware: share of the peak FLOP/s a step's matmuls reach")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="custom hardware: a GPU or a CPU")
+    p.add_argument("--bandwidth", type=float, default=0.0, metavar="GB/S",
+                   help="custom hardware: memory bandwidth a step's elementwise operators reach (0: not priced)")
+    p.add_argument("--op-us", type=float, default=0.0, metavar="US",
+                   help="custom hardware: microseconds to dispatch one operator (0: not priced)")
     p.add_argument("--calibrate", type=int, nargs="?", const=5, default=0, metavar="STEPS",
                    help="also train STEPS (default 5) real steps here, evaluation off, and hold the prediction "
                         "against them (memory, time, this machine's MFU)")
@@ -382,7 +388,8 @@ def add_recommend_parser(sub) -> None:
                                    "smollm2-135m)")
     p.add_argument("--hardware", default="cpu", help="a name from the hardware table, or cpu (this machine)")
     p.add_argument("--hardware-file", help="a YAML file of extra hardware entries")
-    p.add_argument("--budget-minutes", type=float, help="leave out what takes longer (at the hardware's MFU)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="leave out what takes longer (as transferkit cost prices it on the hardware)")
     p.add_argument("--forgetting", choices=["low", "any"], default="any",
                    help="low: the base must keep what it knew (no full fine-tuning)")
     p.add_argument("--write", metavar="RECIPE.yaml", help="write the top choice as a ready-to-run config")

@@ -7,6 +7,7 @@ no forgetting reference), in a temporary folder that is deleted afterwards.
     measured step   seconds between the end of step 1 and the end of the last step (metrics.jsonl's `time`)
                     / the steps between: the first step (warm-up) excluded
     measured MFU    predicted FLOPs per step / (measured seconds per step × the hardware's peak FLOP/s)
+    time scale      measured ÷ predicted seconds per step: the calibrated cost is the prediction × it
 """
 
 from __future__ import annotations
@@ -50,10 +51,16 @@ class Calibration:
         """(predicted − measured) / measured peak."""
         return self.predicted.peak_bytes / self.peak_bytes - 1
 
+    @property
+    def time_scale(self) -> float:
+        """Measured ÷ predicted seconds per step (the prediction's own scale undone)."""
+        return self.seconds_per_step / self.predicted.seconds_per_step * self.predicted.hardware.time_scale
+
     def calibrated(self) -> Cost:
-        """The prediction with this machine's measured MFU in place of the assumed one."""
-        hardware = dataclasses.replace(self.predicted.hardware, mfu=self.mfu,
-                                       mfu_source=f"measured by --calibrate ({self.steps} steps)")
+        """The prediction with its time scaled to what this machine measured."""
+        hardware = dataclasses.replace(self.predicted.hardware, time_scale=self.time_scale,
+                                       mfu_source=f"{self.predicted.hardware.mfu_source}; × {self.time_scale:.2f} "
+                                                  f"measured by --calibrate ({self.steps} steps)")
         return dataclasses.replace(self.predicted, hardware=hardware)
 
     def as_dict(self) -> dict:
@@ -61,7 +68,8 @@ class Calibration:
                 self.predicted.peak_bytes, "memory_error": self.memory_error,
                 "measured_seconds_per_step": self.seconds_per_step,
                 "predicted_seconds_per_step": self.predicted.seconds_per_step,
-                "measured_mfu": self.mfu, "calibrated_seconds": self.calibrated().seconds}
+                "measured_mfu": self.mfu, "time_scale": self.time_scale,
+                "calibrated_seconds": self.calibrated().seconds}
 
 
 def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration:

@@ -10,8 +10,14 @@
                      difference
         allocator    what a device's allocator holds beyond the live tensors, as a share of the activations
         framework    a constant per device type (both fitted on measured runs: `overheads`)
-    FLOPs per step  counted on the same replay, extrapolated the same way
-    time            steps × FLOPs per step / (peak FLOP/s × MFU);  money = hours × price per hour
+    FLOPs per step  counted on the same replay, extrapolated the same way; so are the operators it dispatches
+                    and the bytes they read and write (`simulate.OpWork`)
+    time per step   FLOPs / (peak FLOP/s × MFU)  +  bytes / bandwidth  +  operators × seconds per operator
+                    (a roofline's two terms added, Williams et al. 2009, plus the host's dispatch: small steps
+                    are dispatch-bound, a full fine-tune's optimizer is bandwidth-bound); on a GPU the host runs
+                    ahead, so max(FLOPs + bytes, operators); × the hardware's time_scale (1, or measured ÷
+                    modelled by --calibrate)
+    time            steps × time per step;  money = hours × price per hour
                     (the probe: the first epoch's steps only; then its features are cached)
 
 The micro-batch simulated is the one that holds the most: `micro_batch_size` copies of the training file's
@@ -24,7 +30,7 @@ running `micro_batch_size` sequences per pass (`shard_memory`):
             for the whole step) + 2 blocks' weights gathered (the one computing and the one prefetched);
             causal LM: + the full logits [micro, T, vocab] in fp32 twice (FSDP's root is called whole, so the
             head is not applied at the labelled positions alone; `objectives/loss.py`)
-    time    the step's FLOPs spread over N devices; communication not counted
+    time    one rank's step (its own share of the batch, replayed as such); communication not counted
 
 Preference data: a micro-batch of pairs is twice as many sequences (each prompt + chosen and prompt + rejected,
 labels on the answers), replayed as such; the reference's forward passes (`train/reference.py`) are added to the
@@ -109,6 +115,8 @@ class Cost:
     activations_by_checkpointing: dict[str, int] | None = None
     processes: int = 1                          # ranks sharing each step (`shard_memory`); memory is one rank's
     strategy: str = "none"                      # distributed.strategy with several processes
+    ops_per_step: int = 0                       # aten operators dispatched per step (`simulate.OpWork`)
+    traffic_per_step: int = 0                   # bytes those operators read and write per step
 
     @property
     def peak_bytes(self) -> int:
@@ -124,16 +132,30 @@ class Cost:
         return self.flops_per_step / max(tokens, 1)
 
     @property
+    def step_parts(self) -> dict[str, float]:
+        """Seconds of one step that runs the model, by what takes them (the module docstring's time model),
+        before the hardware's `time_scale`."""
+        hw = self.hardware
+        return {"flops": self.flops_per_step / (hw.peak_flops * hw.mfu),
+                "traffic": self.traffic_per_step / (hw.bandwidth * hw.bandwidth_use) if hw.bandwidth else 0.0,
+                "operators": self.ops_per_step * hw.op_seconds}
+
+    @property
     def seconds_per_step(self) -> float:
-        """A step that runs the model, at the hardware's peak × MFU, its FLOPs spread over the processes."""
-        return self.flops_per_step / (self.hardware.peak_flops * self.hardware.mfu * self.processes)
+        """One rank's step that runs the model: on a CPU the same cores do the arithmetic, move the bytes and
+        dispatch the operators, one after the other; a GPU's host queues kernels ahead of the device, so the
+        step takes the longer of the two."""
+        parts = self.step_parts
+        device = parts["flops"] + parts["traffic"]
+        both = device + parts["operators"] if self.hardware.device == "cpu" else max(device, parts["operators"])
+        return both * self.hardware.time_scale
 
     @property
     def seconds(self) -> float:
         """The optimizer steps, and a preference run's reference forward passes (2 × parameters × token)."""
         reference = 2 * self.params_total * self.workload.reference_tokens
-        return self.workload.computed_steps * self.seconds_per_step + reference / (self.hardware.peak_flops *
-                                                                                 self.hardware.mfu)
+        return self.workload.computed_steps * self.seconds_per_step + reference / (
+            self.hardware.peak_flops * self.hardware.mfu) * self.hardware.time_scale
 
     @property
     def dollars(self) -> float:
@@ -145,7 +167,9 @@ class Cost:
                 "params": {"total": self.params_total, "trainable": self.params_trainable},
                 "adapter_bytes": self.adapter_bytes, "memory_bytes": self.memory, "peak_bytes": self.peak_bytes,
                 "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
-                "seconds": self.seconds, "dollars": self.dollars, "notes": self.notes,
+                "ops_per_step": self.ops_per_step, "traffic_bytes_per_step": self.traffic_per_step,
+                "seconds_per_step": self.seconds_per_step, "step_parts": self.step_parts, "seconds": self.seconds,
+                "dollars": self.dollars, "notes": self.notes,
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "activations_by_checkpointing": self.activations_by_checkpointing,
                 "processes": self.processes, "strategy": self.strategy}
@@ -298,7 +322,8 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     strategy = cfg.distributed.strategy if processes > 1 else "none"
     memory, notes = shard_memory(memory, full, processes, strategy, work, task)
     memory.update(overheads(memory, hardware.device))
-    flops = one.flops + (depth - 1) * (two.flops - one.flops)
+    flops, ops, traffic = (getattr(one, k) + (depth - 1) * (getattr(two, k) - getattr(one, k))
+                           for k in ("flops", "ops", "traffic"))
     if cfg.method.name == "qlora":
         notes.append("qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted")
     if work.reference_tokens:
@@ -306,7 +331,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
                      f"({2 * total * work.reference_tokens / 1e12:.3g} TFLOP at 2 × parameters per token), in the time")
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
                 trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing, None, processes,
-                strategy)
+                strategy, ops, traffic)
 
 
 def block_bytes(model: torch.nn.Module) -> list[int]:

@@ -31,8 +31,8 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
              *checkpointing_line(cost),
              f"  compute     {cost.flops_per_step / 1e12:.3f} TFLOP per step, {cost.flops_per_token / 1e9:.2f} "
              f"GFLOP per token",
-             f"  time        {duration(cost.seconds)} at MFU {hw.mfu:.0%} ({hw.mfu_source}); "
-             f"${cost.dollars:,.2f} at ${hw.price_per_hour:.2f}/h"]
+             f"  time        {duration(cost.seconds)}; ${cost.dollars:,.2f} at ${hw.price_per_hour:.2f}/h",
+             f"  per step    {step_line(cost)}"]
     lines += [f"  note        {note}" for note in cost.notes]
     if cost.fits:
         lines.append(f"  verdict     fits ({mib(hw.memory_bytes - cost.peak_bytes)} to spare)")
@@ -43,6 +43,20 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
         lines.append(f"  verdict     does NOT fit; the cheapest change that fits: {fix[0]} "
                      f"(peak {mib(fix[1].peak_bytes)}, {duration(fix[1].seconds)})")
     return "\n".join(lines)
+
+
+def step_line(cost: Cost) -> str:
+    """One step's seconds and what takes them (`Cost.seconds_per_step`), with the figures the hardware assumes."""
+    hw, parts = cost.hardware, cost.step_parts
+    flops = f"FLOPs {parts['flops']:.3g} s (MFU {hw.mfu:.0%} of {hw.peak_flops / 1e12:.3g} TFLOP/s)"
+    moved = (f"bytes {parts['traffic']:.3g} s ({cost.traffic_per_step / 1e9:.3g} GB at {hw.bandwidth_use:.0%} of "
+             f"{hw.bandwidth / 1e9:.3g} GB/s)" if hw.bandwidth else "bytes moved not priced (no bandwidth known)")
+    host = (f"operators {parts['operators']:.3g} s ({cost.ops_per_step:,} × {hw.op_seconds * 1e6:.3g} µs)"
+            if hw.op_seconds else "dispatch not priced (no seconds per operator known)")
+    terms = f"{flops} + {moved} + {host}" if hw.device == "cpu" else \
+        f"the larger of the device's {flops} + {moved} and the host's {host}"
+    scale = f", × {hw.time_scale:.2f}" if hw.time_scale != 1 else ""
+    return f"{cost.seconds_per_step:.3g} s = {terms}{scale} ({hw.mfu_source})"
 
 
 def checkpointing_line(cost: Cost) -> list[str]:
@@ -64,5 +78,5 @@ def format_calibration(measured: Calibration) -> str:
         f"  measured    {measured.steps} real steps here (evaluation off): peak {mib(measured.peak_bytes)} over the "
         f"process before the model (predicted {mib(predicted.peak_bytes)}, {measured.memory_error:+.0%}); "
         f"{measured.seconds_per_step:.2f} s per step (predicted {step:.2f} s)",
-        f"  calibrated  MFU {measured.mfu:.1%} measured → the configured {predicted.workload.steps} steps take "
-        f"{duration(calibrated.seconds)}, ${calibrated.dollars:,.2f}"])
+        f"  calibrated  measured ÷ predicted step {measured.time_scale:.2f} (MFU {measured.mfu:.1%}) → the configured "
+        f"{predicted.workload.steps} steps take {duration(calibrated.seconds)}, ${calibrated.dollars:,.2f}"])

@@ -32,6 +32,10 @@ class Hardware:
     price_per_hour: float       # in US dollars; 0 for a machine already paid for
     bf16: bool                  # whether `train.precision: auto` trains in bf16 there
     source: str                 # where memory, peak and price come from, with its date
+    bandwidth: float = 0.0      # memory bytes/s at its peak (0: unknown, and bytes moved are not priced)
+    bandwidth_use: float = 1.0  # the share of it a step's memory-bound operators reach
+    op_seconds: float = 0.0     # host time to dispatch one operator (0: unknown, and dispatch is not priced)
+    time_scale: float = 1.0     # measured ÷ modelled step time (`--calibrate`); 1 until measured
 
 
 def hardware_names(extra: str | Path | None = None) -> list[str]:
@@ -50,14 +54,18 @@ def get_hardware(name: str, extra: str | Path | None = None) -> Hardware:
 
 
 def custom_hardware(memory_gb: float, tflops: float, price_per_hour: float, mfu: float,
-                    device: str = "cuda") -> Hardware:
+                    device: str = "cuda", bandwidth_gbs: float = 0.0, op_us: float = 0.0) -> Hardware:
     """A machine described on the command line; `device` says which defaults a run takes there (a GPU's:
-    bf16, SDPA attention, micro-batch = batch; a CPU's: eager attention for short sequences, micro-batch 4)."""
-    if memory_gb <= 0 or tflops <= 0 or price_per_hour < 0 or not 0 < mfu <= 1:
-        raise ConfigError(f"custom hardware needs --memory > 0, --tflops > 0, --price-per-hour >= 0 and "
-                          f"0 < --mfu <= 1; got {memory_gb}, {tflops}, {price_per_hour}, {mfu}")
+    bf16, SDPA attention, micro-batch = batch; a CPU's: eager attention for short sequences, micro-batch 4).
+    Without `bandwidth_gbs` (GB/s a step's memory-bound operators reach) and `op_us` (µs to dispatch one
+    operator) the time counts FLOPs alone."""
+    if memory_gb <= 0 or tflops <= 0 or price_per_hour < 0 or not 0 < mfu <= 1 or bandwidth_gbs < 0 or op_us < 0:
+        raise ConfigError(f"custom hardware needs --memory > 0, --tflops > 0, --price-per-hour >= 0, "
+                          f"0 < --mfu <= 1, --bandwidth >= 0 and --op-us >= 0; got {memory_gb}, {tflops}, "
+                          f"{price_per_hour}, {mfu}, {bandwidth_gbs}, {op_us}")
     return Hardware("custom", device, int(memory_gb * 2**30), tflops * 1e12, mfu, "given on the command line",
-                    price_per_hour, device == "cuda", "given on the command line")
+                    price_per_hour, device == "cuda", "given on the command line", bandwidth_gbs * 1e9, 1.0,
+                    op_us * 1e-6)
 
 
 def _table(extra: str | Path | None) -> dict[str, Hardware]:
@@ -78,32 +86,53 @@ def _read(path: Path) -> dict[str, Hardware]:
         try:
             table[name] = Hardware(name, row.get("device", "cuda"), int(float(row["memory_gb"]) * 2**30),
                                    float(row["bf16_tflops"]) * 1e12, float(row["mfu"]), str(row["mfu_source"]),
-                                   float(row["price_per_hour"]), bool(row.get("bf16", True)), str(row["source"]))
+                                   float(row["price_per_hour"]), bool(row.get("bf16", True)), str(row["source"]),
+                                   float(row.get("bandwidth_gbs", 0)) * 1e9, float(row.get("bandwidth_use", 1)),
+                                   float(row.get("op_us", 0)) * 1e-6)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"{path}: hardware '{name}' needs memory_gb, bf16_tflops, mfu, mfu_source, "
-                              f"price_per_hour and source ({type(err).__name__}: {err})") from None
+                              f"price_per_hour and source, and may give bandwidth_gbs, bandwidth_use and op_us "
+                              f"({type(err).__name__}: {err})") from None
     return table
 
 
-# The share of the matmul peak a CPU training step reaches. NOT YET MEASURED: an assumption until
-# `--calibrate` (issue 15, not built yet) measures it; `transferkit cost` prints this source beside every time.
-CPU_MFU = 0.30
+# This machine's time model beside what `measure_cpu` measures on the spot (the matmul peak, the streaming
+# bandwidth): the share of each a training step reaches, and the seconds to dispatch one operator (Python,
+# autograd, the dispatcher). Fitted by `benchmarks/cost_accuracy.py` (`fit_time`, non-negative least squares
+# on the relative error) on its 84 rows, measured 2026-12-01 on AMD EPYC, 2 cores, AVX2, fp32 (docs/cost.md).
+# CPU_MFU is above 1: the replay's counted FLOPs complete faster than the 1024² probe's rate. Not attributed:
+# the probe is a snapshot (86-184 GFLOP/s across the rows' processes), and SmolLM2's 49,152-wide head runs
+# slower than the probe when timed alone (94 vs 133 GFLOP/s), so it is not the big matmuls.
+CPU_MFU = 1.35
+CPU_BANDWIDTH_USE = 0.52
+CPU_OP_SECONDS = 12.8e-6
+CPU_TIME_SOURCE = "fitted on benchmarks/cost_accuracy.py (2026-12-01, AMD EPYC 2 cores; docs/cost.md)"
 
 
 def measure_cpu(size: int = 1024, repeats: int = 5) -> Hardware:
-    """This machine: available memory, and the FLOP/s of a square matmul in the precision `auto` trains in."""
+    """This machine: available memory, the FLOP/s of a square matmul in the precision `auto` trains in, and the
+    bytes/s of an elementwise add over arrays far larger than the caches (read two, write one: STREAM's add)."""
     bf16 = bf16_supported(torch.device("cpu"))
     dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up: thread pool and kernels
-    started = time.perf_counter()
+    flops = 2 * size**3 / best_seconds(lambda: a @ b, repeats)
+    x, y = torch.ones(2**24), torch.ones(2**24)  # 64 MiB each
+    z = torch.empty_like(x)
+    bandwidth = 3 * x.numel() * 4 / best_seconds(lambda: torch.add(x, y, out=z), repeats)
+    return Hardware("cpu", "cpu", available_memory(), flops, CPU_MFU, CPU_TIME_SOURCE, 0.0, bf16,
+                    f"this machine, measured now ({size}² {str(dtype).removeprefix('torch.')} matmul; a 64 MiB "
+                    f"add; MemAvailable)", bandwidth, CPU_BANDWIDTH_USE, CPU_OP_SECONDS)
+
+
+def best_seconds(work, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of `work`, after one untimed (thread pool, kernels, pages)."""
+    work()
+    times = []
     for _ in range(repeats):
-        a @ b
-    seconds = (time.perf_counter() - started) / repeats
-    return Hardware("cpu", "cpu", available_memory(), 2 * size**3 / seconds, CPU_MFU,
-                    "assumed, not yet measured by transferkit", 0.0, bf16,
-                    f"this machine, measured now ({size}² {str(dtype).removeprefix('torch.')} matmul; "
-                    f"MemAvailable)")
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def available_memory() -> int:

@@ -15,7 +15,8 @@ every instant is known; the second step's peak is the steady state (the optimize
     activations     everything else: tensors saved for backward, temporaries
 
 FLOPs are counted by torch's `FlopCounterMode` (matmuls, attention, convolutions) over the first step:
-what the step really runs, frozen weights' skipped weight-gradients and the head at labelled positions only.
+what the step really runs, frozen weights' skipped weight-gradients and the head at labelled positions only;
+over the same step `OpWork` counts the operators dispatched and the bytes they read and write.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class StepTrace:
 
     peak: dict[str, int]                    # bytes alive at the step's peak, by kind (KINDS)
     flops: int                              # per optimizer step (all micro-batches)
+    ops: int = 0                            # aten operators dispatched per optimizer step (`OpWork`)
+    traffic: int = 0                        # bytes they read and write per optimizer step
     weights: dict[str, int] = field(default_factory=dict)  # bytes of parameters and buffers by dtype name
 
     @property
@@ -115,6 +118,46 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+class OpWork(TorchDispatchMode):
+    """How many operators a step dispatches, and how many bytes they read and write: what the time model
+    (`estimate.Cost.seconds_per_step`) charges beside the FLOPs.
+
+    Only aten operators count (`prim.device` and the like are questions, not work). A view, or any operator
+    whose outputs share an input's storage and writes nothing, moves no bytes. Otherwise an operator reads its
+    tensor arguments and writes its new outputs and the arguments it mutates (in place, `out=`, the optimizer's
+    `_foreach_*_`); a gather (embedding, index, index_select, gather) reads only what it writes, not its table.
+    Matmuls count too: a low-rank update's skinny matmul costs its operands' bytes, not its FLOPs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.traffic = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.namespace != "aten":
+            return out
+        self.ops += 1
+        schema = func._schema
+        written = [a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+        inputs = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+        stored = {id(t.untyped_storage()) for t in inputs}
+        made = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in stored]
+        if made or written:
+            named = dict(zip((a.name for a in schema.arguments), args)) | (kwargs or {})
+            writes = sum(map(nbytes, made)) + sum(nbytes(t) for name in written for t in tree_leaves(named.get(name)))
+            reads = writes if func.overloadpacket in GATHERS else sum(map(nbytes, inputs))
+            self.traffic += reads + writes
+        return out
+
+
+GATHERS = {torch.ops.aten.embedding, torch.ops.aten.index, torch.ops.aten.index_select, torch.ops.aten.gather}
+
+
+def nbytes(tensor) -> int:
+    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+
+
 def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outputs: int | None, mask_true: int,
                   autocast, max_grad_norm: float) -> StepTrace:
     """Two optimizer steps of `model` (already holding fake tensors) on the micro-batches `step_batches()`
@@ -138,7 +181,8 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
         # FLOPs are counted in the first step, apart from the peak of the second: the counter's module tracker
         # holds each checkpointed layer's recomputed outputs until it exits, which a real run never holds.
         counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
-        with live, counter:
+        work = OpWork() if step == 0 else contextlib.nullcontext()
+        with live, counter, work:
             for loss_fn, normaliser in step_batches():
                 with autocast():
                     loss_sum = loss_fn(model)
@@ -156,5 +200,5 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
                         live.adopt(value, "optimizer")
             optimizer.zero_grad(set_to_none=True)
         if step == 0:
-            flops = counter.get_total_flops()
-    return StepTrace(live.peak_by_kind(), flops, weights)
+            flops, ops, traffic = counter.get_total_flops(), work.ops, work.traffic
+    return StepTrace(live.peak_by_kind(), flops, ops, traffic, weights)
