@@ -17,7 +17,9 @@ ratio; the step's operators and bytes moved; step time predicted with the packag
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
 10 %; the time constants (`CPU_MFU`, `CPU_BANDWIDTH_USE`, `CPU_OP_SECONDS`) refitted (`fit_time`), and the rows
 within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
-the old model's count (FLOPs alone at the median speed). `--rows FILE` re-summarises a saved run.
+the old model's count (FLOPs alone at the median speed). `--rows FILE` re-summarises a saved run; with
+`--recount --hardware h200 --precision auto` it first counts the operators of rows saved before the replay
+counted them (the H200 rows), and for GPU rows prints the seconds per operator measured.
 """
 
 from __future__ import annotations
@@ -63,13 +65,18 @@ def methods_for(task: str) -> list[str]:
     return [name for name in method_names() if task in get_method(name).tasks]
 
 
-def measure(model: str, method: str, data: Path, length: int, micro: int, steps: int, folder: Path,
-            hardware: str = "cpu", precision: str = "fp32") -> dict:
+def write_config(model: str, method: str, data: Path, length: int, micro: int, folder: Path, precision: str) -> Path:
     config = folder / f"{model}-{method}-{length}-{micro}.yaml"
     config.write_text(yaml.safe_dump({
         "model": model, "data": {"train": str(data), "max_length": length},
         "method": {"name": method}, "train": {"batch_size": micro, "micro_batch_size": micro, "precision": precision},
         "output_dir": str(folder / "unused")}))
+    return config
+
+
+def measure(model: str, method: str, data: Path, length: int, micro: int, steps: int, folder: Path,
+            hardware: str = "cpu", precision: str = "fp32") -> dict:
+    config = write_config(model, method, data, length, micro, folder, precision)
     done = subprocess.run([sys.executable, "-m", "transferkit", "cost", str(config), "--hardware", hardware,
                            "--calibrate", str(steps), "--json"], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -197,6 +204,36 @@ def flops_alone(rows: list[dict]) -> int:
     return timed_within(rows, lambda r: r["flops_per_step"] / speed)
 
 
+def recount(rows: list[dict], hardware: str, precision: str) -> list[dict]:
+    """Rows measured before the replay counted operators and bytes (the H200 rows of 2026-11-30), with those
+    counts filled in by today's replay of the same config (no step is run) and the hardware entry's figures."""
+    from transferkit.config import load_config
+    from transferkit.cost import estimate, get_hardware
+
+    machine = get_hardware(hardware)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
+        folder = Path(tmp)
+        for r in rows:
+            data = write_data(folder, TASKS[r["model"]], r["length"], 8 * r["micro"])
+            cost = estimate(load_config(write_config(r["model"], r["method"], data, r["length"], r["micro"], folder,
+                                                     precision)), machine)
+            out.append({**r, "ops_per_step": cost.ops_per_step, "traffic_bytes_per_step": cost.traffic_per_step,
+                        "peak_flops": machine.peak_flops, "bandwidth": machine.bandwidth,
+                        "predicted_s": cost.seconds_per_step})
+    return out
+
+
+def host_bound(rows: list[dict]) -> dict:
+    """GPU rows: measured seconds per dispatched operator (what the hardware table's op_us holds), and how many
+    rows the package's time model (the larger of device and host, `estimate.Cost.seconds_per_step`) predicts
+    within 25 %."""
+    per_op = [r["measured_s"] / r["ops_per_step"] for r in rows]
+    return {"rows": len(rows), "op_us_median": statistics.median(per_op) * 1e6,
+            "op_us_range": [min(per_op) * 1e6, max(per_op) * 1e6],
+            "time_within_25pct": timed_within(rows, lambda r: r["predicted_s"])}
+
+
 def table(rows: list[dict]) -> str:
     now = predict_time(package_time())
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
@@ -230,9 +267,19 @@ def main() -> None:
                         help="train.precision of every row (auto: bf16 where the hardware has it)")
     parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here")
     parser.add_argument("--rows", type=Path, help="summarise the rows of an earlier --out file; measure nothing")
+    parser.add_argument("--recount", action="store_true", help="with --rows: count each row's operators and bytes "
+                        "again with today's replay (rows saved before they were counted), on --hardware")
     args = parser.parse_args()
     if args.rows:
         rows = json.loads(args.rows.read_text())["rows"]
+        if args.recount:
+            rows = recount(rows, args.hardware, args.precision)
+        if rows[0].get("device") == "cuda":
+            for r in rows:
+                print(f"{r['model']} {r['method']} {r['length']} × {r['micro']}: {r['ops_per_step']:,} operators, "
+                      f"predicted {r['predicted_s']:.3f} s, measured {r['measured_s']:.3f} s")
+            print(json.dumps(host_bound(rows)))
+            return
         summary = summarise(rows)
         print(table(rows))
         print(json.dumps(summary))

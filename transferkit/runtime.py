@@ -131,7 +131,8 @@ def _proc_status_bytes(field_name: str) -> int | None:
 @dataclass
 class MemoryWatch:
     """The memory a run reports: what the process held before the model was loaded, the training phase's peak
-    (the quantity `transferkit cost` predicts, as an increase over the first) and the whole run's peak."""
+    (the quantity `transferkit cost` predicts, as an increase over the first) and the whole run's peak. Freed
+    heap is returned to the system before each end of that increase is measured (`release_freed_memory`)."""
 
     device: torch.device
     before_model: int = 0
@@ -140,6 +141,7 @@ class MemoryWatch:
     separate: bool = False         # whether the training phase's peak was measured apart from the rest
 
     def __post_init__(self) -> None:
+        release_freed_memory(self.device)  # as training starts: both ends of the increase measured trimmed
         self.before_model = memory_now_bytes(self.device)
 
     def start_training(self) -> None:
