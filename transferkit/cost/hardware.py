@@ -28,7 +28,7 @@ class Hardware:
     memory_bytes: int
     peak_flops: float           # dense FLOP/s in the precision training uses there
     mfu: float                  # the share of peak_flops a training step reaches (model FLOPs utilisation)
-    mfu_source: str             # where that share comes from
+    mfu_source: str             # where the time constants (mfu, bandwidth_use, op_seconds) come from
     price_per_hour: float       # in US dollars; 0 for a machine already paid for
     bf16: bool                  # whether `train.precision: auto` trains in bf16 there
     source: str                 # where memory, peak and price come from, with its date
