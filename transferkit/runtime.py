@@ -106,9 +106,10 @@ def reset_peak_memory(device: torch.device) -> bool:
 
 
 def release_freed_memory(device: torch.device) -> bool:
-    """Give the operating system back the heap that loading freed but glibc kept (`malloc_trim(0)`): a QLoRA
-    base is read in float and quantized, and without this the freed float weights stay resident through
-    training. A no-op on CUDA and where the C library has no `malloc_trim`; True when memory was released."""
+    """Give the operating system back the heap glibc keeps after frees (`malloc_trim(0)`): what loading and the
+    baseline freed would otherwise stay in the resident set and count in the training phase's peak. (A QLoRA
+    base's float file is a memory map, released by `models.loading.own_memory`, not here.) A no-op on CUDA and
+    where the C library has no `malloc_trim`; True when memory was released."""
     if device.type != "cpu":
         return False
     try:
@@ -141,7 +142,7 @@ class MemoryWatch:
     separate: bool = False         # whether the training phase's peak was measured apart from the rest
 
     def __post_init__(self) -> None:
-        release_freed_memory(self.device)  # as training starts: both ends of the increase measured trimmed
+        release_freed_memory(self.device)  # as `start_training` does: both ends of the increase measured trimmed
         self.before_model = memory_now_bytes(self.device)
 
     def start_training(self) -> None:
