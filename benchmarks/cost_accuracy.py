@@ -119,9 +119,6 @@ def within(rows: list[dict], predict, tolerance: float) -> int:
     return int(sum(abs(predict(r) / r["measured_bytes"] - 1) <= tolerance for r in rows))
 
 
-TIME_TERMS = ("operators", "flops", "traffic")  # what the time model charges (estimate.Cost.seconds_per_step)
-
-
 def time_features(row: dict) -> list[float]:
     """A row's step under the time model with unit constants: [operators, FLOPs ÷ peak, bytes ÷ bandwidth];
     the model's constants are then [seconds per operator, 1 / MFU, 1 / bandwidth share]."""
@@ -143,8 +140,17 @@ def fit_time(rows: list[dict]) -> dict[str, float]:
 
 
 def predict_time(constants: dict[str, float]):
-    return lambda r: (r["ops_per_step"] * constants["op_seconds"] + r["flops_per_step"] / r["peak_flops"] /
-                      constants["mfu"] + r["traffic_bytes_per_step"] / r["bandwidth"] / constants["bandwidth_use"])
+    """A row's step time as `transferkit cost` computes it (`estimate.step_seconds`) on a CPU with the row's
+    measured peak and bandwidth and these constants."""
+    from transferkit.cost.estimate import step_parts, step_seconds
+    from transferkit.cost.hardware import Hardware
+
+    def predict(r: dict) -> float:
+        cpu = Hardware("cpu", "cpu", 0, r["peak_flops"], constants["mfu"], "", 0.0, False, "", r["bandwidth"],
+                       constants["bandwidth_use"], constants["op_seconds"])
+        return step_seconds(step_parts(r["flops_per_step"], r["traffic_bytes_per_step"], r["ops_per_step"], cpu), cpu)
+
+    return predict
 
 
 def package_time() -> dict[str, float]:

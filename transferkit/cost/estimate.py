@@ -133,22 +133,13 @@ class Cost:
 
     @property
     def step_parts(self) -> dict[str, float]:
-        """Seconds of one step that runs the model, by what takes them (the module docstring's time model),
-        before the hardware's `time_scale`."""
-        hw = self.hardware
-        return {"flops": self.flops_per_step / (hw.peak_flops * hw.mfu),
-                "traffic": self.traffic_per_step / (hw.bandwidth * hw.bandwidth_use) if hw.bandwidth else 0.0,
-                "operators": self.ops_per_step * hw.op_seconds}
+        """Seconds of one step that runs the model, by what takes them (`step_parts`)."""
+        return step_parts(self.flops_per_step, self.traffic_per_step, self.ops_per_step, self.hardware)
 
     @property
     def seconds_per_step(self) -> float:
-        """One rank's step that runs the model: on a CPU the same cores do the arithmetic, move the bytes and
-        dispatch the operators, one after the other; a GPU's host queues kernels ahead of the device, so the
-        step takes the longer of the two."""
-        parts = self.step_parts
-        device = parts["flops"] + parts["traffic"]
-        both = device + parts["operators"] if self.hardware.device == "cpu" else max(device, parts["operators"])
-        return both * self.hardware.time_scale
+        """One rank's step that runs the model (`step_seconds`)."""
+        return step_seconds(self.step_parts, self.hardware)
 
     @property
     def seconds(self) -> float:
@@ -173,6 +164,24 @@ class Cost:
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "activations_by_checkpointing": self.activations_by_checkpointing,
                 "processes": self.processes, "strategy": self.strategy}
+
+
+def step_parts(flops: float, traffic: float, ops: int, hw: Hardware) -> dict[str, float]:
+    """Seconds of a step by what takes them (the module docstring's time model), before `hw.time_scale`: its
+    FLOPs at the peak × MFU, the bytes its operators move at the bandwidth × its share (unpriced where the
+    bandwidth is unknown), the operators it dispatches × the host's seconds per operator."""
+    return {"flops": flops / (hw.peak_flops * hw.mfu),
+            "traffic": traffic / (hw.bandwidth * hw.bandwidth_use) if hw.bandwidth else 0.0,
+            "operators": ops * hw.op_seconds}
+
+
+def step_seconds(parts: dict[str, float], hw: Hardware) -> float:
+    """A step's seconds from its `step_parts`: on a CPU the same cores do the arithmetic, move the bytes and
+    dispatch the operators, one after the other; a GPU's host queues kernels ahead of the device, so the step
+    takes the longer of the two; × `hw.time_scale`."""
+    device = parts["flops"] + parts["traffic"]
+    both = device + parts["operators"] if hw.device == "cpu" else max(device, parts["operators"])
+    return both * hw.time_scale
 
 
 def workload(cfg: RunConfig, train: tuple[str, list], tokenizer, micro_default: int, processes: int = 1
