@@ -112,9 +112,9 @@ def test_numbers_that_are_not_are_refused(tmp_path, override):
 
 # The defaults each method module declares (`Defaults`), written out here: changing one is a decision that must
 # show up in this test, docs/defaults.md and the recipes.
-METHOD_LR = {"full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
+METHOD_LR = {"full": 1e-4, "freeze": 6e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
              "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 3e-2}
-HEAD_LR = {"full": 1e-3, "freeze": 1e-3}  # the others: the method's lr
+HEAD_LR = {m: 1e-2 for m in ("full", "freeze", "lora", "dora", "rslora", "qlora", "adapter")}  # the others: lr
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_LR))
@@ -143,7 +143,7 @@ def test_keys_lists_each_methods_defaults(capsys):
     assert main(["keys"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "per method" in lines["train.lr"] and "full 0.0001" in lines["train.lr"] and "lora 0.001" in lines["train.lr"]
-    assert "full 0.001" in lines["train.head_lr"] and "lora lr" in lines["train.head_lr"]
+    assert "full 0.01" in lines["train.head_lr"] and "lora 0.01" in lines["train.head_lr"] and "ia3 lr" in lines["train.head_lr"]
 
 
 def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.heads import task_head_name, task_of
 from ..options import MethodConfig, opt
-from .registry import Defaults, Method, register
+from .registry import HEAD_LR, Defaults, Method, register
 from .selective import load_trainable, save_trainable, saved_config
 from .targets import adapter_sites, matching_modules
 
@@ -106,9 +106,9 @@ def closed_form(model: nn.Module, cfg: AdapterMethodConfig) -> int:
     return sum(2 * cfg.r * m.out_features + cfg.r + m.out_features for _, m in sites(model, cfg.style))
 
 
-# Defaults: lr 1e-3 (recipes/adapter.yaml; Houlsby et al. 2019 searched 1e-4–1e-3, higher for small data); the
-# head trains at the same rate. Checked by experiments/defaults.py.
-DEFAULTS = Defaults(lr=1e-3)
+# Defaults: lr 1e-3 (recipes/adapter.yaml; Houlsby et al. 2019 searched 1e-4–1e-3, higher for small data); a
+# classifier's new head at HEAD_LR (registry.py). Checked by experiments/defaults.py.
+DEFAULTS = Defaults(lr=1e-3, head_lr=HEAD_LR)
 
 
 register(Method("adapter", AdapterMethodConfig, apply=apply, save=save_trainable, load=load, disabled=disabled,

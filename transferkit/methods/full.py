@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..options import MethodConfig, opt
-from .registry import Defaults, Method, register
+from .registry import HEAD_LR, Defaults, Method, register
 from .selective import (block_index, is_embedding, load_trainable, model_layout, num_blocks, save_trainable,
                         set_trainable)
 
@@ -54,9 +54,9 @@ def closed_form(model, cfg) -> int | None:
 
 
 # Defaults: lr 1e-4, as recipes/full.yaml trained SmolLM2-135M on the quickstart task; BERT (Devlin et al. 2019)
-# fine-tunes at 2e-5–5e-5, small models tolerate more. A new classification head starts from random weights and
-# learns like a probe, at 1e-3 (its own group, `train.head_lr`). Checked by experiments/defaults.py.
-DEFAULTS = Defaults(lr=1e-4, head_lr=1e-3)
+# fine-tunes at 2e-5–5e-5, small models tolerate more. A new classification head at HEAD_LR (its own group,
+# `train.head_lr`; registry.py says why). Checked by experiments/defaults.py.
+DEFAULTS = Defaults(lr=1e-4, head_lr=HEAD_LR)
 
 
 register(Method("full", FullMethodConfig, apply=apply, save=save_trainable, load=load_trainable,

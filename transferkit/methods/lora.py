@@ -16,7 +16,7 @@ import torch
 
 from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
-from .registry import Defaults, Method, register
+from .registry import HEAD_LR, Defaults, Method, register
 from .targets import adapted_linears, default_lora_targets
 
 
@@ -53,9 +53,9 @@ def lora_closed_form(model: torch.nn.Module, cfg: LoraMethodConfig, *, dora: boo
 
 # Defaults: lr 1e-3, ten times full fine-tuning's 1e-4: LoRA's best learning rate is about an order of magnitude
 # above full fine-tuning's (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"; Schulman et al. 2025, "LoRA
-# Without Regret"); 1e-3 is what recipes/quickstart.yaml trains at. The new head trains at the same rate. Shared
-# by every LoRA variant and QLoRA. Checked by experiments/defaults.py.
-DEFAULTS = Defaults(lr=1e-3)
+# Without Regret"); 1e-3 is what recipes/quickstart.yaml trains at. A classifier's new head at HEAD_LR
+# (registry.py). Shared by every LoRA variant and QLoRA. Checked by experiments/defaults.py.
+DEFAULTS = Defaults(lr=1e-3, head_lr=HEAD_LR)
 
 
 def _variant(name: str, summary: str, **flags) -> Method:
