@@ -89,6 +89,7 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "predicted_bytes": calibration["predicted_peak_bytes"], "measured_bytes": calibration["measured_peak_bytes"],
             "memory_bytes": result["memory_bytes"], "predicted_s": calibration["predicted_seconds_per_step"],
             "measured_s": calibration["measured_seconds_per_step"], "mfu": calibration["measured_mfu"],
+            "step_seconds": calibration["measured_step_seconds"],
             "flops_per_step": result["flops_per_step"], "ops_per_step": result["ops_per_step"],
             "traffic_bytes_per_step": result["traffic_bytes_per_step"],
             "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}

@@ -19,6 +19,8 @@ cp runs/forgetting/results.json docs/data/forgetting_results.json
 echo "== docs/cost.md: the calculator against measured runs (36 min on 2 cores; add --hardware h200 --precision auto
 #    --out docs/data/cost_accuracy_h200.json on a GPU machine)"
 $PY benchmarks/cost_accuracy.py --steps 4 --out docs/data/cost_accuracy.json
+echo "== docs/cost.md: how much one row's measurement moves when measured again (15 min on 2 cores)"
+$PY benchmarks/cost_repeatability.py --out docs/data/cost_repeatability.json
 echo "== README: compare on the topics task (table and docs/compare-topics.png)"
 .venv/bin/transferkit compare recipes/compare-topics.yaml --methods baseline,probe,lora,full --budget steps=30
 cp runs/compare-topics/comparison.png docs/compare-topics.png
@@ -29,8 +31,8 @@ echo "== README: compare under a time budget (minutes=0.5 per method)"
     --methods baseline,probe,lora,full --budget minutes=0.5
 echo "== docs/defaults.md: the learning-rate sweep around each method's default (hours; resumable)"
 (cd experiments && ../$PY defaults.py)
-echo "== docs/recommend.md: the recommendation against every rung, measured (hours; resumable)"
-(cd experiments && ../$PY recommend_check.py)
+echo "== docs/recommend.md: the recommendation against every rung, measured (27 min on 2 cores; resumable)"
+(cd experiments && ../$PY recommend_check.py --tasks topics austen-speech austen-novel)
 echo "== docs/diagnostics.md: where LoRA and full fine-tuning changed MiniLM (reuses the recommend check's runs)"
 (cd experiments && ../$PY diagnostics.py)
 echo "== docs/diagnostics.md: the probe curves of both packaged models, before training"

@@ -260,6 +260,8 @@ def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
     cfg = tiny_config("train.max_steps=40", "train.batch_size=4")
     measured = calibrate(cfg, get_hardware("cpu"), steps=2)
     assert measured.steps == 2 and measured.peak_bytes > 0 and measured.seconds_per_step > 0
+    assert len(measured.step_seconds) == 2 and min(measured.step_seconds) > 0  # one interval per step after the first
+    assert min(measured.step_seconds) <= measured.seconds_per_step <= max(measured.step_seconds)
     assert measured.calibrated().seconds == pytest.approx(40 * measured.seconds_per_step)
     assert measured.time_scale == pytest.approx(measured.seconds_per_step / measured.predicted.seconds_per_step)
     assert measured.mfu == pytest.approx(measured.predicted.flops_per_step / (

@@ -5,7 +5,8 @@ no forgetting reference), in a temporary folder that is deleted afterwards.
     measured peak   summary.json's memory.train_peak_increase_bytes: the training phase's peak over what the
                     process held before the model was loaded (resident set on CPU, allocated on CUDA)
     measured step   seconds between the end of step 1 and the end of the last step (metrics.jsonl's `time`)
-                    / the steps between: the first step (warm-up) excluded
+                    / the steps between: the first step (warm-up) excluded — the mean of the per-step
+                    intervals, which are kept too (`step_seconds`; their median beside it)
     measured MFU    predicted FLOPs per step / (measured seconds per step × the hardware's peak FLOP/s)
     time scale      measured ÷ predicted seconds per step: the calibrated cost is the prediction × it
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,12 @@ class Calibration:
     predicted: Cost
     steps: int
     peak_bytes: int            # measured: the training phase's peak increase
-    seconds_per_step: float    # measured, first step excluded
+    step_seconds: list[float]  # measured: each step's seconds after the first (the warm-up)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """The mean measured step: (end of the last step − end of step 1) / the steps between."""
+        return statistics.fmean(self.step_seconds)
 
     @property
     def mfu(self) -> float:
@@ -66,7 +73,8 @@ class Calibration:
     def as_dict(self) -> dict:
         return {"steps": self.steps, "measured_peak_bytes": self.peak_bytes, "predicted_peak_bytes":
                 self.predicted.peak_bytes, "memory_error": self.memory_error,
-                "measured_seconds_per_step": self.seconds_per_step,
+                "measured_seconds_per_step": self.seconds_per_step, "measured_step_seconds": self.step_seconds,
+                "measured_median_seconds_per_step": statistics.median(self.step_seconds),
                 "predicted_seconds_per_step": self.predicted.seconds_per_step,
                 "measured_mfu": self.mfu, "time_scale": self.time_scale,
                 "calibrated_seconds": self.calibrated().seconds}
@@ -82,14 +90,15 @@ def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration
         raise ConfigError(f"--calibrate measures this machine, which is not '{hardware.name}': use --hardware cpu, "
                           f"or run it on that machine")
     predicted = estimate(cfg, hardware)
-    peak, seconds = measure_steps(with_overrides(cfg, [f"train.device={hardware.device}"]), steps, "--calibrate")
-    return Calibration(predicted, steps, peak, seconds)
+    peak, step_seconds = measure_steps(with_overrides(cfg, [f"train.device={hardware.device}"]), steps, "--calibrate")
+    return Calibration(predicted, steps, peak, step_seconds)
 
 
-def measure_steps(cfg: RunConfig, steps: int, who: str) -> tuple[int, float]:
-    """(the training phase's peak increase in bytes, seconds per optimizer step) of `cfg`, measured by training
-    `steps` + 1 real steps in a child process with evaluation off (`QUIET`), in a temporary folder deleted
-    afterwards; the first step is the warm-up and is excluded. A failure raises `UserError` naming `who`."""
+def measure_steps(cfg: RunConfig, steps: int, who: str) -> tuple[int, list[float]]:
+    """(the training phase's peak increase in bytes, each optimizer step's seconds) of `cfg`, measured by
+    training `steps` + 1 real steps in a child process with evaluation off (`QUIET`), in a temporary folder
+    deleted afterwards; the first step is the warm-up and is excluded (`steps` intervals between the ends of
+    consecutive steps). A failure raises `UserError` naming `who`."""
     folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
     try:
         run = with_overrides(cfg, [*QUIET, f"train.max_steps={steps + 1}", "train.epochs=null", "train.log_every=1",
@@ -105,5 +114,5 @@ def measure_steps(cfg: RunConfig, steps: int, who: str) -> tuple[int, float]:
         times = [line["time"] for line in RunDir(folder / "run").read_events() if line["event"] == "train"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    seconds = (times[-1] - times[0]) / (len(times) - 1)  # from the end of step 1 to the end of the last
-    return summary["memory"]["train_peak_increase_bytes"], max(seconds, 1e-9)
+    intervals = [max(later - earlier, 1e-9) for earlier, later in zip(times, times[1:])]  # step 2 … the last
+    return summary["memory"]["train_peak_increase_bytes"], intervals
