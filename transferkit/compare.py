@@ -30,8 +30,8 @@ import dataclasses
 import json
 import math
 import random
-import subprocess
 import statistics
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
