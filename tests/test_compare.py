@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from transferkit.cost.calibrate import Measured
 from transferkit.errors import ConfigError
 
 
@@ -162,7 +163,8 @@ def test_a_minutes_budget_plans_each_method_from_its_measured_speed(tiny_config,
     assert compare(cfg, "lora", "minutes=0.02")["rows"] == first["rows"] and calls == ["finished"]
 
     step_seconds = {"full": [119.0, 121.0], "ia3": [0.5, 1.5]}  # means: 120 s and 1 s
-    monkeypatch.setattr(ladder, "measure_steps", lambda cfg, steps, who: (0, step_seconds[cfg.method.name]))
+    monkeypatch.setattr(ladder, "measure_steps", lambda cfg, steps, who: Measured(0, step_seconds[cfg.method.name],
+                                                                                  [0] * (steps + 1)))
     result = compare(cfg, "full,ia3", "minutes=0.1")
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["full"]["failed"] == "--budget minutes=0.1 holds no whole optimizer step of full (measured 120.0 s " \

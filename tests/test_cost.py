@@ -251,6 +251,28 @@ def test_the_calculator_shows_activations_with_and_without_checkpointing(tiny_co
     assert printed["activations_by_checkpointing"] == both
 
 
+def test_a_peak_has_settled_at_the_first_step_after_which_it_grows_by_at_most_one_percent():
+    from transferkit.cost.calibrate import Measured
+
+    assert Measured(1000, [1.0] * 3, [100, 200, 991, 1000]).settled_step == 3    # 9 bytes more: within 1 % of 1000
+    assert Measured(1000, [1.0] * 3, [100, 200, 989, 1000]).settled_step == 4    # 11 bytes more: still growing
+    assert Measured(1000, [1.0] * 3, [1000, 1000, 1000, 1000]).settled_step == 1
+
+
+def test_calibrate_says_when_the_peak_was_still_growing_at_its_last_step(tiny_config):
+    """A peak that grew more than 1 % at the last measured step under-reads a longer run's: the printout says so,
+    and says nothing when it had settled."""
+    from transferkit.cost import estimate
+    from transferkit.cost.calibrate import Calibration, Measured
+    from transferkit.cost.format import format_calibration
+
+    predicted = estimate(tiny_config(), _roomy())
+    growing = Calibration(predicted, 3, Measured(2000, [1.0] * 3, [1000, 1500, 1800, 2000]))
+    settled = Calibration(predicted, 3, Measured(2000, [1.0] * 3, [1000, 2000, 2000, 2000]))
+    assert "the peak still grew at step 4 of 4" in format_calibration(growing)
+    assert "still grew" not in format_calibration(settled) and settled.as_dict()["settled_step"] == 2
+
+
 def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
     """`--calibrate`: real steps in a child process; the calibrated run time is the measured step time × the
     run's steps, whatever MFU the hardware table assumed; the measured peak is the child's own."""
@@ -260,8 +282,12 @@ def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
     cfg = tiny_config("train.max_steps=40", "train.batch_size=4")
     measured = calibrate(cfg, get_hardware("cpu"), steps=2)
     assert measured.steps == 2 and measured.peak_bytes > 0 and measured.seconds_per_step > 0
-    assert len(measured.step_seconds) == 2 and min(measured.step_seconds) > 0  # one interval per step after the first
-    assert min(measured.step_seconds) <= measured.seconds_per_step <= max(measured.step_seconds)
+    steps = measured.measured.step_seconds
+    assert len(steps) == 2 and min(steps) > 0  # one interval per step after the first
+    assert min(steps) <= measured.seconds_per_step <= max(steps)
+    peaks = measured.measured.step_peak_bytes  # after each of the 3 steps, the warm-up's first: a running maximum
+    assert len(peaks) == 3 and peaks == sorted(peaks) and peaks[-1] == measured.peak_bytes
+    assert 1 <= measured.as_dict()["settled_step"] <= 3
     assert measured.calibrated().seconds == pytest.approx(40 * measured.seconds_per_step)
     assert measured.time_scale == pytest.approx(measured.seconds_per_step / measured.predicted.seconds_per_step)
     assert measured.mfu == pytest.approx(measured.predicted.flops_per_step / (

@@ -122,8 +122,8 @@ def timed_steps(cfg: RunConfig, minutes: float) -> int:
     key = dump_config(with_overrides(cfg, ["train.max_steps=1", "train.max_minutes=null"]))
     known = json.loads(path.read_text()) if path.is_file() else {}
     if known.get("config") != key:
-        _, step_seconds = measure_steps(cfg, SPEED_STEPS, f"--budget minutes: timing {cfg.method.name}")
-        known = {"config": key, "seconds_per_step": statistics.fmean(step_seconds), "timed_steps": SPEED_STEPS}
+        measured = measure_steps(cfg, SPEED_STEPS, f"--budget minutes: timing {cfg.method.name}")
+        known = {"config": key, "seconds_per_step": statistics.fmean(measured.step_seconds), "timed_steps": SPEED_STEPS}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(known, indent=2) + "\n")
     steps = math.floor(60 * minutes / known["seconds_per_step"])

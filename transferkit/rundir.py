@@ -3,7 +3,9 @@
     runs/<name>/config.yaml    resolved config, re-runnable as is
                 metrics.jsonl  one flat JSON object per event ("baseline", "general_base", "train", "eval", "test"):
                                {"event", "step", "epoch", "split", "time", <metric path>: value, ...}
-                               (`flat_event`: nested metrics become paths such as "per_class/Emma/f1")
+                               (`flat_event`: nested metrics become paths such as "per_class/Emma/f1");
+                               "train" events carry `peak_memory_bytes`, the training phase's peak so far in
+                               this process (summary.json's `memory.train_peak_bytes` as of that step)
                 summary.json   final metrics, baseline and gain, forgetting, params, wall time, tokens/s, peak memory
                 labels.json    classification: class names by id
                 test_predictions.jsonl  the tuned model's answer to every test example

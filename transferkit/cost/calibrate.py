@@ -7,6 +7,9 @@ no forgetting reference), in a temporary folder that is deleted afterwards.
     measured step   seconds between the end of step 1 and the end of the last step (metrics.jsonl's `time`)
                     / the steps between: the first step (warm-up) excluded — the mean of the per-step
                     intervals, which are kept too (`step_seconds`; their median beside it)
+    settled step    the first step from which the training phase's peak grows by at most `SETTLED` of its final
+                    value (metrics.jsonl's per-step `peak_memory_bytes`): a peak still growing at the last step
+                    may under-read a long run's, so it is reported beside the peak
     measured MFU    predicted FLOPs per step / (measured seconds per step × the hardware's peak FLOP/s)
     time scale      measured ÷ predicted seconds per step: the calibrated cost is the prediction × it
 """
@@ -35,19 +38,37 @@ from .hardware import Hardware
 QUIET = ["eval.baseline=false", "forgetting.reference=none", "train.eval_every=0", "train.save_every=0",
          "data.validation_fraction=0", "data.validation=null", "data.test=null", "forgetting.replay=0",
          "forgetting.ewc=0"]
+SETTLED = 0.01  # a peak has settled at the step from which it grows by at most 1 % of its final value
+
+
+@dataclass
+class Measured:
+    """What a few real steps measured (`measure_steps`)."""
+    peak_bytes: int             # the training phase's peak increase over the process before the model
+    step_seconds: list[float]   # each step's seconds after the first (the warm-up)
+    step_peak_bytes: list[int]  # the training phase's peak increase after each step, the warm-up's first
+
+    @property
+    def settled_step(self) -> int:
+        """The first step (1 = the warm-up) from which the peak grows by at most `SETTLED` of its final value."""
+        final = self.step_peak_bytes[-1]
+        return next(step for step, peak in enumerate(self.step_peak_bytes, 1) if final - peak <= SETTLED * final)
 
 
 @dataclass
 class Calibration:
     predicted: Cost
     steps: int
-    peak_bytes: int            # measured: the training phase's peak increase
-    step_seconds: list[float]  # measured: each step's seconds after the first (the warm-up)
+    measured: Measured
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.measured.peak_bytes
 
     @property
     def seconds_per_step(self) -> float:
         """The mean measured step: (end of the last step − end of step 1) / the steps between."""
-        return statistics.fmean(self.step_seconds)
+        return statistics.fmean(self.measured.step_seconds)
 
     @property
     def mfu(self) -> float:
@@ -73,8 +94,10 @@ class Calibration:
     def as_dict(self) -> dict:
         return {"steps": self.steps, "measured_peak_bytes": self.peak_bytes, "predicted_peak_bytes":
                 self.predicted.peak_bytes, "memory_error": self.memory_error,
-                "measured_seconds_per_step": self.seconds_per_step, "measured_step_seconds": self.step_seconds,
-                "measured_median_seconds_per_step": statistics.median(self.step_seconds),
+                "measured_step_peak_bytes": self.measured.step_peak_bytes, "settled_step": self.measured.settled_step,
+                "measured_seconds_per_step": self.seconds_per_step,
+                "measured_step_seconds": self.measured.step_seconds,
+                "measured_median_seconds_per_step": statistics.median(self.measured.step_seconds),
                 "predicted_seconds_per_step": self.predicted.seconds_per_step,
                 "measured_mfu": self.mfu, "time_scale": self.time_scale,
                 "calibrated_seconds": self.calibrated().seconds}
@@ -90,15 +113,15 @@ def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration
         raise ConfigError(f"--calibrate measures this machine, which is not '{hardware.name}': use --hardware cpu, "
                           f"or run it on that machine")
     predicted = estimate(cfg, hardware)
-    peak, step_seconds = measure_steps(with_overrides(cfg, [f"train.device={hardware.device}"]), steps, "--calibrate")
-    return Calibration(predicted, steps, peak, step_seconds)
+    measured = measure_steps(with_overrides(cfg, [f"train.device={hardware.device}"]), steps, "--calibrate")
+    return Calibration(predicted, steps, measured)
 
 
-def measure_steps(cfg: RunConfig, steps: int, who: str) -> tuple[int, list[float]]:
-    """(the training phase's peak increase in bytes, each optimizer step's seconds) of `cfg`, measured by
-    training `steps` + 1 real steps in a child process with evaluation off (`QUIET`), in a temporary folder
-    deleted afterwards; the first step is the warm-up and is excluded (`steps` intervals between the ends of
-    consecutive steps). A failure raises `UserError` naming `who`."""
+def measure_steps(cfg: RunConfig, steps: int, who: str) -> Measured:
+    """The training phase's peak increase, each optimizer step's seconds and the peak after each step, measured
+    by training `steps` + 1 real steps of `cfg` in a child process with evaluation off (`QUIET`), in a temporary
+    folder deleted afterwards; the first step is the warm-up, excluded from the timing (`steps` intervals between
+    the ends of consecutive steps). A failure raises `UserError` naming `who`."""
     folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
     try:
         run = with_overrides(cfg, [*QUIET, f"train.max_steps={steps + 1}", "train.epochs=null", "train.log_every=1",
@@ -111,8 +134,11 @@ def measure_steps(cfg: RunConfig, steps: int, who: str) -> tuple[int, list[float
             last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit {child.returncode}"
             raise UserError(f"{who}: the measuring run failed: {last}")
         summary = json.loads((folder / "run" / "summary.json").read_text())
-        times = [line["time"] for line in RunDir(folder / "run").read_events() if line["event"] == "train"]
+        events = [line for line in RunDir(folder / "run").read_events() if line["event"] == "train"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    times = [event["time"] for event in events]
     intervals = [max(later - earlier, 1e-9) for earlier, later in zip(times, times[1:])]  # step 2 … the last
-    return summary["memory"]["train_peak_increase_bytes"], intervals
+    before = summary["memory"]["before_model_bytes"]
+    return Measured(summary["memory"]["train_peak_increase_bytes"], intervals,
+                    [event["peak_memory_bytes"] - before for event in events])

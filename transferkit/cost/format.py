@@ -73,10 +73,13 @@ def format_calibration(measured: Calibration) -> str:
     predicted = measured.predicted
     step = predicted.seconds_per_step
     calibrated = measured.calibrated()
+    settled, ran = measured.measured.settled_step, measured.steps + 1
+    growing = [f"  note        the peak still grew at step {settled} of {ran}: a longer run can hold more; measure "
+               f"more steps (--calibrate N)"] if settled == ran and ran > 2 else []
     return "\n".join([
         format_cost(predicted, None),
         f"  measured    {measured.steps} real steps here (evaluation off): peak {mib(measured.peak_bytes)} over the "
         f"process before the model (predicted {mib(predicted.peak_bytes)}, {measured.memory_error:+.0%}); "
         f"{measured.seconds_per_step:.2f} s per step (predicted {step:.2f} s)",
         f"  calibrated  measured ÷ predicted step {measured.time_scale:.2f} (MFU {measured.mfu:.1%}) → the configured "
-        f"{predicted.workload.steps} steps take {duration(calibrated.seconds)}, ${calibrated.dollars:,.2f}"])
+        f"{predicted.workload.steps} steps take {duration(calibrated.seconds)}, ${calibrated.dollars:,.2f}", *growing])

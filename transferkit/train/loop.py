@@ -43,7 +43,7 @@ from ..models.params import trainable_parameters, whole
 from ..objectives import Objective
 from ..options import TrainConfig
 from ..rundir import RunDir
-from ..runtime import Runtime
+from ..runtime import Runtime, peak_memory_bytes
 from . import checkpoint as ckpt
 from .distributed import World, micro_batches, no_sync
 from .regularizers import AnchorPenalty
@@ -282,8 +282,9 @@ def fit(parts: Parts, batches: Batches, plan: StepPlan, run: RunDir, state: ckpt
             stats.final_train_loss = figures["loss"]
             if stats.first_logged_loss is None:
                 stats.first_logged_loss = figures["loss"]
-            run.log("train", state.step, train_metrics(lr, figures, result, parts.penalties,
-                                                       replayed if batches.replay_pool else None), epoch=state.epoch)
+            event = train_metrics(lr, figures, result, parts.penalties, replayed if batches.replay_pool else None)
+            event["peak_memory_bytes"] = peak_memory_bytes(parts.runtime.device)  # the training phase's so far
+            run.log("train", state.step, event, epoch=state.epoch)
             bar.set_postfix(loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{figures['tokens_per_s']:.0f}")
         if due(state.step, train_cfg.save_every) and not last:
             with window.paused():
