@@ -1,7 +1,7 @@
 """How close is `transferkit cost` to what a run really holds and takes? Predicted against measured, per row.
 
     .venv/bin/python benchmarks/cost_accuracy.py [--models smollm2-135m minilm-l6] [--lengths 64 256]
-                                                 [--micro 1 4] [--steps 3] [--out docs/data/cost_accuracy.json]
+                                                 [--micro 1 4] [--steps 12] [--out docs/data/cost_accuracy.json]
     python benchmarks/cost_accuracy.py --hardware h200 --precision auto   # on a CUDA machine (bf16)
 
 Rows: every method that serves the model's task (SmolLM2-135M: causal LM on raw text; all-MiniLM-L6-v2:
@@ -12,7 +12,8 @@ LM) or truncated (classification), so the predicted micro-batch is the one measu
 Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --json`), so that its memory is
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
-CUDA); measured step time = the steps after the first. Printed per row: predicted and measured peak and their
+CUDA), and the step at which it settled (from which it grew by at most 1 %: a peak still growing at the last
+step under-reads a long run's); measured step time = the steps after the first. Printed per row: predicted and measured peak and their
 ratio; the step's operators and bytes moved; step time predicted with the package's constants, and measured.
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
 10 %; the time constants (`CPU_MFU`, `CPU_BANDWIDTH_USE`, `CPU_OP_SECONDS`) refitted (`fit_time`), and the rows
@@ -90,6 +91,7 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "memory_bytes": result["memory_bytes"], "predicted_s": calibration["predicted_seconds_per_step"],
             "measured_s": calibration["measured_seconds_per_step"], "mfu": calibration["measured_mfu"],
             "step_seconds": calibration["measured_step_seconds"],
+            "step_peak_bytes": calibration["measured_step_peak_bytes"], "settled_step": calibration["settled_step"],
             "flops_per_step": result["flops_per_step"], "ops_per_step": result["ops_per_step"],
             "traffic_bytes_per_step": result["traffic_bytes_per_step"],
             "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}
@@ -191,7 +193,10 @@ def summarise(rows: list[dict]) -> dict:
     now = predict_time(package_time())
     scale = statistics.median(r["measured_s"] / now(r) for r in good)
     time_fit = fit_time(good)
+    growing = [f"{r['model']} {r['method']} {r['length']}x{r['micro']}" for r in good
+               if "settled_step" in r and r["settled_step"] == len(r["step_peak_bytes"])]
     return {"rows": len(rows), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
+            "peak_still_growing_at_the_last_step": growing,
             "within_10pct_now": within(good, predicted_now, 0.10),
             "within_10pct_now_without_qlora": within(fitted, predicted_now, 0.10),
             "fit": {"activation_slack": slack, "framework_bytes": framework,
@@ -244,21 +249,27 @@ def host_bound(rows: list[dict]) -> dict:
 def table(rows: list[dict]) -> str:
     now = predict_time(package_time())
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
-             "operators | GB moved | step s predicted | step s measured | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "settled at step | operators | GB moved | step s predicted | step s measured | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} "
-                         f"||||||||")
+                         f"|||||||||")
             continue
         tensors = sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS)
         predicted = predicted_now(r)
         lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
                      f"{tensors / 2**20:,.0f} | {predicted / 2**20:,.0f} | "
                      f"{r['measured_bytes'] / 2**20:,.0f} | {predicted / r['measured_bytes']:.2f} | "
+                     f"{settled(r)} | "
                      f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | "
                      f"{now(r):.2f} | {r['measured_s']:.2f} | {now(r) / r['measured_s']:.2f} |")
     return "\n".join(lines)
+
+
+def settled(row: dict) -> str:
+    """The step at which the row's peak settled, of the steps run ('–' for rows saved before it was recorded)."""
+    return f"{row['settled_step']} of {len(row['step_peak_bytes'])}" if "settled_step" in row else "–"
 
 
 def main() -> None:

@@ -16,9 +16,11 @@ echo "== docs/forgetting.md and README: the mitigation experiment (writes runs/f
 # on a GPU machine with many cores (as docs/forgetting.md's table was made): add --jobs 11 (about 4 minutes on an H200)
 $PY experiments/forgetting.py --out runs/forgetting
 cp runs/forgetting/results.json docs/data/forgetting_results.json
-echo "== docs/cost.md: the calculator against measured runs (36 min on 2 cores; add --hardware h200 --precision auto
+echo "== docs/cost.md: the calculator against measured runs (64 min on 2 cores; add --hardware h200 --precision auto
 #    --out docs/data/cost_accuracy_h200.json on a GPU machine)"
-$PY benchmarks/cost_accuracy.py --steps 4 --out docs/data/cost_accuracy.json
+$PY benchmarks/cost_accuracy.py --steps 12 --out docs/data/cost_accuracy.json
+echo "== docs/cost.md: what glibc's allocator adds to a CPU peak, and a fixed mmap threshold's cost (10 min)"
+$PY benchmarks/cpu_allocator.py --out docs/data/cpu_allocator.json
 echo "== docs/cost.md: how much one row's measurement moves when measured again (15 min on 2 cores)"
 $PY benchmarks/cost_repeatability.py --out docs/data/cost_repeatability.json
 echo "== README: compare on the topics task (table and docs/compare-topics.png)"
