@@ -13,8 +13,9 @@ Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --j
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
 CUDA), and the step at which it settled (from which it grew by at most 1 %: a peak still growing at the last
-step under-reads a long run's); measured step time = the steps after the first. Printed per row: predicted and measured peak and their
-ratio; the step's operators and bytes moved; step time predicted with the package's constants, and measured.
+step may under-read a long run's); measured step time = the steps after the first. Printed per row: predicted
+and measured peak and their ratio; the step's operators and bytes moved; step time predicted with the package's
+constants, and measured.
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
 10 %; the time constants (`CPU_MFU`, `CPU_BANDWIDTH_USE`, `CPU_OP_SECONDS`) refitted (`fit_time`), and the rows
 within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
@@ -76,10 +77,11 @@ def write_config(model: str, method: str, data: Path, length: int, micro: int, f
 
 
 def measure(model: str, method: str, data: Path, length: int, micro: int, steps: int, folder: Path,
-            hardware: str = "cpu", precision: str = "fp32") -> dict:
+            hardware: str = "cpu", precision: str = "fp32", env: dict[str, str] | None = None) -> dict:
+    """One row: `transferkit cost --calibrate` in its own process (with `env` as its environment, if given)."""
     config = write_config(model, method, data, length, micro, folder, precision)
     done = subprocess.run([sys.executable, "-m", "transferkit", "cost", str(config), "--hardware", hardware,
-                           "--calibrate", str(steps), "--json"], capture_output=True, text=True, cwd=ROOT)
+                           "--calibrate", str(steps), "--json"], capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode:
         return {"model": model, "method": method, "length": length, "micro": micro,
                 "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
@@ -174,6 +176,8 @@ def summarise(rows: list[dict]) -> dict:
     measured ÷ predicted over all rows: what `--calibrate` on a typical config gives), refitted, held out by
     model. QLoRA rows are left out of the memory fits (their float base, loaded then quantized, stays partly
     resident: see docs/cost.md); the time fits use every row."""
+    from transferkit.cost.calibrate import Measured
+
     good = [r for r in rows if "error" not in r]
     fitted = [r for r in good if r["method"] != "qlora"]
     slack, framework = fit_overheads(fitted)
@@ -193,8 +197,8 @@ def summarise(rows: list[dict]) -> dict:
     now = predict_time(package_time())
     scale = statistics.median(r["measured_s"] / now(r) for r in good)
     time_fit = fit_time(good)
-    growing = [f"{r['model']} {r['method']} {r['length']}x{r['micro']}" for r in good
-               if "settled_step" in r and r["settled_step"] == len(r["step_peak_bytes"])]
+    growing = [f"{r['model']} {r['method']} {r['length']}x{r['micro']}" for r in good if "step_peak_bytes" in r
+               and Measured(r["measured_bytes"], r["step_seconds"], r["step_peak_bytes"]).still_growing]
     return {"rows": len(rows), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
             "peak_still_growing_at_the_last_step": growing,
             "within_10pct_now": within(good, predicted_now, 0.10),

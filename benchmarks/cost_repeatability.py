@@ -100,8 +100,8 @@ def table(summary: dict) -> str:
     for key, verdict in summary["predicted_over_measured"].items():
         lines.append(f"predicted ÷ measured step, {key}: " + ", ".join(f"{x:.2f}" for x in verdict["ratios"])
                      + f" — within {TIME_BOUND:.0%} in {verdict['within']} of {len(verdict['ratios'])}")
-    lines.append(f"rows whose verdict (within {TIME_BOUND:.0%} or not) changes between repeats: {summary['verdict_flips']} of "
-                 f"{len(summary['predicted_over_measured'])}")
+    lines.append(f"rows whose verdict (within {TIME_BOUND:.0%} or not) changes between repeats: "
+                 f"{summary['verdict_flips']} of {len(summary['predicted_over_measured'])}")
     for pair, ratios in summary["twin_ratios"].items():
         lines.append(f"{TWINS[0]} ÷ {TWINS[1]} measured step, {pair}, per round: "
                      + ", ".join(f"{x:.2f}" for x in ratios))

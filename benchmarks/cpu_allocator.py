@@ -33,17 +33,10 @@ def parse_shape(text: str) -> tuple[str, str, int, int]:
     return model, method, int(length), int(micro)
 
 
-def measured_with(threshold: str | None, *row_args) -> dict:
-    """`measure(*row_args)` with MALLOC_MMAP_THRESHOLD_ set to `threshold` in the child (None: glibc's default)."""
-    saved = os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-    try:
-        if threshold is not None:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = threshold
-        return measure(*row_args)
-    finally:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        if saved is not None:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+def child_env(threshold: str | None) -> dict[str, str]:
+    """This process's environment with MALLOC_MMAP_THRESHOLD_ fixed at `threshold` (None: glibc's default)."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    return env if threshold is None else {**env, "MALLOC_MMAP_THRESHOLD_": threshold}
 
 
 def main() -> None:
@@ -60,7 +53,7 @@ def main() -> None:
             data = write_data(folder, TASKS[model], length, 2 * (args.steps + 2) * micro)
             default = None
             for threshold in [None, *args.thresholds]:
-                row = measured_with(threshold, model, method, data, length, micro, args.steps, folder)
+                row = measure(model, method, data, length, micro, args.steps, folder, env=child_env(threshold))
                 if "error" in row:
                     print(f"{model} {method} {length}x{micro} threshold {threshold or 'default'}: {row['error']}")
                     continue
@@ -68,7 +61,8 @@ def main() -> None:
                 row["tensors_bytes"] = sum(v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS)
                 default = default or row
                 print(f"{model} {method} {length}x{micro} threshold {row['mmap_threshold']}: peak "
-                      f"{row['measured_bytes'] / 2**20:,.0f} MiB (× {row['measured_bytes'] / default['measured_bytes']:.2f}; "
+                      f"{row['measured_bytes'] / 2**20:,.0f} MiB "
+                      f"(× {row['measured_bytes'] / default['measured_bytes']:.2f}; "
                       f"replayed tensors {row['tensors_bytes'] / 2**20:,.0f}, predicted "
                       f"{row['predicted_bytes'] / 2**20:,.0f}), after each step "
                       f"{[round(p / 2**20) for p in row['step_peak_bytes']]}; step {row['measured_s']:.2f} s "

@@ -54,6 +54,12 @@ class Measured:
         final = self.step_peak_bytes[-1]
         return next(step for step, peak in enumerate(self.step_peak_bytes, 1) if final - peak <= SETTLED * final)
 
+    @property
+    def still_growing(self) -> bool:
+        """Whether the peak grew by more than `SETTLED` at the last step, after at least two steps past the
+        warm-up (the step after the warm-up allocates the optimizer's state, so it grows by design)."""
+        return len(self.step_peak_bytes) > 2 and self.settled_step == len(self.step_peak_bytes)
+
 
 @dataclass
 class Calibration:
@@ -95,6 +101,7 @@ class Calibration:
         return {"steps": self.steps, "measured_peak_bytes": self.peak_bytes, "predicted_peak_bytes":
                 self.predicted.peak_bytes, "memory_error": self.memory_error,
                 "measured_step_peak_bytes": self.measured.step_peak_bytes, "settled_step": self.measured.settled_step,
+                "peak_still_growing": self.measured.still_growing,
                 "measured_seconds_per_step": self.seconds_per_step,
                 "measured_step_seconds": self.measured.step_seconds,
                 "measured_median_seconds_per_step": statistics.median(self.measured.step_seconds),

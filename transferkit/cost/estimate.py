@@ -70,7 +70,8 @@ from .simulate import KINDS, StepTrace, simulate_step
 # 2 cores, AVX2, fp32; docs/cost.md); kept after the two 2026-12-01 runs: a refit on the 4-step run (0.433,
 # 170 MiB) puts fewer rows within 10 %, one on the 12-step run (0.513, 172 MiB) 3 more in sample but 45 of 84 held
 # out by model, while 12 of 84 verdicts differ between the runs. Most of the allocator term is glibc's heap, whose
-# mmap threshold moves with the order of frees (benchmarks/cpu_allocator.py). CUDA: 0, `max_memory_allocated` counts live tensors, which is what the replay counts.
+# mmap threshold moves with the order of frees (benchmarks/cpu_allocator.py). CUDA: 0, `max_memory_allocated`
+# counts live tensors, which is what the replay counts.
 ACTIVATION_SLACK = {"cpu": 0.485, "cuda": 0.0}
 FRAMEWORK_BYTES = {"cpu": 170_151_007, "cuda": 0}
 

@@ -73,9 +73,9 @@ def format_calibration(measured: Calibration) -> str:
     predicted = measured.predicted
     step = predicted.seconds_per_step
     calibrated = measured.calibrated()
-    settled, ran = measured.measured.settled_step, measured.steps + 1
-    growing = [f"  note        the peak still grew at step {settled} of {ran}: a longer run can hold more; measure "
-               f"more steps (--calibrate N)"] if settled == ran and ran > 2 else []
+    ran = len(measured.measured.step_peak_bytes)
+    growing = [f"  note        the peak still grew at step {ran} of {ran}: a longer run can hold more; measure "
+               f"more steps (--calibrate N)"] if measured.measured.still_growing else []
     return "\n".join([
         format_cost(predicted, None),
         f"  measured    {measured.steps} real steps here (evaluation off): peak {mib(measured.peak_bytes)} over the "
