@@ -206,7 +206,7 @@ def test_keys_is_one_aligned_row_per_key(capsys):
     keys = [line.split()[0] for line in lines]
     assert len(keys) == len(set(keys))  # method.r: one row saying what it means for each method
     r = next(line for line in lines if line.startswith("method.r "))
-    assert "bottleneck width [adapter]" in r and "LoRA rank [dora, lora, qlora, rslora]" in r
+    assert "adapter: bottleneck width" in r and "dora, lora, qlora, rslora: LoRA rank" in r
     starts = {line.index(line.split()[1], len(line.split()[0])) for line in lines}
     assert len(starts) == 1  # the type column starts at the same place on every line
 

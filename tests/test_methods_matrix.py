@@ -233,3 +233,25 @@ def test_load_marks_what_apply_trained(name, family, tmp_path):
     method.save(model, method_cfg(name), tmp_path)
     reloaded = method.load(make_base(family), tmp_path)
     assert count_parameters(reloaded)[0] == count_parameters(model)[0] > 0
+
+
+def test_lora_defaults_follow_the_architecture():
+    """Unset, LoRA adapts every linear layer of a BERT block at rank 8 and a decoder's q, k, v, o at rank 16, at
+    α = 2r (an update scale of 2); a rank set alone keeps α = 2r, an α set is kept."""
+    def adapted(family: str, **keys) -> dict[str, tuple[int, float]]:
+        tuned = get_method("lora").apply(make_base(family), method_config_from_dict({"name": "lora", **keys}),
+                                         TASK[family])
+        return {name.split(".", 1)[1] if family == "llama" else name: (m.r["default"], m.scaling["default"])
+                for name, m in tuned.named_modules() if hasattr(m, "lora_A") and m.lora_A}
+
+    layers = make_base("bert").backbone.config.num_hidden_layers
+    bert = adapted("bert")
+    block = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense")
+    assert sorted(n.split("layer.")[1] for n in bert) == sorted(f"{i}.{b}" for i in range(layers) for b in block)
+    assert set(bert.values()) == {(8, 2.0)}
+    llama = adapted("llama")
+    assert sorted({n.rsplit(".", 1)[1] for n in llama}) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert set(llama.values()) == {(16, 2.0)}
+    assert set(adapted("llama", r=4).values()) == {(4, 2.0)}
+    assert set(adapted("llama", r=4, alpha=32).values()) == {(4, 8.0)}

@@ -11,32 +11,51 @@ adapted d×k matrix: r · (d + k).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ..options import MethodConfig, opt
 from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
 from .registry import HEAD_LR, Defaults, Method, register
-from .targets import adapted_linears, default_lora_targets
+from .targets import adapted_linears, default_lora_rank, default_lora_targets
 
 
 @dataclass
 class LoraMethodConfig(MethodConfig):
-    r: int = opt(16, "LoRA rank", gt=0)
-    alpha: float = opt(32.0, "LoRA scaling numerator: the update is scaled by alpha / r", gt=0)
+    r: Optional[int] = opt(None, "LoRA rank; null: the architecture's default (8 on BERT-style encoders, 16 "
+                                 "elsewhere; methods/targets.py)", gt=0)
+    alpha: Optional[float] = opt(None, "LoRA scaling numerator: the update is scaled by alpha / r; null: 2 × r", gt=0)
     dropout: float = opt(0.0, "dropout on the LoRA input (peft's default 0; on CPU its random masks cost ~12 % of a step)",
                          ge=0, le=1)
     target_modules: list[str] = opt(
         [], "module names to adapt, e.g. [q_proj, v_proj]; empty: a default per architecture")
 
 
+@dataclass(frozen=True)
+class LoraShape:
+    """What a LoRA config means on one model once its nulls are resolved."""
+
+    targets: list[str] | str
+    r: int
+    alpha: float
+
+
+def lora_shape(model: torch.nn.Module, cfg: LoraMethodConfig) -> LoraShape:
+    """The config's targets and rank, else the architecture's defaults (targets.py); alpha, else 2r: α = 2r is
+    the scaling LoRA's own experiments and most recipes use (LLaMA-Factory's default too), so the update's scale
+    α/r = 2 stays put when only the rank is changed."""
+    r = cfg.r or default_lora_rank(model)
+    return LoraShape(cfg.target_modules or default_lora_targets(model), r, cfg.alpha or 2.0 * r)
+
+
 def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig, task: str, *, use_dora: bool = False,
                      use_rslora: bool = False):
     from peft import LoraConfig
 
+    shape = lora_shape(model, cfg)
     return LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules or default_lora_targets(model),
+        r=shape.r, lora_alpha=shape.alpha, lora_dropout=cfg.dropout, target_modules=shape.targets,
         task_type=peft_task_type(task), modules_to_save=classifier_modules(model, task),
         use_dora=use_dora, use_rslora=use_rslora,
     )
@@ -44,10 +63,11 @@ def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig, task: str, *
 
 def lora_closed_form(model: torch.nn.Module, cfg: LoraMethodConfig, *, dora: bool = False) -> int:
     """Σ over adapted d×k matrices of r(d + k) (+ d magnitudes for DoRA)."""
+    shape = lora_shape(model, cfg)
     total = 0
-    for linear in adapted_linears(model, cfg.target_modules or default_lora_targets(model)):
+    for linear in adapted_linears(model, shape.targets):
         d, k = linear.out_features, linear.in_features
-        total += cfg.r * (d + k) + (d if dora else 0)
+        total += shape.r * (d + k) + (d if dora else 0)
     return total
 
 
