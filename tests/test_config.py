@@ -156,6 +156,9 @@ def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):
     recorded = load_config(Path(cfg.output_dir) / "config.yaml").train
     assert (recorded.lr, recorded.head_lr, recorded.warmup_ratio, recorded.weight_decay) == (1e-3, None, 0.05, 0.0)
     assert summary["steps"] == 1
+    # The method keys the model decided: alpha 2r, the tiny Llama's attention projections.
+    method = load_config(Path(cfg.output_dir) / "config.yaml").method
+    assert (method.r, method.alpha, method.target_modules) == (4, 8.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 def test_no_budget_takes_the_methods_epochs(tmp_path):

@@ -10,6 +10,7 @@ adapted d×k matrix: r · (d + k).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,6 +50,14 @@ def lora_shape(model: torch.nn.Module, cfg: LoraMethodConfig) -> LoraShape:
     return LoraShape(cfg.target_modules or default_lora_targets(model), r, cfg.alpha or 2.0 * r)
 
 
+def resolved(model: torch.nn.Module, cfg: LoraMethodConfig) -> LoraMethodConfig:
+    """`cfg` with the rank, alpha and targets `lora_shape` gives (peft's "all-linear" stays an empty list), so that
+    a run's config.yaml names them."""
+    shape = lora_shape(model, cfg)
+    targets = cfg.target_modules or ([] if isinstance(shape.targets, str) else list(shape.targets))
+    return dataclasses.replace(cfg, r=shape.r, alpha=shape.alpha, target_modules=targets)
+
+
 def peft_lora_config(model: torch.nn.Module, cfg: LoraMethodConfig, task: str, *, use_dora: bool = False,
                      use_rslora: bool = False):
     from peft import LoraConfig
@@ -84,7 +93,7 @@ def _variant(name: str, summary: str, **flags) -> Method:
         name, LoraMethodConfig,
         apply=lambda model, cfg, task: wrap(model, peft_lora_config(model, cfg, task, **flags)),
         summary=summary, defaults=DEFAULTS, merge=merge,
-        closed_form=lambda model, cfg: lora_closed_form(model, cfg, dora=dora),
+        closed_form=lambda model, cfg: lora_closed_form(model, cfg, dora=dora), resolve=resolved,
         **PEFT_FUNCTIONS,
     )
 

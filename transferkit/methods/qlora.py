@@ -10,7 +10,7 @@ The adapter is plain LoRA in PEFT format, so it also applies on the float base.
 
 from __future__ import annotations
 
-from .lora import DEFAULTS, LoraMethodConfig, lora_closed_form, peft_lora_config
+from .lora import DEFAULTS, LoraMethodConfig, lora_closed_form, peft_lora_config, resolved
 from .peft_common import PEFT_FUNCTIONS, wrap
 from .registry import Method, register
 
@@ -26,4 +26,4 @@ def apply(model, cfg: LoraMethodConfig, task: str):
 
 register(Method("qlora", LoraMethodConfig, apply=apply, summary="LoRA over a 4-bit NF4 base (bitsandbytes + peft)",
                 defaults=DEFAULTS,
-                quantize_base=True, closed_form=lora_closed_form, **PEFT_FUNCTIONS))
+                quantize_base=True, closed_form=lora_closed_form, resolve=resolved, **PEFT_FUNCTIONS))

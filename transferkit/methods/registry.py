@@ -85,6 +85,7 @@ class Method:
     disabled: Callable[[Model], ContextManager] | None = None   # yields a model acting as the base
     merge: Callable[[Model], Model] | None = None               # fold into the base weights
     closed_form: Callable[[Model, MethodConfig], int | None] | None = None  # trainable count by formula
+    resolve: Callable[[Model, MethodConfig], MethodConfig] | None = None   # null keys the model decides, filled
 
     @property
     def has_off_switch(self) -> bool:

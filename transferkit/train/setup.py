@@ -237,9 +237,13 @@ def load_for_task(cfg: RunConfig, method: Method, splits: Splits, tokenizer, run
 def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits) -> RunConfig:
     """The config as it runs, so that the run's config.yaml names every choice and re-runs or reloads the same:
     null learning rates, warmup and weight decay replaced by the method's defaults, a null `eval.headline` by
-    the one the data calls for, a preference run's `preference.reference: auto` by the reference it takes, and a
-    classifier's `method.pooling: auto` by the pooling it resolved to."""
+    the one the data calls for, a preference run's `preference.reference: auto` by the reference it takes, the
+    method keys the model decides (LoRA's rank, alpha and targets) by their values, and a classifier's
+    `method.pooling: auto` by the pooling it resolved to."""
     cfg = with_method_defaults(cfg, TASK_OF_SCHEMA[splits.schema])
+    method = get_method(cfg.method.name)
+    if method.resolve is not None:
+        cfg = dataclasses.replace(cfg, method=method.resolve(model, cfg.method))
     cfg = dataclasses.replace(cfg, eval=with_headline(cfg.eval, splits))
     if splits.schema == "preference" and cfg.preference.reference == "auto":
         mode = reference_mode(get_method(cfg.method.name), planned_steps(cfg.train, len(splits.train.tokenized)),
