@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from datetime import date
 from pathlib import Path
@@ -165,13 +166,18 @@ def seed_rows(task: str, model: str, method: str, out: Path) -> list[dict]:
             for seed in SEEDS]
 
 
+def scores_by(rows: list[dict], field: str) -> dict[tuple[str, str, str], dict]:
+    """{(task, model, method): {the row's `field` value: score}} over the rows that vary `field`."""
+    groups = {}
+    for r in rows:
+        if field in r:
+            groups.setdefault((r["task"], r["model"], r["method"]), {})[r[field]] = r["score"]
+    return groups
+
+
 def seed_means(rows: list[dict]) -> dict[tuple[str, str, str], float]:
     """{(task, model, method): mean score over SEEDS} where every seed ran."""
-    by = {}
-    for r in rows:
-        if "seed" in r:
-            by.setdefault((r["task"], r["model"], r["method"]), []).append(r["score"])
-    return {key: sum(scores) / len(scores) for key, scores in by.items() if len(scores) == len(SEEDS)}
+    return {key: statistics.mean(by.values()) for key, by in scores_by(rows, "seed").items() if len(by) == len(SEEDS)}
 
 
 def pooling_rows(task: str, model: str, method: str, out: Path) -> list[dict]:
@@ -274,9 +280,7 @@ def page(results: dict) -> str:
                   "initialisation; seed 0 is the table's default run); the target above compares the means.", "",
                   "| task | model | method | " + " | ".join(f"seed {s}" for s in SEEDS) + " | mean |",
                   "|---|---|---|" + "---|" * (len(SEEDS) + 1)]
-        groups = {}
-        for r in seeded:
-            groups.setdefault((r["task"], r["model"], r["method"]), {})[r["seed"]] = r["score"]
+        groups = scores_by(rows, "seed")
         for key, by in groups.items():
             if key in means:
                 lines.append(f"| {' | '.join(key)} | " + " | ".join(f"{100 * by[s]:.1f} %" for s in SEEDS) +
@@ -287,9 +291,7 @@ def page(results: dict) -> str:
                   "The same runs at the method's default learning rate with each pooling (`method.pooling`); "
                   "minilm-l6 declares `mean`, which `auto` took.", "",
                   "| task | model | method | cls | pooler | mean |", "|---|---|---|---|---|---|"]
-        groups = {}
-        for r in pooled:
-            groups.setdefault((r["task"], r["model"], r["method"]), {})[r["pooling"]] = r["score"]
+        groups = scores_by(rows, "pooling")
         for (task, model, method), by in groups.items():
             lines.append(f"| {task} | {model} | {method} | " + " | ".join(
                 f"{100 * by[p]:.1f} %" for p in ("cls", "pooler", "mean")) + " |")
@@ -301,9 +303,7 @@ def page(results: dict) -> str:
                   f"{HEAD_LR:g}, the default (`train.head_lr`; why: transferkit/methods/registry.py), on "
                   f"{', '.join(HEAD_TASKS)}. Bottleneck adapters (`adapter`) are measured here only.", "",
                   f"| task | model | method | head {SLOW_HEAD_LR:g} | head {HEAD_LR:g} (default) |", "|---|---|---|---|---|"]
-        groups = {}
-        for r in headed:
-            groups.setdefault((r["task"], r["model"], r["method"]), {})[r["head_lr"]] = r["score"]
+        groups = scores_by(rows, "head_lr")
         for (task, model, method), by in groups.items():
             lines.append(f"| {task} | {model} | {method} | {100 * by[SLOW_HEAD_LR]:.1f} % | {100 * by[HEAD_LR]:.1f} % |")
     missing = [f"{t} × {m} × {x}" for t in TASKS for m in MODELS for x in METHODS
