@@ -14,10 +14,13 @@ For the probe it also fits scikit-learn's logistic regression (standardised feat
 features the probe trains on (the classifier's pooled features of the frozen backbone), train split → test.
 
 It prints the tables, writes results.json under --out and as docs/data/defaults_results.json, and docs/defaults.md. Every run directory is kept, and a
-re-run reuses finished runs (experiments/common.py), so the sweep can be grown a model or task at a time:
+re-run reuses finished runs (experiments/common.py). The sweep can be grown a model or task at a time, also across
+machines: a run limited by --models/--tasks/--methods keeps the rows of docs/data/defaults_results.json that it
+does not cover, each with the date, CPU and command that measured it (the page names every one):
 
     .venv/bin/python experiments/defaults.py --models minilm-l6                 # the encoder rows only
-    .venv/bin/python experiments/defaults.py                                    # everything
+    .venv/bin/python experiments/defaults.py --models smollm2-135m --tasks chitchat-reply   # add the decoder's instruction rows
+    .venv/bin/python experiments/defaults.py                                    # everything, nothing kept
     .venv/bin/python experiments/defaults.py --results runs/defaults/results.json   # rewrite the page only
 """
 
@@ -25,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from datetime import date
 from pathlib import Path
 
+import torch
 from common import continue_run
 
 from transferkit.config import load_config
@@ -47,9 +52,12 @@ POOLING_METHODS = ("probe", "lora")
 HEAD_METHODS = ("freeze", "lora", "full", "adapter")  # a new head beside the method's parameters, at HEAD_LR
 SLOW_HEAD_LR = 1e-3    # the head's rate before HEAD_LR: the adapters' own 1e-3, full's and freeze's former default
 HEAD_TASKS = ("austen-novel",)  # where the head's rate is measured (the harder task: six classes)
+HEAD_MODELS = ENCODERS           # and on which model (the decoder's sweep is long enough without it)
 SEEDS = (0, 1, 2)          # LoRA against full fine-tuning: a seed alone moves a score by ~2 points, more than the target
 SEEDED_METHODS = ("lora", "full")
 TARGET_POINTS = 1.0        # defaults within this many accuracy points of the best swept setting
+TARGET_PERPLEXITY = 0.01   # instruction: the default's test perplexity within 1 % of the best setting's (a "point"
+                           # of perplexity, relative: test loss within ln 1.01 = 0.00995 nats)
 PROBE_POINTS = 0.5         # the probe within this many points of scikit-learn on the same features
 
 
@@ -131,7 +139,8 @@ def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str], fi
                     rows.append({"task": task, "model": model, "method": method, "lr": default * factor,
                                  "default": factor == 1.0, "score": score(summary, task),
                                  "trainable": summary["params"]["trainable"], "total": summary["params"]["total"],
-                                 "minutes": summary["wall_time_s"] / 60,
+                                 "minutes": summary["wall_time_s"] / 60, "precision": summary["precision"],
+                                 "kept_step": summary["selection"]["chosen_step"], "steps": summary["steps"],
                                  "fresh": time.perf_counter() - started > 5})
                 if method == "probe":
                     rows.append({"task": task, "model": model, "method": "sklearn-logreg", "lr": None,
@@ -142,7 +151,7 @@ def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str], fi
                 if method in SEEDED_METHODS and TASKS[task] == "classification" and not finished_only:
                     rows += seed_rows(task, model, method, out)
             for method in HEAD_METHODS:
-                if task in HEAD_TASKS and not finished_only:
+                if task in HEAD_TASKS and model in HEAD_MODELS and not finished_only:
                     rows += head_rows(task, model, method, out)
     return rows
 
@@ -220,37 +229,83 @@ def verdicts(rows: list[dict]) -> list[dict]:
         gap = (default["score"] - best["score"]) if lower_better else 100 * (best["score"] - default["score"])
         out.append({"task": task, "model": model, "method": method, "default_lr": default["lr"],
                     "default": default["score"], "best_lr": best["lr"], "best": best["score"], "gap": gap,
-                    "trainable_share": default["trainable"] / default["total"]})
+                    "trainable_share": default["trainable"] / default["total"],
+                    "kept": f"{default['kept_step']} of {default['steps']}" if "kept_step" in default else "–"})
     return out
+
+
+def stamped(results: dict) -> dict:
+    """`results` with every row carrying the date, CPU, numerics and command that measured it (a file from before
+    rows carried them has them once, at the top)."""
+    top = {k: results[k] for k in ("date", "cpu", "precision", "args") if k in results}
+    return {"runs": [{**top, **r} for r in results["runs"]]}
+
+
+def identity(row: dict) -> tuple:
+    """What a row measured: task, model, method and the setting it varied (learning rate, pooling, head rate,
+    seed)."""
+    return (row["task"], row["model"], row["method"], None if row["lr"] is None else round(row["lr"], 12),
+            row.get("pooling"), row.get("head_lr"), row.get("seed"))
+
+
+def kept(saved: list[dict], new: list[dict], tasks: list[str], models: list[str], methods: list[str],
+         finished_only: bool) -> list[dict]:
+    """The saved rows this sweep does not measure again: those outside its tasks × models × methods (a head-rate
+    row counts as the head's pair, scikit-learn's as the probe's) and, for a page of finished runs only, any it did
+    not find finished."""
+    measured = {identity(r) for r in new}
+
+    def covered(r: dict) -> bool:
+        method = "probe" if r["method"] == "sklearn-logreg" else r["method"]
+        return r["task"] in tasks and r["model"] in models and (method in methods or "head_lr" in r)
+    return [r for r in saved if identity(r) not in measured and (not covered(r) or finished_only)]
 
 
 def page(results: dict) -> str:
     """docs/defaults.md from the results."""
     rows, cells = results["runs"], verdicts(results["runs"])
     fmt = (lambda task, v: f"{100 * v:.1f} %" if TASKS[task] == "classification" else f"{v:.3f}")
-    lines = ["# Are the defaults good? (generated by experiments/defaults.py)", "",
-             (f"Measured {results['date']} on {results['cpu']} (fp32) with "
-             f"`.venv/bin/python experiments/defaults.py {results['args']}`."), "",
+    sources = {}
+    for r in rows:
+        if "precision" in r:  # the rows of a run's summary; scikit-learn's and the extra settings' share them
+            sources.setdefault((r["date"], r["cpu"], r["precision"], r["args"]), {})[(r["task"], r["model"])] = None
+    lines = ["# Are the defaults good? (generated by experiments/defaults.py)", ""]
+    lines += [("" if len(sources) == 1 else "- ") +
+              f"Measured {day} on {cpu}, {precision}, with `.venv/bin/python experiments/defaults.py {args}`"
+              + ("" if len(sources) == 1 else ": " + ", ".join(f"{t} × {m}" for t, m in pairs)) + "."
+              for (day, cpu, precision, args), pairs in sources.items()]
+    lines += ["",
              ("Per method, the default learning rate d (declared in the method's module, `transferkit keys`) and "
              "d/3, 3·d, everything else at the product's defaults. Classification: test accuracy after the method's "
-             "default epochs (3; the probe 20) at batch 32; instruction: test loss after 1 epoch at batch 8 (lower is better). Gap: how far the "
-             f"default is from the best of the three (target: ≤ {TARGET_POINTS:g} point). One run per setting "
+             "default epochs (3; the probe 20) at batch 32; instruction: test loss after 1 epoch at batch 8 (lower is "
+             "better). Gap: how far the default is from the best of the three (target: ≤ "
+             f"{TARGET_POINTS:g} accuracy point; instruction: the test perplexity exp(loss) within "
+             f"{100 * TARGET_PERPLEXITY:g} % of the best's). One run per setting "
              "(seed 0): one point is 4.8 of austen-novel's 480 test passages and 3 of austen-speech's 300, the order "
              "of what a different seed alone moves a score; LoRA and full fine-tuning at their defaults also ran with "
              "seeds 1 and 2, for the target that compares them (below)."), "",
-             "| task | model | method | default lr | default | best lr | best | gap | trainable |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             ("Kept step: the checkpoint `train.select: best` kept for the default run (the best validation "
+              "score; a tie goes to the later step) of the run's steps — an early one means the validation score "
+              "fell after it (not recorded for rows measured before 2026-12-07)."), "",
+             "| task | model | method | default lr | default | best lr | best | gap | trainable | kept step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        gap = f"{c['gap']:.1f} pt" if TASKS[c["task"]] == "classification" else f"{c['gap']:+.3f}"
+        gap = f"{c['gap']:.1f} pt" if TASKS[c["task"]] == "classification" else \
+            f"{c['gap']:+.3f} (perplexity {100 * math.expm1(c['gap']):+.1f} %)"
         lines.append(f"| {c['task']} | {c['model']} | {c['method']} | {c['default_lr']:.2g} | "
                      f"{fmt(c['task'], c['default'])} | {c['best_lr']:.2g} | {fmt(c['task'], c['best'])} | {gap} | "
-                     f"{100 * c['trainable_share']:.2f} % |")
+                     f"{100 * c['trainable_share']:.2f} % | {c['kept']} |")
     lines += ["", "## Targets", ""]
     for c in cells:
         if TASKS[c["task"]] == "classification":
             mark = "met" if within(c["gap"], TARGET_POINTS) else "**missed**"
             lines.append(f"- {c['task']}, {c['model']}, {c['method']}: default within {TARGET_POINTS:g} point of the "
                          f"best swept setting — {mark} ({c['gap']:.1f} pt)")
+        else:
+            worse = math.expm1(c["gap"])
+            mark = "met" if within(100 * worse, 100 * TARGET_PERPLEXITY) else "**missed**"
+            lines.append(f"- {c['task']}, {c['model']}, {c['method']}: default's test perplexity within "
+                         f"{100 * TARGET_PERPLEXITY:g} % of the best swept setting's — {mark} ({100 * worse:+.1f} %)")
     by_cell = {(c["task"], c["model"], c["method"]): c for c in cells}
     means = seed_means(rows)
     for (task, model, method), c in by_cell.items():
@@ -301,7 +356,7 @@ def page(results: dict) -> str:
                   f"The same runs at the method's default learning rate with the classifier's new head at "
                   f"{SLOW_HEAD_LR:g} (the adapters' own rate; full's and freeze's former default) and at "
                   f"{HEAD_LR:g}, the default (`train.head_lr`; why: transferkit/methods/registry.py), on "
-                  f"{', '.join(HEAD_TASKS)}. Bottleneck adapters (`adapter`) are measured here only.", "",
+                  f"{', '.join(HEAD_TASKS)} with {', '.join(HEAD_MODELS)}. Bottleneck adapters (`adapter`) are measured here only.", "",
                   f"| task | model | method | head {SLOW_HEAD_LR:g} | head {HEAD_LR:g} (default) |", "|---|---|---|---|---|"]
         groups = scores_by(rows, "head_lr")
         for (task, model, method), by in groups.items():
@@ -309,8 +364,8 @@ def page(results: dict) -> str:
     missing = [f"{t} × {m} × {x}" for t in TASKS for m in MODELS for x in METHODS
                if applies(t, m, x) and (t, m, x) not in by_cell]
     if missing:
-        lines += ["", "Not measured yet: " + ", ".join(missing) + " (the sweep is resumable; see the command above "
-                  "without `--models`)."]
+        lines += ["", "Not measured yet: " + ", ".join(missing) + " (a run of `experiments/defaults.py` limited "
+                  "to them, e.g. `--models M --tasks T --methods X`, adds them and keeps every row above)."]
     return "\n".join(lines) + "\n"
 
 
@@ -325,18 +380,22 @@ def main() -> None:
     parser.add_argument("--finished-only", action="store_true", help="the page of the runs finished so far; "
                                                                       "nothing trains")
     args = parser.parse_args()
+    saved_path = ROOT / "docs" / "data" / "defaults_results.json"
     if args.results:
         results = json.loads(args.results.read_text())
     else:
         shown = " ".join(f"--{k} {' '.join(v)}" for k, v in (("models", args.models), ("tasks", args.tasks),
                                                                ("methods", args.methods))
                          if list(v) != list({"models": MODELS, "tasks": TASKS, "methods": METHODS}[k]))
-        results = {"date": date.today().isoformat(), "cpu": cpu_name(),
-                   "args": shown + (" --finished-only" if args.finished_only else ""),
-                   "runs": sweep(args.out, args.tasks, args.models, args.methods, args.finished_only)}
+        stamp = {"date": date.today().isoformat(), "cpu": f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})",
+                 "args": shown + (" --finished-only" if args.finished_only else "")}
+        runs = [{**r, **stamp} for r in sweep(args.out, args.tasks, args.models, args.methods, args.finished_only)]
+        saved = stamped(json.loads(saved_path.read_text()))["runs"] if saved_path.is_file() else []
+        results = {"runs": kept(saved, runs, args.tasks, args.models, args.methods, args.finished_only) + runs}
         args.out.mkdir(parents=True, exist_ok=True)
-        for path in (args.out / "results.json", ROOT / "docs" / "data" / "defaults_results.json"):
+        for path in (args.out / "results.json", saved_path):
             path.write_text(json.dumps(results, indent=2) + "\n")
+    results = stamped(results)
     text = page(results)
     args.page.write_text(text)
     print(text)
