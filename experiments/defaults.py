@@ -16,7 +16,7 @@ features the probe trains on (the classifier's pooled features of the frozen bac
 It prints the tables, writes results.json under --out and as docs/data/defaults_results.json, and docs/defaults.md. Every run directory is kept, and a
 re-run reuses finished runs (experiments/common.py). The sweep can be grown a model or task at a time, also across
 machines: a run limited by --models/--tasks/--methods keeps the rows of docs/data/defaults_results.json that it
-does not cover, each with the date, CPU and command that measured it (the page names every one):
+does not cover, each with the date, CPU, numerics and command that measured it (the page names every one):
 
     .venv/bin/python experiments/defaults.py --models minilm-l6                 # the encoder rows only
     .venv/bin/python experiments/defaults.py --models smollm2-135m --tasks chitchat-reply   # add the decoder's instruction rows
@@ -382,7 +382,7 @@ def main() -> None:
     args = parser.parse_args()
     saved_path = ROOT / "docs" / "data" / "defaults_results.json"
     if args.results:
-        results = json.loads(args.results.read_text())
+        results = stamped(json.loads(args.results.read_text()))
     else:
         shown = " ".join(f"--{k} {' '.join(v)}" for k, v in (("models", args.models), ("tasks", args.tasks),
                                                                ("methods", args.methods))
@@ -395,7 +395,6 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         for path in (args.out / "results.json", saved_path):
             path.write_text(json.dumps(results, indent=2) + "\n")
-    results = stamped(results)
     text = page(results)
     args.page.write_text(text)
     print(text)
