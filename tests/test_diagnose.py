@@ -252,3 +252,23 @@ def test_a_bad_diagnose_label_column_is_refused_before_training(tiny_config, tmp
     with pytest.raises(DataError, match=r":1: field 'domain': no value to probe"):
         train(cfg)
     assert not Path(cfg.output_dir).exists()  # nothing written: refused before the run directory
+
+
+def test_diagnose_in_bf16_reads_the_base_in_the_tuned_models_weight_storage(tiny_config):
+    """Under bf16 precision training keeps frozen weights in bf16 (`train.frozen_bf16`); diagnose loads the base
+    into the same storage, so a matrix LoRA never adapted has not moved (rather than by bf16's rounding, ~1e-3 of
+    ‖W‖) and the embeddings' representation is the same (CKA 1 at layer 0)."""
+    from transferkit import train
+    from transferkit.api import diagnose
+    from transferkit.options import DiagnoseConfig
+
+    cfg = tiny_config("train.precision=bf16", "train.frozen_bf16=true", "train.max_steps=3", "train.eval_every=0",
+                      "train.save_every=0", "eval.baseline=false", "forgetting.reference=none")
+    train(cfg)
+    result = diagnose(cfg.output_dir, DiagnoseConfig(max_examples=8, pooling="mean"), precision="bf16")
+    targets = set(json.loads((Path(cfg.output_dir) / "adapter" / "adapter_config.json").read_text())["target_modules"])
+    matrices = result["weights"]["matrices"]
+    untouched = [m for m in matrices if m["module"] not in targets]
+    assert untouched and all(m["delta_norm"] == 0 for m in untouched)
+    assert all(m["delta_norm"] > 0 and m["rank_90"] <= 4 for m in matrices if m["module"] in targets)
+    assert result["cka"]["by_layer"][0] == pytest.approx(1.0, abs=1e-9)

@@ -119,7 +119,8 @@ def test_full_fine_tuning_caches_its_base_as_the_reference(dpo_config, tiny_mode
     summary = train(with_method(dpo_config("train.lr=1e-3", f"output_dir={tmp_path / 'full'}"), "full"))
     assert summary["params"]["trainable"] == summary["params"]["total"]
     stored = json.loads((tmp_path / "full" / "reference_logprobs.json").read_text())
-    base, _ = evaluate_run(str(pref_data["test"]), model=str(tiny_model_dir))
+    # measured in the run's numerics (fp32): `precision` auto is bf16 autocast on an AVX512-BF16 CPU
+    base, _ = evaluate_run(str(pref_data["test"]), model=str(tiny_model_dir), precision="fp32")
     chosen = [c for c, _ in stored["test"]]
     assert sum(chosen) / len(chosen) == pytest.approx(base["metrics"]["chosen_logp"], abs=1e-3)
     assert summary["test"]["chosen_logp"] != pytest.approx(base["metrics"]["chosen_logp"], abs=1e-3)  # it trained
@@ -163,11 +164,11 @@ def test_dpo_on_an_sft_run_directory_starts_from_the_sft_model(tiny_config, dpo_
     summary = train(dpo_config(f"model={sft}", f"output_dir={tmp_path / 'dpo'}"))
     assert (sft / "merged" / "config.json").is_file() and (sft / "merged" / "merge_report.json").is_file()
     # the DPO run's baseline is the SFT model (its adapter on its base), not the base the SFT run started from
-    of_sft, _ = evaluate_run(str(pref_data["test"]), run_dir=str(sft))
+    of_sft, _ = evaluate_run(str(pref_data["test"]), run_dir=str(sft), precision="fp32")  # the runs' numerics
     base = summary["baseline"]["zero_shot"]
     assert base["chosen_logp"] == pytest.approx(of_sft["metrics"]["chosen_logp"], abs=1e-3)
     assert base["preference_accuracy"] == of_sft["metrics"]["preference_accuracy"]
-    of_tiny, _ = evaluate_run(str(pref_data["test"]), model=str(tiny_model_dir))
+    of_tiny, _ = evaluate_run(str(pref_data["test"]), model=str(tiny_model_dir), precision="fp32")
     assert base["chosen_logp"] != pytest.approx(of_tiny["metrics"]["chosen_logp"], abs=1e-2)
     assert summary["model"] == str(sft)  # config.yaml names the run: reloading resolves it to its merged folder
     rows = {row.path: row for row in find_runs(tmp_path)}

@@ -96,10 +96,11 @@ def test_lora_on_minilm_merges_into_a_backbone_and_its_head(tmp_path):
                                    atol=1e-4)
     refused = cli("export", str(run), "--target", "vllm", "--out", str(tmp_path / "vllm"), check=False)
     assert refused.returncode == 2 and "modules_to_save" in refused.stderr and not (tmp_path / "vllm").exists()
-    # served: /v1/classify gives the run's own probabilities
+    # served: /v1/classify gives the run's own probabilities (in fp32, as `trained` computes them here; `precision`
+    # auto would serve in bf16 autocast on an AVX512-BF16 CPU)
     from served import call, serve_process
 
-    with serve_process("--adapter", f"topics={run}") as address:
+    with serve_process("--adapter", f"topics={run}", "--precision", "fp32") as address:
         status, body = call(address, "POST", "/v1/classify", {"model": "topics", "input": [
             "The match went to extra time.", "Heavy rain all weekend."]})
     assert status == 200, body

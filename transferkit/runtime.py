@@ -181,6 +181,21 @@ def store_frozen_weights(model: torch.nn.Module, runtime: Runtime, in_bf16: bool
     return moved
 
 
+def store_like(model: torch.nn.Module, trained: torch.nn.Module) -> int:
+    """Store each floating-point parameter of `model` in the dtype `trained` stores the same parameter in (by name;
+    a peft-adapted layer's weight read as its base's): a freshly loaded base measured against a tuned model kept
+    in training's weight storage (`store_frozen_weights`), so that a weight training never touched is the same
+    number in both. Returns how many elements moved."""
+    stored = {plain_name(name): p.dtype for name, p in underlying_model(trained).named_parameters()}
+    moved = 0
+    for name, param in model.named_parameters():
+        dtype = stored.get(name)
+        if dtype is not None and dtype.is_floating_point and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            moved += param.numel()
+    return moved
+
+
 class Stopwatch:
     """Wall-clock seconds per named phase of a run: `with clock("baseline"): ...` adds the block's time."""
 
@@ -213,6 +228,11 @@ INFERENCE_ATTENTION = "sdpa"
 def underlying_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a wrapper (peft, the probe); the model itself when unwrapped."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def plain_name(name: str) -> str:
+    """A peft-adapted layer's parameter name (inside the wrapper) as the base model has it."""
+    return name.replace(".base_layer.", ".")
 
 
 @contextlib.contextmanager

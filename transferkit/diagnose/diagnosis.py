@@ -40,7 +40,7 @@ from ..models import load_model, task_of
 from ..models.loading import architecture
 from ..options import DiagnoseConfig, RunConfig
 from ..rundir import RunDir
-from ..runtime import Runtime, underlying_model
+from ..runtime import Runtime, store_like, underlying_model
 from .similarity import cka_matrix
 from .weights import by_layer, lora_updates, weight_changes
 
@@ -223,6 +223,7 @@ def diagnose_run(run: RunDir, tuned, tokenizer, cfg: RunConfig, runtime: Runtime
     base, _, folder = load_model(cfg.model, task=task_of(tuned), labels=run.read_labels(), device=runtime.device,
                                  tokenizer=tokenizer, attention=underlying_model(tuned).config._attn_implementation,
                                  trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
+    store_like(base, tuned)  # bf16-stored frozen weights: the base in the same storage, or they would count as moved
     data = options.data or cfg.data.held_out_file
     sample = read_sample(data, options.label_column, options.max_examples, cfg.seed)
     result = diagnose(base, tuned, tokenizer, sample, runtime, pooling=pooling_for(folder, options.pooling),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runtime import underlying_model
+from ..runtime import plain_name, underlying_model
 
 LAYER = re.compile(r"\.(?:layers?|h|blocks?)\.(\d+)\.")
 ENERGY = 0.90   # rank_90: singular values holding this share of ‖ΔW‖²
@@ -59,11 +59,6 @@ def lora_singular_values(b: torch.Tensor, a: torch.Tensor, scale: float) -> torc
     q_b, r_b = torch.linalg.qr(b.double())       # b: [d, r]
     q_a, r_a = torch.linalg.qr(a.double().T)     # aᵀ: [k, r]
     return torch.linalg.svdvals(scale * r_b @ r_a.T)
-
-
-def plain_name(name: str) -> str:
-    """A peft-adapted layer's parameter name (inside the wrapper) as the base model has it."""
-    return name.replace(".base_layer.", ".")
 
 
 def lora_updates(tuned: torch.nn.Module) -> dict[str, torch.Tensor]:
