@@ -113,7 +113,8 @@ def test_numbers_that_are_not_are_refused(tmp_path, override):
 # The defaults each method module declares (`Defaults`), written out here: changing one is a decision that must
 # show up in this test, docs/defaults.md and the recipes.
 METHOD_LR = {"full": 1e-4, "freeze": 6e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
-             "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 3e-2}
+             "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 1e-2}
+SELECT = {"probe": "last"}  # the others end with their best validation's weights
 HEAD_LR = {m: 1e-2 for m in ("full", "freeze", "lora", "dora", "rslora", "qlora", "adapter")}  # the others: lr
 
 
@@ -122,18 +123,22 @@ def test_null_train_keys_take_the_methods_defaults(tmp_path, method):
     from transferkit.config import with_method_defaults
 
     cfg = load_config(write(tmp_path, BASE), [f"method.name={method}"])
-    assert (cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio, cfg.train.weight_decay) == (None,) * 4
+    assert (cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio, cfg.train.weight_decay, cfg.train.select) == \
+        (None,) * 5
     causal = with_method_defaults(cfg, "causal-lm").train
     assert (causal.lr, causal.head_lr, causal.warmup_ratio, causal.weight_decay) == (METHOD_LR[method], None, 0.05, 0.0)
+    assert causal.select == SELECT.get(method, "best")
     assert causal.max_steps == 3 and causal.epochs is None  # a budget given stays as given
     classify = with_method_defaults(cfg, "classification").train
     assert (classify.lr, classify.head_lr) == (METHOD_LR[method], HEAD_LR.get(method, METHOD_LR[method]))
     # What the user sets wins, and a resolved config resolves to itself.
     mine = load_config(write(tmp_path, BASE), [f"method.name={method}", "train.lr=0.5", "train.head_lr=0.25",
-                                               "train.warmup_ratio=0", "train.weight_decay=0.1"])
+                                               "train.warmup_ratio=0", "train.weight_decay=0.1",
+                                               f"train.select={'best' if SELECT.get(method) == 'last' else 'last'}"])
     resolved = with_method_defaults(mine, "classification")
     assert (resolved.train.lr, resolved.train.head_lr, resolved.train.warmup_ratio, resolved.train.weight_decay) == \
         (0.5, 0.25, 0.0, 0.1)
+    assert resolved.train.select != SELECT.get(method, "best")
     assert with_method_defaults(resolved, "classification") == resolved
 
 
@@ -144,17 +149,19 @@ def test_keys_lists_each_methods_defaults(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "per method" in lines["train.lr"] and "full 0.0001" in lines["train.lr"] and "lora 0.001" in lines["train.lr"]
     assert "full 0.01" in lines["train.head_lr"] and "lora 0.01" in lines["train.head_lr"] and "ia3 lr" in lines["train.head_lr"]
+    assert "probe last" in lines["train.select"] and "lora best" in lines["train.select"]
 
 
 def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):
-    """config.yaml names the learning rate, warmup and weight decay the run trained with."""
+    """config.yaml names the learning rate, warmup, weight decay and selection the run trained with."""
     from transferkit import train
 
     cfg = tiny_config("method={name: lora, r: 4}", "train.max_steps=1", "eval.baseline=false", "train.eval_every=0")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=None))
     summary = train(cfg)
     recorded = load_config(Path(cfg.output_dir) / "config.yaml").train
-    assert (recorded.lr, recorded.head_lr, recorded.warmup_ratio, recorded.weight_decay) == (1e-3, None, 0.05, 0.0)
+    assert (recorded.lr, recorded.head_lr, recorded.warmup_ratio, recorded.weight_decay, recorded.select) == \
+        (1e-3, None, 0.05, 0.0, "best")
     assert summary["steps"] == 1
     # The method keys the model decided: alpha 2r, the tiny Llama's attention projections.
     method = load_config(Path(cfg.output_dir) / "config.yaml").method

@@ -21,6 +21,8 @@ def test_probe_on_minilm_classifies_topics(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "probe" and summary["params"]["trainable"] == 384 * 4 + 4
     assert summary["test"]["accuracy"] > 0.8  # four balanced classes: chance is 0.25
+    # the probe's default selection: its last step, not the best validation's
+    assert summary["selection"]["select"] == "last" and summary["selection"]["chosen_step"] == summary["steps"]
     # A probe never changes the backbone: nothing forgotten. Its baseline is embedding similarity to the
     # label names, which already separates these four topics well; the flag says whether the probe beat it.
     assert summary["forgetting"]["forgetting"] == pytest.approx(0.0, abs=1e-9)

@@ -78,9 +78,9 @@ def paths_from(tree: dict, folder: Path) -> dict:
 
 
 def with_method_defaults(cfg: RunConfig, task: str) -> RunConfig:
-    """`cfg` with every null `train.lr`, `train.warmup_ratio`, `train.weight_decay` replaced by its method's
-    default, `train.epochs` too when no budget is given, and — for classification, the one task with a new head
-    — `train.head_lr` (else it stays null)."""
+    """`cfg` with every null `train.lr`, `train.warmup_ratio`, `train.weight_decay`, `train.select` replaced by its
+    method's default, `train.epochs` too when no budget is given, and — for classification, the one task with a new
+    head — `train.head_lr` (else it stays null)."""
     defaults = get_method(cfg.method.name).defaults
     train = cfg.train
     lr = defaults.lr if train.lr is None else train.lr
@@ -91,7 +91,8 @@ def with_method_defaults(cfg: RunConfig, task: str) -> RunConfig:
     train = dataclasses.replace(
         train, lr=lr, head_lr=head_lr, epochs=epochs,
         warmup_ratio=defaults.warmup_ratio if train.warmup_ratio is None else train.warmup_ratio,
-        weight_decay=defaults.weight_decay if train.weight_decay is None else train.weight_decay)
+        weight_decay=defaults.weight_decay if train.weight_decay is None else train.weight_decay,
+        select=defaults.select if train.select is None else train.select)
     return dataclasses.replace(cfg, train=train)
 
 

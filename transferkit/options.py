@@ -67,8 +67,8 @@ class TrainConfig:
     micro_batch_size: Optional[int] = opt(
         None, "examples per forward pass; batch_size / micro_batch_size micro-batches are accumulated "
               "(default: 4 on CPU, where it holds half the activations of 8 at the same speed; batch_size on GPU)", gt=0)
-    # The four keys below default to the method's own values (`Defaults` in its module; `transferkit keys` lists
-    # them); the run's config.yaml records what was used.
+    # lr, head_lr, weight_decay, warmup_ratio (and epochs, select) default to the method's own values (`Defaults` in
+    # its module; `transferkit keys` lists them); the run's config.yaml records what was used.
     lr: Optional[float] = opt(None, "peak learning rate; null: the method's default", gt=0)
     head_lr: Optional[float] = opt(
         None, "peak learning rate of a classification model's new task head (the method's own parameters keep "
@@ -91,10 +91,10 @@ class TrainConfig:
     frozen_bf16: bool = opt(True, "with bf16 precision, store the frozen weights in bf16 (less memory, faster); "
                                   "trained weights and optimizer state stay fp32")
     eval_every: int = opt(50, "validate every N optimizer steps (0: only at the end)", ge=0)
-    select: Literal["best", "last"] = opt(
-        "best", "with validation data, which weights the run ends with (adapter, test evaluation): `best` — those of "
-                "the validation with the best headline (classification: accuracy; otherwise the perplexity of the "
-                "references; a tie goes to the later step), `last` — the final step's")
+    select: Optional[Literal["best", "last"]] = opt(
+        None, "with validation data, which weights the run ends with (adapter, test evaluation): `best` — those of "
+              "the validation with the best headline (classification: accuracy; otherwise the perplexity of the "
+              "references; a tie goes to the later step), `last` — the final step's; null: the method's default")
     patience: int = opt(0, "stop early after this many validations in a row without a better headline (0: never)",
                         ge=0)
     log_every: int = opt(5, "write a training log event every N steps", gt=0)

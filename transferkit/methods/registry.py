@@ -41,8 +41,8 @@ HEAD_LR = 1e-2
 @dataclass(frozen=True)
 class Defaults:
     """A method's own optimisation defaults: what `train.lr`, `train.head_lr`, `train.warmup_ratio`,
-    `train.weight_decay` and the budget (`train.epochs`, when neither it nor `train.max_steps` is given) mean
-    when the config leaves them null. Each method module states where its values
+    `train.weight_decay`, `train.select` and the budget (`train.epochs`, when neither it nor `train.max_steps` is
+    given) mean when the config leaves them null. Each method module states where its values
     come from; experiments/defaults.py measures them against a sweep (docs/defaults.md)."""
 
     lr: float
@@ -50,12 +50,14 @@ class Defaults:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     epochs: float = 3.0               # when the config gives neither train.epochs nor train.max_steps
+    select: str = "best"              # the checkpoint the run ends with, given validation data: best or last
 
     def describe(self) -> dict[str, str]:
         """{train key: value as shown by `transferkit keys`}."""
         head = "lr" if self.head_lr is None else f"{self.head_lr:g}"
         return {"train.lr": f"{self.lr:g}", "train.head_lr": head, "train.warmup_ratio": f"{self.warmup_ratio:g}",
-                "train.weight_decay": f"{self.weight_decay:g}", "train.epochs": f"{self.epochs:g}"}
+                "train.weight_decay": f"{self.weight_decay:g}", "train.epochs": f"{self.epochs:g}",
+                "train.select": self.select}
 
 
 @dataclass(frozen=True)
