@@ -40,6 +40,7 @@ from common import continue_run
 from transferkit.config import load_config
 from transferkit.methods import get_method
 from transferkit.methods.registry import HEAD_LR
+from transferkit.models import architecture, resolve_model
 from transferkit.runtime import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,13 @@ def applies(task: str, model: str, method: str) -> bool:
     if TASKS[task] == "instruction":
         return model != "minilm-l6" and method != "probe"
     return True
+
+
+def default_lr(task: str, model: str, method: str) -> float:
+    """The method's default learning rate for `model` on `task`, as a run resolves it (by the model's
+    architecture and the task, where the method's default depends on them)."""
+    kind = "classification" if TASKS[task] == "classification" else "causal-lm"
+    return get_method(method).defaults.lr_for(architecture(resolve_model(model)), kind)
 
 
 def run_config(task: str, model: str, method: str, lr: float, out: Path, pooling: str = "auto",
@@ -129,7 +137,7 @@ def sweep(out: Path, tasks: list[str], models: list[str], methods: list[str], fi
             for method in methods:
                 if not applies(task, model, method):
                     continue
-                default = get_method(method).defaults.lr
+                default = default_lr(task, model, method)
                 for factor in FACTORS:
                     cfg = run_config(task, model, method, default * factor, out)
                     if finished_only and not (Path(cfg.output_dir) / "summary.json").is_file():
@@ -164,18 +172,18 @@ def measures_head(method: str, methods: list[str]) -> bool:
 
 def head_rows(task: str, model: str, method: str, out: Path) -> list[dict]:
     """The method at its default learning rate with the new head at SLOW_HEAD_LR and at its default."""
-    defaults = get_method(method).defaults
+    defaults, lr = get_method(method).defaults, default_lr(task, model, method)
     rows = []
     for head_lr in (SLOW_HEAD_LR, defaults.head_lr):
-        cfg = run_config(task, model, method, defaults.lr, out, head_lr=None if head_lr == defaults.head_lr else head_lr)
-        rows.append({"task": task, "model": model, "method": method, "lr": defaults.lr, "head_lr": head_lr,
+        cfg = run_config(task, model, method, lr, out, head_lr=None if head_lr == defaults.head_lr else head_lr)
+        rows.append({"task": task, "model": model, "method": method, "lr": lr, "head_lr": head_lr,
                      "score": score(continue_run(cfg, "classification"), task)})
     return rows
 
 
 def seed_rows(task: str, model: str, method: str, out: Path) -> list[dict]:
     """The method at its default learning rate with each of SEEDS (seed 0: the sweep's default run)."""
-    lr = get_method(method).defaults.lr
+    lr = default_lr(task, model, method)
     return [{"task": task, "model": model, "method": method, "lr": lr, "seed": seed,
              "score": score(continue_run(run_config(task, model, method, lr, out, seed=seed), "classification"), task)}
             for seed in SEEDS]
@@ -198,7 +206,7 @@ def seed_means(rows: list[dict]) -> dict[tuple[str, str, str], float]:
 def pooling_rows(task: str, model: str, method: str, out: Path) -> list[dict]:
     """The encoder's poolings at the method's default learning rate: the default run's (`auto`, resolved as its
     config.yaml records) and each other one."""
-    lr = get_method(method).defaults.lr
+    lr = default_lr(task, model, method)
     default = run_config(task, model, method, lr, out)
     resolved = load_config(Path(default.output_dir) / "config.yaml").method.pooling
     rows = [{"task": task, "model": model, "method": method, "pooling": resolved, "lr": lr,

@@ -115,6 +115,7 @@ def test_numbers_that_are_not_are_refused(tmp_path, override):
 METHOD_LR = {"full": 1e-4, "freeze": 6e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
              "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 1e-2}
 SELECT = {"probe": "last"}  # the others end with their best validation's weights
+DECODER_CLASSIFIER_LR = {"freeze": 1.8e-3}  # where a decoder classifier's default differs from the method's
 HEAD_LR = {m: 1e-2 for m in ("full", "freeze", "lora", "dora", "rslora", "qlora", "adapter")}  # the others: lr
 
 
@@ -131,6 +132,11 @@ def test_null_train_keys_take_the_methods_defaults(tmp_path, method):
     assert causal.max_steps == 3 and causal.epochs is None  # a budget given stays as given
     classify = with_method_defaults(cfg, "classification").train
     assert (classify.lr, classify.head_lr) == (METHOD_LR[method], HEAD_LR.get(method, METHOD_LR[method]))
+    # by the model's architecture: a decoder classifier may differ; an encoder, or a decoder's language model, not
+    decoder = with_method_defaults(cfg, "classification", "decoder").train
+    assert decoder.lr == DECODER_CLASSIFIER_LR.get(method, METHOD_LR[method])
+    assert with_method_defaults(cfg, "classification", "encoder").train.lr == METHOD_LR[method]
+    assert with_method_defaults(cfg, "causal-lm", "decoder").train.lr == METHOD_LR[method]
     # What the user sets wins, and a resolved config resolves to itself.
     mine = load_config(write(tmp_path, BASE), [f"method.name={method}", "train.lr=0.5", "train.head_lr=0.25",
                                                "train.warmup_ratio=0", "train.weight_decay=0.1",
@@ -150,6 +156,7 @@ def test_keys_lists_each_methods_defaults(capsys):
     assert "per method" in lines["train.lr"] and "full 0.0001" in lines["train.lr"] and "lora 0.001" in lines["train.lr"]
     assert "full 0.01" in lines["train.head_lr"] and "lora 0.01" in lines["train.head_lr"] and "ia3 lr" in lines["train.head_lr"]
     assert "probe last" in lines["train.select"] and "lora best" in lines["train.select"]
+    assert "freeze 0.0006; decoder classification 0.0018" in lines["train.lr"]
 
 
 def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):
@@ -166,6 +173,20 @@ def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):
     # The method keys the model decided: alpha 2r, the tiny Llama's attention projections.
     method = load_config(Path(cfg.output_dir) / "config.yaml").method
     assert (method.r, method.alpha, method.target_modules) == (4, 8.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def test_a_run_takes_the_default_rate_of_its_models_architecture(tiny_config, topics, tiny_bert_dir, tiny_qwen_dir):
+    """freeze's top blocks train at 1.8e-3 in a decoder classifier and at 6e-4 in an encoder's; config.yaml
+    records the rate the run resolved."""
+    from transferkit import train
+
+    for folder, lr in ((tiny_qwen_dir, 1.8e-3), (tiny_bert_dir, 6e-4)):
+        cfg = tiny_config(f"model={folder}", "method={name: freeze, train_top: 1}", f"data.train={topics['train']}",
+                          f"data.validation={topics['validation']}", f"data.test={topics['test']}",
+                          "train.max_steps=1", "train.eval_every=0", "train.save_every=0", "eval.baseline=false",
+                          "forgetting.reference=none", f"output_dir={folder.parent / ('freeze-' + folder.name)}")
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=None)))
+        assert load_config(Path(cfg.output_dir) / "config.yaml").train.lr == lr
 
 
 def test_no_budget_takes_the_methods_epochs(tmp_path):

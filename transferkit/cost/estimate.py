@@ -307,12 +307,13 @@ def precision_on(hardware: Hardware, requested: str) -> str:
 def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     """The cost of training `cfg` on `hardware` (see the module docstring), per rank on `processes` ranks."""
     from ..config import with_method_defaults
-    from ..models import load_tokenizer, resolve_model
+    from ..models import architecture, load_tokenizer, resolve_model
 
     train = read_train(cfg.data)
     task = TASK_OF_SCHEMA[train[0]]
-    cfg = with_method_defaults(cfg, task)
-    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
+    folder = resolve_model(cfg.model)
+    cfg = with_method_defaults(cfg, task, architecture(folder))
+    tokenizer = load_tokenizer(folder, cfg.trust_remote_code)
     device = torch.device(hardware.device)
     work, labels = workload(cfg, train, tokenizer, default_micro_batch_size(device, cfg.train.batch_size), processes)
     runtime = Runtime(torch.device("cpu"), precision_on(hardware, cfg.train.precision))

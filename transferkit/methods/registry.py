@@ -51,11 +51,19 @@ class Defaults:
     weight_decay: float = 0.0
     epochs: float = 3.0               # when the config gives neither train.epochs nor train.max_steps
     select: str = "best"              # the checkpoint the run ends with, given validation data: best or last
+    # `lr` for one (architecture, task) pair where the sweep found the shared rate far off, e.g.
+    # (("decoder", "classification", 1.8e-3),); `lr_for` reads it.
+    lr_by_pair: tuple[tuple[str, str, float], ...] = ()
+
+    def lr_for(self, architecture: str | None, task: str) -> float:
+        """The default rate for a model of `architecture` ("encoder"/"decoder"; None: unknown) on `task`."""
+        return next((lr for arch, kind, lr in self.lr_by_pair if (arch, kind) == (architecture, task)), self.lr)
 
     def describe(self) -> dict[str, str]:
         """{train key: value as shown by `transferkit keys`}."""
         head = "lr" if self.head_lr is None else f"{self.head_lr:g}"
-        return {"train.lr": f"{self.lr:g}", "train.head_lr": head, "train.warmup_ratio": f"{self.warmup_ratio:g}",
+        pairs = "".join(f"; {arch} {kind} {lr:g}" for arch, kind, lr in self.lr_by_pair)
+        return {"train.lr": f"{self.lr:g}{pairs}", "train.head_lr": head, "train.warmup_ratio": f"{self.warmup_ratio:g}",
                 "train.weight_decay": f"{self.weight_decay:g}", "train.epochs": f"{self.epochs:g}",
                 "train.select": self.select}
 

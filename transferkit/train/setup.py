@@ -137,7 +137,7 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     with clock("load"):
         model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
     task = TASK_OF_SCHEMA[splits.schema]
-    cfg = as_run(cfg, model, splits)
+    cfg = as_run(cfg, model, splits, architecture(folder))
     open_run(run, cfg, splits, resume, overwrite)
     resume_step = None if not resume else ckpt.step_of(resume_from) if resume_from else 0
     run.trackers = open_trackers(cfg.train.report_to, run, dump_config(cfg), resume_step) if run.writer else []
@@ -234,13 +234,14 @@ def load_for_task(cfg: RunConfig, method: Method, splits: Splits, tokenizer, run
                       trust_remote_code=cfg.trust_remote_code, pooling=cfg.method.pooling)
 
 
-def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits) -> RunConfig:
+def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits, kind: str) -> RunConfig:
     """The config as it runs, so that the run's config.yaml names every choice and re-runs or reloads the same:
-    null learning rates, warmup and weight decay replaced by the method's defaults, a null `eval.headline` by
+    null learning rates (for the model's `kind`: "encoder" or "decoder"), warmup, weight decay and selection
+    replaced by the method's defaults, a null `eval.headline` by
     the one the data calls for, a preference run's `preference.reference: auto` by the reference it takes, the
     method keys the model decides (LoRA's rank, alpha and targets) by their values, and a classifier's
     `method.pooling: auto` by the pooling it resolved to."""
-    cfg = with_method_defaults(cfg, TASK_OF_SCHEMA[splits.schema])
+    cfg = with_method_defaults(cfg, TASK_OF_SCHEMA[splits.schema], kind)
     method = get_method(cfg.method.name)
     if method.resolve is not None:
         cfg = dataclasses.replace(cfg, method=method.resolve(model, cfg.method))
