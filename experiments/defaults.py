@@ -2,7 +2,7 @@
 
 For every (task, model, method) that applies — tasks from `transferkit/data/real_tasks.py` (data/austen-novel,
 data/austen-speech: classification; data/chitchat-reply: instruction, decoders only), models minilm-l6 and
-smollm2-135m, methods probe, freeze, lora, full — three runs at the method's default learning rate d and at
+smollm2-135m, methods probe, freeze, lora, full — three runs at the method's default learning rate d (for the model's architecture and the task) and at
 d/3 and 3·d, everything else the product's defaults (`train.head_lr` too). Classification: the method's default
 epochs (3; the probe 20) at batch 32, scored by test accuracy; instruction: 1 epoch at batch 8 (a compute cap),
 scored by test loss (no generation). No prompting
@@ -290,7 +290,8 @@ def page(results: dict) -> str:
               + ("" if len(sources) == 1 else ": " + ", ".join(f"{t} × {m}" for t, m in pairs)) + "."
               for (day, cpu, precision, args), pairs in sources.items()]
     lines += ["",
-             ("Per method, the default learning rate d (declared in the method's module, `transferkit keys`) and "
+             ("Per method, the default learning rate d (declared in the method's module, `transferkit keys`; "
+              "freeze and LoRA have their own for a decoder classifier) and "
              "d/3, 3·d, everything else at the product's defaults. Classification: test accuracy after the method's "
              "default epochs (3; the probe 20) at batch 32; instruction: test loss after 1 epoch at batch 8 (lower is "
              "better). Gap: how far the default is from the best of the three (target: ≤ "

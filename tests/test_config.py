@@ -115,7 +115,8 @@ def test_numbers_that_are_not_are_refused(tmp_path, override):
 METHOD_LR = {"full": 1e-4, "freeze": 6e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
              "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 1e-2}
 SELECT = {"probe": "last"}  # the others end with their best validation's weights
-DECODER_CLASSIFIER_LR = {"freeze": 1.8e-3}  # where a decoder classifier's default differs from the method's
+# where a decoder classifier's default rate differs from the method's
+DECODER_CLASSIFIER_LR = {"freeze": 1.8e-3, **{m: 3e-3 for m in ("lora", "dora", "rslora", "qlora")}}
 HEAD_LR = {m: 1e-2 for m in ("full", "freeze", "lora", "dora", "rslora", "qlora", "adapter")}  # the others: lr
 
 
@@ -156,7 +157,7 @@ def test_keys_lists_each_methods_defaults(capsys):
     assert "per method" in lines["train.lr"] and "full 0.0001" in lines["train.lr"] and "lora 0.001" in lines["train.lr"]
     assert "full 0.01" in lines["train.head_lr"] and "lora 0.01" in lines["train.head_lr"] and "ia3 lr" in lines["train.head_lr"]
     assert "probe last" in lines["train.select"] and "lora best" in lines["train.select"]
-    assert "freeze 0.0006; decoder classification 0.0018" in lines["train.lr"]
+    assert "freeze 0.0006 (decoder classification 0.0018)" in lines["train.lr"]
 
 
 def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):

@@ -62,7 +62,7 @@ class Defaults:
     def describe(self) -> dict[str, str]:
         """{train key: value as shown by `transferkit keys`}."""
         head = "lr" if self.head_lr is None else f"{self.head_lr:g}"
-        pairs = "".join(f"; {arch} {kind} {lr:g}" for arch, kind, lr in self.lr_by_pair)
+        pairs = "".join(f" ({arch} {kind} {lr:g})" for arch, kind, lr in self.lr_by_pair)
         return {"train.lr": f"{self.lr:g}{pairs}", "train.head_lr": head, "train.warmup_ratio": f"{self.warmup_ratio:g}",
                 "train.weight_decay": f"{self.weight_decay:g}", "train.epochs": f"{self.epochs:g}",
                 "train.select": self.select}
