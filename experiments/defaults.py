@@ -2,9 +2,9 @@
 
 For every (task, model, method) that applies — tasks from `transferkit/data/real_tasks.py` (data/austen-novel,
 data/austen-speech: classification; data/chitchat-reply: instruction, decoders only), models minilm-l6 and
-smollm2-135m, methods probe, freeze, lora, full — three runs at the method's default learning rate d (for the model's architecture and the task) and at
-d/3 and 3·d, everything else the product's defaults (`train.head_lr` too). Classification: the method's default
-epochs (3; the probe 20) at batch 32, scored by test accuracy; instruction: 1 epoch at batch 8 (a compute cap),
+smollm2-135m, methods probe, freeze, lora, full — three runs at the method's default learning rate d (for the
+model's architecture and the task) and at d/3 and 3·d, everything else the product's defaults (`train.head_lr`
+too). Classification: the method's default epochs (3; the probe 20) at batch 32, scored by test accuracy; instruction: 1 epoch at batch 8 (a compute cap),
 scored by test loss (no generation). No prompting
 baseline and no forgetting measurement: they do not depend on the learning rate. LoRA and full fine-tuning at
 their defaults also run with seeds 1 and 2 on the classification tasks: the target "LoRA within 1 point of full
@@ -38,6 +38,7 @@ import torch
 from common import continue_run
 
 from transferkit.config import load_config
+from transferkit.data import TASK_OF_SCHEMA
 from transferkit.methods import get_method
 from transferkit.methods.registry import HEAD_LR
 from transferkit.models import architecture, resolve_model
@@ -71,8 +72,7 @@ def applies(task: str, model: str, method: str) -> bool:
 def default_lr(task: str, model: str, method: str) -> float:
     """The method's default learning rate for `model` on `task`, as a run resolves it (by the model's
     architecture and the task, where the method's default depends on them)."""
-    kind = "classification" if TASKS[task] == "classification" else "causal-lm"
-    return get_method(method).defaults.lr_for(architecture(resolve_model(model)), kind)
+    return get_method(method).defaults.lr_for(architecture(resolve_model(model)), TASK_OF_SCHEMA[TASKS[task]])
 
 
 def run_config(task: str, model: str, method: str, lr: float, out: Path, pooling: str = "auto",

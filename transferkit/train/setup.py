@@ -136,8 +136,8 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     method = get_method(cfg.method.name)
     with clock("load"):
         model, tokenizer, folder, splits = prepare_inputs(cfg, method, runtime)
-    task = TASK_OF_SCHEMA[splits.schema]
-    cfg = as_run(cfg, model, splits, architecture(folder))
+    task, kind = TASK_OF_SCHEMA[splits.schema], architecture(folder)
+    cfg = as_run(cfg, model, splits, kind)
     open_run(run, cfg, splits, resume, overwrite)
     resume_step = None if not resume else ckpt.step_of(resume_from) if resume_from else 0
     run.trackers = open_trackers(cfg.train.report_to, run, dump_config(cfg), resume_step) if run.writer else []
@@ -146,7 +146,7 @@ def setup(cfg: RunConfig, run: RunDir, *, resume: bool = False, overwrite: bool 
     assessment = Assessment(splits.schema, cfg.eval, cfg.forgetting.reference, cfg.data.max_length, runtime,
                             splits.labels)
     known = {e["event"]: e for e in run.read_events() if e["event"] in ("baseline", "general_base")}
-    base = BaseModel(cfg.model, architecture(folder), model, tokenizer, cfg.trust_remote_code)
+    base = BaseModel(cfg.model, kind, model, tokenizer, cfg.trust_remote_code)
     with clock("baseline"):
         baseline = ({"split": known["baseline"]["split"], **event_metrics(known["baseline"])} if "baseline" in known
                     else measure_baseline(run, assessment, base, splits, cfg.seed) if world.is_main else None)
