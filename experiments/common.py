@@ -17,7 +17,7 @@ from transferkit.config import dump_config, load_config, with_method_defaults
 from transferkit.options import RunConfig
 
 
-def same_as_recorded(config_yaml: Path, cfg: RunConfig, task: str) -> bool:
+def same_as_recorded(config_yaml: Path, cfg: RunConfig, schema: str) -> bool:
     """Whether a run's config.yaml from before `<run>.requested.yaml` existed records `cfg`: read as written
     (its relative data paths were the working directory's), keys added since at their defaults."""
     def data_paths_absolute(c: RunConfig) -> RunConfig:
@@ -31,15 +31,15 @@ def same_as_recorded(config_yaml: Path, cfg: RunConfig, task: str) -> bool:
         recorded = dataclasses.replace(recorded, preference=dataclasses.replace(recorded.preference, reference="auto"))
     if cfg.eval.headline is None:
         recorded = dataclasses.replace(recorded, eval=dataclasses.replace(recorded.eval, headline=None))
-    return data_paths_absolute(recorded) == data_paths_absolute(with_method_defaults(cfg, task))
+    return data_paths_absolute(recorded) == data_paths_absolute(with_method_defaults(cfg, schema))
 
 
-def continue_run(cfg: RunConfig, task: str) -> dict:
+def continue_run(cfg: RunConfig, schema: str) -> dict:
     """`transferkit.compare.continue_run`, which also adopts a finished run from before
     `<run>.requested.yaml` existed when its config.yaml records `cfg`."""
     run_dir = Path(cfg.output_dir)
     requested = compare.requested_path(run_dir)
     if not requested.is_file() and (run_dir / "config.yaml").is_file() and \
-            same_as_recorded(run_dir / "config.yaml", cfg, task):
+            same_as_recorded(run_dir / "config.yaml", cfg, schema):
         requested.write_text(dump_config(cfg))
     return compare.continue_run(cfg)

@@ -38,7 +38,6 @@ import torch
 from common import continue_run
 
 from transferkit.config import load_config
-from transferkit.data import TASK_OF_SCHEMA
 from transferkit.methods import get_method
 from transferkit.methods.registry import HEAD_LR
 from transferkit.models import architecture, resolve_model
@@ -71,8 +70,8 @@ def applies(task: str, model: str, method: str) -> bool:
 
 def default_lr(task: str, model: str, method: str) -> float:
     """The method's default learning rate for `model` on `task`, as a run resolves it (by the model's
-    architecture and the task, where the method's default depends on them)."""
-    return get_method(method).defaults.lr_for(architecture(resolve_model(model)), TASK_OF_SCHEMA[TASKS[task]])
+    architecture and the task's data schema, where the method's default depends on them)."""
+    return get_method(method).defaults.lr_for(architecture(resolve_model(model)), TASKS[task])
 
 
 def run_config(task: str, model: str, method: str, lr: float, out: Path, pooling: str = "auto",
@@ -291,7 +290,7 @@ def page(results: dict) -> str:
               for (day, cpu, precision, args), pairs in sources.items()]
     lines += ["",
              ("Per method, the default learning rate d (declared in the method's module, `transferkit keys`; "
-              "freeze and LoRA have their own for a decoder classifier) and "
+              "freeze, LoRA and the probe have their own for a decoder classifier, LoRA for a decoder's instruction data) and "
              "d/3, 3·d, everything else at the product's defaults. Classification: test accuracy after the method's "
              "default epochs (3; the probe 20) at batch 32; instruction: test loss after 1 epoch at batch 8 (lower is "
              "better). Gap: how far the default is from the best of the three (target: ≤ "
@@ -346,7 +345,7 @@ def page(results: dict) -> str:
             mark = "met" if within(gap, PROBE_POINTS) else "**missed**"
             lines.append(f"- {r['task']}, {r['model']}: probe within {PROBE_POINTS:g} point of scikit-learn's "
                          f"logistic regression on the same features ({100 * r['score']:.1f} %) — {mark} "
-                         f"({gap:+.1f} pt)")
+                         f"({gap:+.1f} pt behind scikit-learn)")
     seeded = [r for r in rows if "seed" in r]
     if seeded:
         lines += ["", "## LoRA against full fine-tuning, seed by seed", "",

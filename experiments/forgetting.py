@@ -50,7 +50,7 @@ def one_run(name: str, overrides: list[str], out: Path, seed: int, steps: int | 
     run_dir = out / f"{name.lower().replace(' ', '-').replace('%', '').replace('=', '')}-seed{seed}"
     extra = [f"output_dir={run_dir}", f"seed={seed}"] + ([f"train.max_steps={steps}"] if steps else [])
     cfg = load_config(RECIPE, overrides + extra)
-    summary = continue_run(cfg, "causal-lm")
+    summary = continue_run(cfg, "instruction")
     return {"mitigation": name, "seed": seed, "task": summary["test"]["json_field_accuracy"],
             "exact_match": summary["test"]["exact_match"], "base_ppl": summary["forgetting"]["base_perplexity"],
             "tuned_ppl": summary["forgetting"]["tuned_perplexity"], "forgetting": summary["forgetting"]["forgetting"],

@@ -43,7 +43,8 @@ def rung_config(folder: Path, model: str, method: str, overrides: dict, out: Pat
 
 def check_task(name: str, out: Path, finished_only: bool) -> dict:
     folder = ROOT / "data" / name
-    task = TASK_OF_SCHEMA[read_train(load_config(None, [f"data.train={folder / 'train.jsonl'}"]).data)[0]]
+    schema = read_train(load_config(None, [f"data.train={folder / 'train.jsonl'}"]).data)[0]
+    task = TASK_OF_SCHEMA[schema]
     decided, _ = recommend(folder / "train.jsonl", model=MODEL[task])
     rows = []
     for rung, method, overrides in LADDER:
@@ -53,7 +54,7 @@ def check_task(name: str, out: Path, finished_only: bool) -> dict:
         if finished_only and not (Path(cfg.output_dir) / "summary.json").is_file():
             rows.append({"rung": rung, "finished": False})
             continue
-        summary = continue_run(cfg, task)
+        summary = continue_run(cfg, schema)
         comparison = summary["comparison"]
         rows.append({"rung": rung, "finished": True, "metric": comparison["metric"], "score": comparison["tuned"],
                      "baseline": comparison["baseline"], "train_s": summary["timings_s"].get("train"),

@@ -27,6 +27,16 @@ def test_overrides_and_types(tmp_path):
     assert cfg.method.target_modules == ["q_proj", "v_proj"]
 
 
+def test_a_config_without_a_method_section_gets_the_default_methods_own_keys(tmp_path):
+    """recipes/compare-*.yaml leave `method` out (compare sets it per method); `transferkit cost` and `train` on
+    such a file crashed reading LoRA's rank from the bare MethodConfig."""
+    from transferkit.methods import get_method
+
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.method.name == "lora" and type(cfg.method) is get_method("lora").config_cls
+    assert (cfg.method.r, cfg.method.dropout) == (None, 0.0)
+
+
 def test_unknown_key_suggests_closest(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'train.max_step'; did you mean 'train.max_steps'"):
         load_config(write(tmp_path, BASE + "  max_step: 4\n"))
@@ -115,8 +125,9 @@ def test_numbers_that_are_not_are_refused(tmp_path, override):
 METHOD_LR = {"full": 1e-4, "freeze": 6e-4, "lora": 1e-3, "dora": 1e-3, "rslora": 1e-3, "qlora": 1e-3,
              "adapter": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "prompt": 3e-2, "probe": 1e-2}
 SELECT = {"probe": "last"}  # the others end with their best validation's weights
-# where a decoder classifier's default rate differs from the method's
-DECODER_CLASSIFIER_LR = {"freeze": 1.8e-3, **{m: 3e-3 for m in ("lora", "dora", "rslora", "qlora")}}
+# where a decoder's default rate on classification / instruction data differs from the method's
+DECODER_CLASSIFIER_LR = {"freeze": 1.8e-3, **{m: 3e-3 for m in ("lora", "dora", "rslora", "qlora", "probe")}}
+DECODER_INSTRUCTION_LR = {m: 3e-3 for m in ("lora", "dora", "rslora", "qlora")}
 HEAD_LR = {m: 1e-2 for m in ("full", "freeze", "lora", "dora", "rslora", "qlora", "adapter")}  # the others: lr
 
 
@@ -127,17 +138,21 @@ def test_null_train_keys_take_the_methods_defaults(tmp_path, method):
     cfg = load_config(write(tmp_path, BASE), [f"method.name={method}"])
     assert (cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio, cfg.train.weight_decay, cfg.train.select) == \
         (None,) * 5
-    causal = with_method_defaults(cfg, "causal-lm").train
+    causal = with_method_defaults(cfg, "instruction").train
     assert (causal.lr, causal.head_lr, causal.warmup_ratio, causal.weight_decay) == (METHOD_LR[method], None, 0.05, 0.0)
     assert causal.select == SELECT.get(method, "best")
     assert causal.max_steps == 3 and causal.epochs is None  # a budget given stays as given
     classify = with_method_defaults(cfg, "classification").train
     assert (classify.lr, classify.head_lr) == (METHOD_LR[method], HEAD_LR.get(method, METHOD_LR[method]))
-    # by the model's architecture: a decoder classifier may differ; an encoder, or a decoder's language model, not
+    # by the model's architecture and the data's schema: a decoder on classification or instruction data may differ;
+    # an encoder, or a decoder on plain text or preference pairs, not
     decoder = with_method_defaults(cfg, "classification", "decoder").train
     assert decoder.lr == DECODER_CLASSIFIER_LR.get(method, METHOD_LR[method])
+    assert with_method_defaults(cfg, "instruction", "decoder").train.lr == DECODER_INSTRUCTION_LR.get(method,
+                                                                                                     METHOD_LR[method])
     assert with_method_defaults(cfg, "classification", "encoder").train.lr == METHOD_LR[method]
-    assert with_method_defaults(cfg, "causal-lm", "decoder").train.lr == METHOD_LR[method]
+    for schema in ("lm", "preference"):
+        assert with_method_defaults(cfg, schema, "decoder").train.lr == METHOD_LR[method]
     # What the user sets wins, and a resolved config resolves to itself.
     mine = load_config(write(tmp_path, BASE), [f"method.name={method}", "train.lr=0.5", "train.head_lr=0.25",
                                                "train.warmup_ratio=0", "train.weight_decay=0.1",
@@ -168,8 +183,9 @@ def test_a_run_records_the_defaults_it_used(tiny_config, tmp_path):
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=None))
     summary = train(cfg)
     recorded = load_config(Path(cfg.output_dir) / "config.yaml").train
+    # LoRA's rate for a decoder on instruction data (the tiny config's), not its shared 1e-3
     assert (recorded.lr, recorded.head_lr, recorded.warmup_ratio, recorded.weight_decay, recorded.select) == \
-        (1e-3, None, 0.05, 0.0, "best")
+        (3e-3, None, 0.05, 0.0, "best")
     assert summary["steps"] == 1
     # The method keys the model decided: alpha 2r, the tiny Llama's attention projections.
     method = load_config(Path(cfg.output_dir) / "config.yaml").method

@@ -60,7 +60,7 @@ def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
     from transferkit.cost.estimate import Workload, replay
     from transferkit.runtime import Runtime
 
-    cfg = with_method_defaults(tiny_config(), "causal-lm")
+    cfg = with_method_defaults(tiny_config(), "instruction")
     work = Workload(2, 1, 24, 8, 24.0, 1, 1, "test")
     runtime = Runtime(torch.device("cpu"))
     one, two, three = (replay(cfg, "causal-lm", None, work, runtime, "eager", n) for n in (1, 2, 3))
@@ -212,7 +212,7 @@ def test_the_fake_replay_holds_what_real_tensors_hold(tiny_config, method, check
                       f"train.gradient_checkpointing={str(checkpointing).lower()}")
     if method != "lora":  # the tiny config's method keys are LoRA's
         cfg = dataclasses.replace(cfg, method=method_config_from_dict({"name": method}))
-    cfg = with_method_defaults(cfg, "causal-lm")
+    cfg = with_method_defaults(cfg, "instruction")
     predicted = estimate(cfg, _roomy())
     runtime = Runtime(torch.device("cpu"))
     model, _, _ = load_model(cfg.model, attention="eager")

@@ -77,16 +77,16 @@ def paths_from(tree: dict, folder: Path) -> dict:
     return tree
 
 
-def with_method_defaults(cfg: RunConfig, task: str, architecture: str | None = None) -> RunConfig:
-    """`cfg` with every null `train.lr` (for the model's `architecture` on `task`, where the method's default depends
-    on them), `train.warmup_ratio`, `train.weight_decay`, `train.select` replaced by its method's default,
-    `train.epochs` too when no budget is given, and — for classification, the one task with a new head —
-    `train.head_lr` (else it stays null)."""
+def with_method_defaults(cfg: RunConfig, schema: str, architecture: str | None = None) -> RunConfig:
+    """`cfg` with every null `train.lr` (for the model's `architecture` on data of `schema` — "classification",
+    "instruction", "lm", "preference" — where the method's default depends on them), `train.warmup_ratio`,
+    `train.weight_decay`, `train.select` replaced by its method's default, `train.epochs` too when no budget is
+    given, and — for classification, the one task with a new head — `train.head_lr` (else it stays null)."""
     defaults = get_method(cfg.method.name).defaults
     train = cfg.train
-    lr = defaults.lr_for(architecture, task) if train.lr is None else train.lr
+    lr = defaults.lr_for(architecture, schema) if train.lr is None else train.lr
     head_lr = train.head_lr
-    if task == "classification" and head_lr is None:
+    if schema == "classification" and head_lr is None:
         head_lr = lr if defaults.head_lr is None else defaults.head_lr
     epochs = defaults.epochs if train.epochs is None and train.max_steps is None else train.epochs
     train = dataclasses.replace(

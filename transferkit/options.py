@@ -359,6 +359,10 @@ def from_dict(cls: type, data: Any, prefix: str = "", *,
         else:
             kwargs[key] = _coerce(value, tp, full)
             _check_bounds(kwargs[key], fields[key], full)
+    if method_config is not None:  # an absent method section is the default method's own config class, too
+        for key in fields.keys() - kwargs.keys():
+            if hints[key] is MethodConfig:
+                kwargs[key] = method_config(None, prefix + key + ".")
     return cls(**kwargs)
 
 

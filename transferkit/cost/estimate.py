@@ -310,9 +310,10 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     from ..models import architecture, load_tokenizer, resolve_model
 
     train = read_train(cfg.data)
-    task = TASK_OF_SCHEMA[train[0]]
+    schema = train[0]
+    task = TASK_OF_SCHEMA[schema]
     folder = resolve_model(cfg.model)
-    cfg = with_method_defaults(cfg, task, architecture(folder))
+    cfg = with_method_defaults(cfg, schema, architecture(folder))
     tokenizer = load_tokenizer(folder, cfg.trust_remote_code)
     device = torch.device(hardware.device)
     work, labels = workload(cfg, train, tokenizer, default_micro_batch_size(device, cfg.train.batch_size), processes)

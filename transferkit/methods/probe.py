@@ -120,9 +120,15 @@ def closed_form(model: nn.Module, cfg: ProbeMethodConfig) -> int:
 # SmolLM2 on data/austen-speech kept step 150 of 380 at 3e-2 (validation accuracy 0.925 on 160 passages) and scored
 # 79.0 % on test against 86.3 % at its last step, where scikit-learn scores 86.7 %. Ending at the last step, 1e-2
 # scored best or tied among 1e-2 / 3e-2 / 9e-2 on three of the four Austen task × packaged model pairs and 0.3 point
-# (one passage) under 9e-2 on the fourth (SmolLM2, austen-speech: 86.3 against 86.7 %; 2026-12-07, bf16).
+# (one passage) under 9e-2 on the fourth (SmolLM2, austen-speech: 86.3 against 86.7 %; 2026-12-07, bf16). Around
+# 1e-2, SmolLM2 did no worse a step lower: 3.3e-3 tied 1e-2 on austen-novel (40.4 %) and beat it on austen-speech
+# (87.7 against 86.3 %), so a decoder's probe trains at 3e-3, chosen before its sweep, which then measured 1e-3 /
+# 3e-3 / 9e-3 at 89.3 / 88.3 / 85.7 % on austen-speech and 40.4 / 40.8 / 41.0 % on austen-novel. Why lower: a step
+# moves the logits by about lr × the features' size, and a decoder's last-token features are large — SmolLM2's have
+# an L2 norm of about 43, most of it in one outlier dimension, against 2.6 for MiniLM's mean-pooled embedding
+# (median over 64 austen-speech passages).
 # experiments/defaults.py checks both (docs/defaults.md).
-DEFAULTS = Defaults(lr=1e-2, epochs=20, select="last")
+DEFAULTS = Defaults(lr=1e-2, epochs=20, select="last", lr_by_pair=(("decoder", "classification", 3e-3),))
 
 
 register(Method("probe", ProbeMethodConfig, apply=apply, save=save_trainable, load=load, tasks=("classification",),

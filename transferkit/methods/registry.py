@@ -51,13 +51,15 @@ class Defaults:
     weight_decay: float = 0.0
     epochs: float = 3.0               # when the config gives neither train.epochs nor train.max_steps
     select: str = "best"              # the checkpoint the run ends with, given validation data: best or last
-    # `lr` for one (architecture, task) pair where the sweep found the shared rate far off, e.g.
-    # (("decoder", "classification", 1.8e-3),); `lr_for` reads it.
+    # `lr` for one (architecture, data schema) pair where the sweep found the shared rate off by more than the
+    # target, e.g. (("decoder", "classification", 1.8e-3),); `lr_for` reads it. Keyed by the data's schema, not the
+    # training objective, so that a rate measured on instruction data does not also move preference (DPO) runs.
     lr_by_pair: tuple[tuple[str, str, float], ...] = ()
 
-    def lr_for(self, architecture: str | None, task: str) -> float:
-        """The default rate for a model of `architecture` ("encoder"/"decoder"; None: unknown) on `task`."""
-        return next((lr for arch, kind, lr in self.lr_by_pair if (arch, kind) == (architecture, task)), self.lr)
+    def lr_for(self, architecture: str | None, schema: str) -> float:
+        """The default rate for a model of `architecture` ("encoder"/"decoder"; None: unknown) on data of
+        `schema`."""
+        return next((lr for arch, kind, lr in self.lr_by_pair if (arch, kind) == (architecture, schema)), self.lr)
 
     def describe(self) -> dict[str, str]:
         """{train key: value as shown by `transferkit keys`}."""

@@ -241,7 +241,7 @@ def as_run(cfg: RunConfig, model: torch.nn.Module, splits: Splits, kind: str) ->
     the one the data calls for, a preference run's `preference.reference: auto` by the reference it takes, the
     method keys the model decides (LoRA's rank, alpha and targets) by their values, and a classifier's
     `method.pooling: auto` by the pooling it resolved to."""
-    cfg = with_method_defaults(cfg, TASK_OF_SCHEMA[splits.schema], kind)
+    cfg = with_method_defaults(cfg, splits.schema, kind)
     method = get_method(cfg.method.name)
     if method.resolve is not None:
         cfg = dataclasses.replace(cfg, method=method.resolve(model, cfg.method))
