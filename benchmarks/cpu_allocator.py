@@ -1,7 +1,8 @@
 """What glibc's allocator adds to a CPU run's peak, and what returning freed memory at once would cost in time.
 
     .venv/bin/python benchmarks/cpu_allocator.py [--shapes minilm-l6:full:256x4 smollm2-135m:lora:256x4 ...]
-                                                 [--thresholds 131072 4194304] [--steps 8] [--out FILE]
+                                                 [--thresholds 131072 4194304] [--steps 8]
+                                                 [--precision fp32|bf16|auto] [--out FILE]
 
 On CPU a run's resident set holds more than its live tensors (`transferkit cost`'s `allocator` term). glibc
 serves a request above its mmap threshold with a fresh mapping, returned to the system when freed, and smaller
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="MODEL:METHOD:LENGTHxMICRO")
     parser.add_argument("--thresholds", nargs="+", default=["131072"], help="fixed MALLOC_MMAP_THRESHOLD_ values")
     parser.add_argument("--steps", type=int, default=8, help="measured steps per row (after one warm-up step)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="the rows' train.precision (bf16: autocast, frozen weights stored in bf16)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     rows = []
@@ -53,14 +56,15 @@ def main() -> None:
             data = write_data(folder, TASKS[model], length, 2 * (args.steps + 2) * micro)
             default = None
             for threshold in [None, *args.thresholds]:
-                row = measure(model, method, data, length, micro, args.steps, folder, env=child_env(threshold))
+                row = measure(model, method, data, length, micro, args.steps, folder, precision=args.precision,
+                              env=child_env(threshold))
                 if "error" in row:
                     print(f"{model} {method} {length}x{micro} threshold {threshold or 'default'}: {row['error']}")
                     continue
                 row["mmap_threshold"] = threshold or "default"
                 row["tensors_bytes"] = sum(v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS)
                 default = default or row
-                print(f"{model} {method} {length}x{micro} threshold {row['mmap_threshold']}: peak "
+                print(f"{model} {method} {length}x{micro} {row['precision']} threshold {row['mmap_threshold']}: peak "
                       f"{row['measured_bytes'] / 2**20:,.0f} MiB "
                       f"(× {row['measured_bytes'] / default['measured_bytes']:.2f}; "
                       f"replayed tensors {row['tensors_bytes'] / 2**20:,.0f}, predicted "

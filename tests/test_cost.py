@@ -71,6 +71,33 @@ def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
     assert three.traffic == one.traffic + 2 * (two.traffic - one.traffic)
 
 
+def test_a_deep_model_peaks_where_its_deepest_phase_does(tmp_path):
+    """A model whose embedding outweighs its blocks (vocabulary 20,000, hidden 32) peaks at the end of backward
+    with one layer and at its start with two or more. Growing the step's single peak kind by kind from 1 and 2
+    layers then misses an 8-layer replay by a quarter with a negative kind; `deepen` grows each phase from 2
+    and 3 layers and takes the largest, which is what 8 layers replayed directly hold."""
+    from tiny import tiny_llama, tiny_tokenizer
+    from transferkit.config import load_config, with_method_defaults
+    from transferkit.cost.estimate import Workload, deepen, replay
+    from transferkit.cost.simulate import KINDS
+    from transferkit.runtime import Runtime
+
+    tiny_llama(20_000).save_pretrained(str(tmp_path / "wide"), safe_serialization=True)
+    tiny_tokenizer().save_pretrained(str(tmp_path / "wide"))
+    cfg = load_config(None, [f"model={tmp_path / 'wide'}", "data.train=unread.jsonl", "method.name=full"])
+    cfg = with_method_defaults(cfg, "instruction")
+    work = Workload(4, 1, 128, 2, 128.0, 2, 2, "test")
+    runtime = Runtime(torch.device("cpu"), "bf16")
+    trace = {n: replay(cfg, "causal-lm", None, work, runtime, "eager", n) for n in (1, 2, 3, 8)}
+    direct = sum(trace[8].peak.values())
+    kind_by_kind = {k: trace[1].peak[k] + 7 * (trace[2].peak[k] - trace[1].peak[k]) for k in KINDS}
+    assert sum(kind_by_kind.values()) < 0.9 * direct  # the failure `deepen` exists for, still present
+    grown = deepen(trace[2], trace[3], 8)
+    assert sum(grown.values()) == pytest.approx(direct, rel=0.02)
+    assert min(grown.values()) >= 0
+    assert deepen(trace[2], trace[2], 2) == trace[2].peak
+
+
 def test_operators_and_bytes_moved_by_hand():
     """`OpWork` on a few operators whose bytes are known: an elementwise op reads its inputs and writes its
     output; a view moves nothing; an in-place op reads both and writes its target; a reduction writes one

@@ -42,6 +42,9 @@ class StepTrace:
     ops: int = 0                            # aten operators dispatched per optimizer step (`OpWork`)
     traffic: int = 0                        # bytes they read and write per optimizer step
     weights: dict[str, int] = field(default_factory=dict)  # bytes of parameters and buffers by dtype name
+    # the peak of each phase of the step, by kind: "forward i" / "backward i" of micro-batch i, "optimizer"
+    # (clipping, AdamW, zero_grad); `peak` is the largest of them
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
@@ -49,7 +52,8 @@ class StepTrace:
 
 
 class LiveBytes(TorchDispatchMode):
-    """Bytes of every storage alive in its context, by kind, and which were alive at the largest total."""
+    """Bytes of every storage alive in its context, by kind, and which were alive at the largest total — of the
+    whole context and of each phase the caller names (`phase`)."""
 
     def __init__(self, head_outputs: int | None, mask_true: int):
         super().__init__()
@@ -62,6 +66,8 @@ class LiveBytes(TorchDispatchMode):
         self.total = 0
         self.peak_total = 0
         self.peak_live: dict[int, int] = {}  # the storages alive at the peak
+        self.phase = ""
+        self.phase_peaks: dict[str, tuple[int, dict[int, int]]] = {}  # phase → (its peak total, storages then)
 
     def adopt(self, tensor: torch.Tensor, kind: str) -> None:
         """Count a tensor made outside the mode (a weight), or give a counted one its kind."""
@@ -69,12 +75,20 @@ class LiveBytes(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak_total, self.peak_live = self.total, dict(self.size)
+        self.phase_peaks = {}
 
-    def peak_by_kind(self) -> dict[str, int]:
+    def by_kind(self, alive: dict[int, int]) -> dict[str, int]:
+        """Bytes by kind of the storages `alive` (serial → bytes), each by the kind it was last given."""
         out = dict.fromkeys(KINDS, 0)
-        for serial, size in self.peak_live.items():
+        for serial, size in alive.items():
             out[self.kind.get(serial, "activations")] += size
         return out
+
+    def peak_by_kind(self) -> dict[str, int]:
+        return self.by_kind(self.peak_live)
+
+    def phase_peaks_by_kind(self) -> dict[str, dict[str, int]]:
+        return {phase: self.by_kind(alive) for phase, (_, alive) in self.phase_peaks.items()}
 
     def _positions(self, index: torch.Tensor | None) -> list[torch.Tensor | None]:
         if index is None or index.dtype != torch.bool:
@@ -115,6 +129,8 @@ class LiveBytes(TorchDispatchMode):
                     self.kind[serial] = "logits"
                 if self.total > self.peak_total:
                     self.peak_total, self.peak_live = self.total, dict(self.size)
+                if self.total > self.phase_peaks.get(self.phase, (-1,))[0]:
+                    self.phase_peaks[self.phase] = (self.total, dict(self.size))
         return out
 
 
@@ -183,14 +199,18 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
         counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
         work = OpWork() if step == 0 else contextlib.nullcontext()
         with live, counter, work:
-            for loss_fn, normaliser in step_batches():
+            live.phase = "forward 0"  # from the first micro-batch's collate on
+            for index, (loss_fn, normaliser) in enumerate(step_batches()):
                 with autocast():
                     loss_sum = loss_fn(model)
+                live.phase = f"backward {index}"
                 (loss_sum / normaliser).backward()
                 del loss_sum
+                live.phase = f"forward {index + 1}"
             for p in params:
                 if p.grad is not None:
                     live.adopt(p.grad, "gradients")
+            live.phase = "optimizer"
             if max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
             optimizer.step()
@@ -201,4 +221,4 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
             optimizer.zero_grad(set_to_none=True)
         if step == 0:
             flops, ops, traffic = counter.get_total_flops(), work.ops, work.traffic
-    return StepTrace(live.peak_by_kind(), flops, ops, traffic, weights)
+    return StepTrace(live.peak_by_kind(), flops, ops, traffic, weights, live.phase_peaks_by_kind())
