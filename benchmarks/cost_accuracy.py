@@ -104,13 +104,22 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}
 
 
+def known_bytes(row: dict) -> int:
+    """A row's replayed tensors + what its method's libraries leave resident (measured, not fitted)."""
+    from transferkit.cost.estimate import LIBRARY_BYTES
+    from transferkit.methods import get_method
+
+    imported = sum(LIBRARY_BYTES[row.get("device", "cpu")].get(name, 0) for name in get_method(row["method"]).libraries)
+    return sum(v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS) + imported
+
+
 def fit_overheads(rows: list[dict]) -> tuple[float, float]:
-    """(slack, framework bytes) minimising the relative error of measured ≈ tensors + slack × (activations +
-    logits) + framework over `rows` (the model `transferkit cost` predicts with)."""
+    """(slack, framework bytes) minimising the relative error of measured ≈ tensors + libraries + slack ×
+    (activations + logits) + framework over `rows` (the model `transferkit cost` predicts with)."""
     import numpy as np
 
     measured = np.array([r["measured_bytes"] for r in rows], float)
-    tensors = np.array([sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS) for r in rows], float)
+    tensors = np.array([known_bytes(r) for r in rows], float)
     transient = np.array([r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"] for r in rows], float)
     design = np.stack([transient, np.ones_like(measured)], 1) / measured[:, None]
     (slack, framework), *_ = np.linalg.lstsq(design, (measured - tensors) / measured, rcond=None)
@@ -120,9 +129,11 @@ def fit_overheads(rows: list[dict]) -> tuple[float, float]:
 def predicted_now(row: dict) -> float:
     """The peak `transferkit cost` predicts today for a row's replayed kinds (the package's current constants)."""
     from transferkit.cost.estimate import overheads
+    from transferkit.methods import get_method
 
     kinds = {k: v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS}
-    return sum(kinds.values()) + sum(overheads(kinds, row.get("device", "cpu")).values())
+    libraries = get_method(row["method"]).libraries
+    return sum(kinds.values()) + sum(overheads(kinds, row.get("device", "cpu"), libraries).values())
 
 
 def within(rows: list[dict], predict, tolerance: float) -> int:
@@ -188,7 +199,7 @@ def summarise(rows: list[dict]) -> dict:
     slack, framework = fit_overheads(fitted)
 
     def with_fit(constants):
-        return lambda r: (sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS) + constants[1] +
+        return lambda r: (known_bytes(r) + constants[1] +
                           constants[0] * (r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"]))
 
     held_out = timed_held_out = 0

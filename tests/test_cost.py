@@ -54,6 +54,30 @@ def test_terms_match_the_model_a_run_builds(tiny_config):
     assert cost.ops_per_step > 0 and cost.traffic_per_step > 0
 
 
+def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
+    """The framework term adds `LIBRARY_BYTES` for each library a method imports (peft: LoRA, IA3, prefix, ...;
+    not full fine-tuning); the constant holds what importing peft into a fresh process after torch and
+    transformers adds to its resident set, within 25 % (a peft upgrade that moves it fails here)."""
+    import subprocess
+    import sys
+
+    from transferkit.cost.estimate import FRAMEWORK_BYTES, LIBRARY_BYTES, overheads
+    from transferkit.methods import get_method
+
+    kinds = {"activations": 100, "logits": 0}
+    peft_bytes = LIBRARY_BYTES["cpu"]["peft"]
+    assert get_method("lora").libraries == ("peft",) and get_method("full").libraries == ()
+    assert overheads(kinds, "cpu", ("peft",))["framework"] == FRAMEWORK_BYTES["cpu"] + peft_bytes
+    assert overheads(kinds, "cpu", ())["framework"] == FRAMEWORK_BYTES["cpu"]
+    assert overheads(kinds, "cuda", ("peft",))["framework"] == 0  # max_memory_allocated sees no import
+    if Path("/proc/self/status").exists():
+        benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "import_memory.py"
+        done = subprocess.run([sys.executable, str(benchmark), "--libraries", "peft", "--repeats", "1"],
+                              capture_output=True, text=True, check=True)
+        measured = int(done.stdout.split("=")[-1].strip().removesuffix("B").replace(",", ""))
+        assert measured == pytest.approx(peft_bytes, rel=0.25), done.stdout
+
+
 def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
     """Two layers simulated directly hold what one layer + one layer's difference predicts."""
     from transferkit.config import with_method_defaults

@@ -293,6 +293,32 @@ def test_frozen_weights_stored_in_bf16_trained_ones_stay_fp32():
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_casting_the_frozen_weights_leaves_no_map_of_the_weights_file(tmp_path):
+    """Freeze's top layer stays fp32 while the rest is cast to bf16; the cast read every page of the file, and a
+    weight left as it was would keep the file's memory map (and every page read) resident: it is copied out."""
+    from tiny import save_tiny_model_folder
+
+    from transferkit.models import load_model
+    from transferkit.runtime import Runtime, store_frozen_weights
+
+    folder = save_tiny_model_folder(tmp_path / "tiny")
+    model, _, _ = load_model(str(folder))
+    for name, param in model.named_parameters():
+        param.requires_grad = ".layers.1." in name
+
+    def mapped():
+        return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
+
+    assert mapped()  # loaded weights view the file's map
+    top = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    assert store_frozen_weights(model, Runtime(torch.device("cpu"), "bf16")) > 0
+    assert mapped() == []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.dtype == torch.float32 and torch.equal(param, top[name])
+
+
 @pytest.mark.parametrize("row_tokens", [0, 300, 4096])
 def test_packed_rows_give_each_sequence_its_unpacked_logits_and_loss(tmp_path, row_tokens):
     from transferkit.data.batching import collate_packed

@@ -56,7 +56,10 @@ def test_a_rung_that_does_not_fit_or_overruns_the_budget_goes_last(tiny_config):
     assert all(o.usable for o in options) and options[0].rung == "LoRA r=8"
     lora = next(o for o in options if o.method == "lora")
     full = next(o for o in options if o.method == "full")
-    assert full.cost.peak_bytes > lora.cost.peak_bytes and full.cost.params_trainable == full.cost.params_total
+    # Beside the framework term: on a model this small, what importing peft leaves resident (LoRA's, not full
+    # fine-tuning's) outweighs every tensor full fine-tuning adds.
+    assert full.cost.peak_bytes - full.cost.memory["framework"] > lora.cost.peak_bytes - lora.cost.memory["framework"]
+    assert full.cost.params_trainable == full.cost.params_total
 
     # A budget that only the cheapest-to-run rungs meet: the others are kept, last, saying why.
     budget = (lora.cost.seconds + full.cost.seconds) / 2 / 60

@@ -10,7 +10,8 @@
                      linearly with depth, so depth L = two layers + (L − 2) × the difference, and the largest
                      phase is the step's peak (`deepen`)
         allocator    what a device's allocator holds beyond the live tensors, as a share of the activations
-        framework    a constant per device type (both fitted on measured runs: `overheads`)
+        framework    a constant per device type (both fitted on measured runs: `overheads`), + what importing
+                     the method's libraries leaves resident (peft's, measured: `LIBRARY_BYTES`)
     FLOPs per step  counted on the same replay, extrapolated the same way; so are the operators it dispatches
                     and the bytes they read and write (`simulate.OpWork`)
     time per step   FLOPs / (peak FLOP/s × MFU)  +  bytes / bandwidth  +  operators × seconds per operator
@@ -75,12 +76,21 @@ from .simulate import KINDS, StepTrace, simulate_step
 # counts live tensors, which is what the replay counts.
 ACTIVATION_SLACK = {"cpu": 0.485, "cuda": 0.0}
 FRAMEWORK_BYTES = {"cpu": 170_151_007, "cuda": 0}
+# Added to the framework term: what importing a method's libraries (`Method.libraries`) leaves resident.
+# Measured, not fitted: `benchmarks/import_memory.py` (2026-12-07, AMD EPYC Zen 5; peft +54.1 MiB in each of 5
+# processes; bitsandbytes, which QLoRA imports after peft, +0). FRAMEWORK_BYTES, fitted before this term existed
+# on rows of both kinds, is kept: with both, the accuracy tables put more rows within 10 % than either refit
+# held out by model (docs/cost.md).
+LIBRARY_BYTES = {"cpu": {"peft": 56_721_408}, "cuda": {}}
 
 
-def overheads(tensors: dict[str, int], device: str) -> dict[str, int]:
-    """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type."""
+def overheads(tensors: dict[str, int], device: str, libraries: tuple[str, ...]) -> dict[str, int]:
+    """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type, for a method that
+    imports `libraries`."""
     transient = tensors["activations"] + tensors["logits"]
-    return {"allocator": int(ACTIVATION_SLACK[device] * transient), "framework": int(FRAMEWORK_BYTES[device])}
+    imported = sum(LIBRARY_BYTES[device].get(name, 0) for name in libraries)
+    return {"allocator": int(ACTIVATION_SLACK[device] * transient),
+            "framework": int(FRAMEWORK_BYTES[device]) + imported}
 
 
 @dataclass(frozen=True)
@@ -354,7 +364,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     memory.update({kind: n for kind, n in deepen(two, three, depth).items() if kind != "weights"})
     strategy = cfg.distributed.strategy if processes > 1 else "none"
     memory, notes = shard_memory(memory, full, processes, strategy, work, task)
-    memory.update(overheads(memory, hardware.device))
+    memory.update(overheads(memory, hardware.device, get_method(cfg.method.name).libraries))
     flops, ops, traffic = (getattr(two, k) + (depth - 2) * (getattr(three, k) - getattr(two, k))
                            for k in ("flops", "ops", "traffic"))
     if cfg.method.name == "qlora":

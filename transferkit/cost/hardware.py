@@ -101,7 +101,9 @@ def _read(path: Path) -> dict[str, Hardware]:
 # autograd, the dispatcher). Fitted by `benchmarks/cost_accuracy.py` (`fit_time`, non-negative least squares
 # on the relative error) on the 84 rows of its 4-step run (docs/data/cost_accuracy_4steps.json), measured
 # 2026-12-01 on AMD EPYC, 2 cores, AVX2, fp32 (docs/cost.md). On the 12-step run of the same day they put 56 of 84
-# within 25 % and a refit 61; not refitted, as 42 of the 84 time verdicts differ between the two runs.
+# within 25 % and a refit 61; not refitted, as 42 of the 84 time verdicts differ between the two runs. In bf16
+# (2026-12-07, AMD EPYC Zen 5, docs/data/cost_accuracy_bf16.json) they put 41 of 84 within 25 % after one
+# calibration; not refitted either: a refit gets 39 in sample and 15 held out by model.
 # CPU_MFU is above 1: the replay's counted FLOPs complete faster than the 1024² probe's rate. Not attributed:
 # the probe is a snapshot (86-184 GFLOP/s across the rows' processes), and SmolLM2's 49,152-wide head runs
 # slower than the probe when timed alone (94 vs 133 GFLOP/s), so it is not the big matmuls.

@@ -71,4 +71,4 @@ def merge(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # The registry fields every peft-backed method shares.
-PEFT_FUNCTIONS = {"save": save, "load": load, "disabled": disabled, "peft_format": True}
+PEFT_FUNCTIONS = {"save": save, "load": load, "disabled": disabled, "peft_format": True, "libraries": ("peft",)}

@@ -86,6 +86,8 @@ class Method:
     # `closed_form` leaves it out. False where the head is one of the parameters the method selects itself.
     separate_head: bool = True
     peft_format: bool = False         # the adapter folder loads in stock `peft.PeftModel.from_pretrained`
+    # what applying it imports beyond torch and transformers: resident for the whole run (`cost.LIBRARY_BYTES`)
+    libraries: tuple[str, ...] = ()
     caches_features: bool = False     # after the first epoch, steps read cached features (the backbone idles)
     checkpointable: bool = True       # works with train.gradient_checkpointing (not prefix: its key/value cache is dropped)
     trains_base_weights: bool = False  # the base's own weights train: the tuned model is its own merged form

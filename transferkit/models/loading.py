@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from ..runtime import own_memory
 from .classifier import SequenceClassifier, resolve_pooling
 from .gguf import converted_folder
 from .packaged import PACKAGED, packaged_names, packaged_path
@@ -120,7 +121,9 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     model = auto.from_pretrained(str(folder), dtype=dtype, trust_remote_code=trust_remote_code,
                                  use_safetensors=True, **extra)
     if quantize_4bit:
-        own_memory(model)  # before a classifier wraps the backbone: what it leaves out still holds the map
+        # bitsandbytes read the whole float file to quantize it, and what it left in float (embeddings, norms, the
+        # head) are views of that map: before a classifier wraps the backbone, the rest is copied out of it
+        own_memory([*model.parameters(), *model.buffers()])
     if task == "classification":
         model = with_classifier(model, folder, pooling)
         model.classifier.to(device)
@@ -129,17 +132,6 @@ def load_model(ref: str, *, task: str = "causal-lm", labels: list[str] | None = 
     else:
         model.to(device)
     return model, tokenizer, folder
-
-
-def own_memory(model: torch.nn.Module) -> None:
-    """Copy every tensor that still lives in the weights file's memory map into memory of its own. A 4-bit
-    base reads the whole float file to quantize it, and the tensors left unquantized (embeddings, norms, the
-    head) are views of that map; while one is alive every page read stays resident — on SmolLM2-135M about
-    530 MB beside 160 MB of model (measured 2026-12-01). Copied, the map is released. A tied weight stays
-    tied: its one Parameter gets the copy."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.device.type == "cpu" and tensor.dtype.is_floating_point:
-            tensor.data = tensor.data.clone()
 
 
 def label_fields(labels: list[str] | None, pad_token_id: int | None) -> dict:
