@@ -106,11 +106,11 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
 
 def known_bytes(row: dict) -> int:
     """A row's replayed tensors + what its method's libraries leave resident (measured, not fitted)."""
-    from transferkit.cost.estimate import LIBRARY_BYTES
+    from transferkit.cost.estimate import library_bytes
     from transferkit.methods import get_method
 
-    imported = sum(LIBRARY_BYTES[row.get("device", "cpu")].get(name, 0) for name in get_method(row["method"]).libraries)
-    return sum(v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS) + imported
+    imported = library_bytes(row.get("device", "cpu"), get_method(row["method"]).libraries)
+    return sum(v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS) + sum(imported.values())
 
 
 def fit_overheads(rows: list[dict]) -> tuple[float, float]:

@@ -61,7 +61,7 @@ def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
     import subprocess
     import sys
 
-    from transferkit.cost.estimate import FRAMEWORK_BYTES, LIBRARY_BYTES, overheads
+    from transferkit.cost.estimate import FRAMEWORK_BYTES, LIBRARY_BYTES, library_bytes, overheads
     from transferkit.methods import get_method
 
     kinds = {"activations": 100, "logits": 0}
@@ -70,6 +70,7 @@ def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
     assert overheads(kinds, "cpu", ("peft",))["framework"] == FRAMEWORK_BYTES["cpu"] + peft_bytes
     assert overheads(kinds, "cpu", ())["framework"] == FRAMEWORK_BYTES["cpu"]
     assert overheads(kinds, "cuda", ("peft",))["framework"] == 0  # max_memory_allocated sees no import
+    assert library_bytes("cpu", ("peft", "unknown")) == {"peft": peft_bytes}
     if Path("/proc/self/status").exists():
         benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "import_memory.py"
         done = subprocess.run([sys.executable, str(benchmark), "--libraries", "peft", "--repeats", "1"],

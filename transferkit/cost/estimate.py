@@ -88,9 +88,13 @@ def overheads(tensors: dict[str, int], device: str, libraries: tuple[str, ...]) 
     """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type, for a method that
     imports `libraries`."""
     transient = tensors["activations"] + tensors["logits"]
-    imported = sum(LIBRARY_BYTES[device].get(name, 0) for name in libraries)
     return {"allocator": int(ACTIVATION_SLACK[device] * transient),
-            "framework": int(FRAMEWORK_BYTES[device]) + imported}
+            "framework": int(FRAMEWORK_BYTES[device]) + sum(library_bytes(device, libraries).values())}
+
+
+def library_bytes(device: str, libraries: tuple[str, ...]) -> dict[str, int]:
+    """{library: bytes} that importing each of `libraries` leaves resident on a device type (those known)."""
+    return {name: LIBRARY_BYTES[device][name] for name in libraries if name in LIBRARY_BYTES[device]}
 
 
 @dataclass(frozen=True)
@@ -364,7 +368,12 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     memory.update({kind: n for kind, n in deepen(two, three, depth).items() if kind != "weights"})
     strategy = cfg.distributed.strategy if processes > 1 else "none"
     memory, notes = shard_memory(memory, full, processes, strategy, work, task)
-    memory.update(overheads(memory, hardware.device, get_method(cfg.method.name).libraries))
+    libraries = get_method(cfg.method.name).libraries
+    memory.update(overheads(memory, hardware.device, libraries))
+    imported = library_bytes(hardware.device, libraries)
+    if imported:
+        notes.append("framework: includes what importing " + ", ".join(
+            f"{name} leaves resident ({n / 2**20:.0f} MiB, measured)" for name, n in imported.items()))
     flops, ops, traffic = (getattr(two, k) + (depth - 2) * (getattr(three, k) - getattr(two, k))
                            for k in ("flops", "ops", "traffic"))
     if cfg.method.name == "qlora":
