@@ -97,30 +97,42 @@ def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
 
 
 def test_a_deep_model_peaks_where_its_deepest_phase_does(tmp_path):
-    """A model whose embedding outweighs its blocks (vocabulary 20,000, hidden 32) peaks at the end of backward
-    with one layer and at its start with two or more. Growing the step's single peak kind by kind from 1 and 2
-    layers then misses an 8-layer replay by a quarter with a negative kind; `deepen` grows each phase from 2
-    and 3 layers and takes the largest, which is what 8 layers replayed directly hold."""
-    from tiny import tiny_llama, tiny_tokenizer
+    """Models whose embedding outweighs their blocks (vocabulary 20,000) peak at another moment of the step with
+    one layer than with more. Hidden 32: grown kind by kind from 1 and 2 layers the step's peak misses an 8-layer
+    replay by a quarter; `deepen` (each phase grown from 2 and 3 layers, the largest taken) holds it within 2 %.
+    Hidden 64: the peak moves between phases past 3 layers, so even grown kind by kind from 2 and 3 layers it
+    reads 0.895 of the direct replay; `deepen` reads 0.934 — closer, not exact: a phase's own peak can move
+    within the phase (docs/cost.md)."""
+    from tiny import tiny_llama, tiny_llama64, tiny_tokenizer
     from transferkit.config import load_config, with_method_defaults
     from transferkit.cost.estimate import Workload, deepen, replay
     from transferkit.cost.simulate import KINDS
     from transferkit.runtime import Runtime
 
-    tiny_llama(20_000).save_pretrained(str(tmp_path / "wide"), safe_serialization=True)
-    tiny_tokenizer().save_pretrained(str(tmp_path / "wide"))
-    cfg = load_config(None, [f"model={tmp_path / 'wide'}", "data.train=unread.jsonl", "method.name=full"])
-    cfg = with_method_defaults(cfg, "instruction")
-    work = Workload(4, 1, 128, 2, 128.0, 2, 2, "test")
-    runtime = Runtime(torch.device("cpu"), "bf16")
-    trace = {n: replay(cfg, "causal-lm", None, work, runtime, "eager", n) for n in (1, 2, 3, 8)}
+    def traces(build, name):
+        build(20_000).save_pretrained(str(tmp_path / name), safe_serialization=True)
+        tiny_tokenizer().save_pretrained(str(tmp_path / name))
+        cfg = load_config(None, [f"model={tmp_path / name}", "data.train=unread.jsonl", "method.name=full"])
+        cfg = with_method_defaults(cfg, "instruction")
+        work = Workload(4, 1, 128, 2, 128.0, 2, 2, "test")
+        runtime = Runtime(torch.device("cpu"), "bf16")
+        return {n: replay(cfg, "causal-lm", None, work, runtime, "eager", n) for n in (1, 2, 3, 8)}
+
+    def kind_by_kind(trace, low):
+        return sum(trace[low].peak[k] + (8 - low) * (trace[low + 1].peak[k] - trace[low].peak[k]) for k in KINDS)
+
+    trace = traces(tiny_llama, "hidden32")
     direct = sum(trace[8].peak.values())
-    kind_by_kind = {k: trace[1].peak[k] + 7 * (trace[2].peak[k] - trace[1].peak[k]) for k in KINDS}
-    assert sum(kind_by_kind.values()) < 0.9 * direct  # the failure `deepen` exists for, still present
+    assert kind_by_kind(trace, 1) < 0.9 * direct  # the failure of 1- and 2-layer replays
     grown = deepen(trace[2], trace[3], 8)
     assert sum(grown.values()) == pytest.approx(direct, rel=0.02)
     assert min(grown.values()) >= 0
     assert deepen(trace[2], trace[2], 2) == trace[2].peak
+
+    trace = traces(tiny_llama64, "hidden64")
+    direct = sum(trace[8].peak.values())
+    assert kind_by_kind(trace, 2) < 0.91 * direct  # the peak moves between phases past 3 layers
+    assert 0.92 * direct < sum(deepen(trace[2], trace[3], 8).values()) <= 1.01 * direct
 
 
 def test_operators_and_bytes_moved_by_hand():
