@@ -14,8 +14,9 @@ its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
 CUDA), and the step at which it settled (from which it grew by at most 1 %: a peak still growing at the last
 step may under-read a long run's); measured step time = the steps after the first. Printed per row: predicted
-and measured peak and their ratio; the step's operators and bytes moved; step time predicted with the package's
-constants, and measured.
+and measured peak and their ratio; the step's operators, bytes moved and random numbers drawn (millions); step
+time predicted with the package's constants (and the random numbers at the rate each process measured), and
+measured.
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
 10 %; the time constants (`CPU_MFU`, `CPU_BANDWIDTH_USE`, `CPU_OP_SECONDS`) refitted (`fit_time`), and the rows
 within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
@@ -52,19 +53,62 @@ def corpus_text() -> str:
     return " ".join(row["text"] for row in rows)
 
 
-def write_data(folder: Path, task: str, length: int, count: int) -> Path:
-    """A training file whose every sequence is `length` tokens for the packaged tokenizers (longer text, cut)."""
+def write_data(folder: Path, model: str, length: int, count: int) -> Path:
+    """A training file whose every sequence is exactly `length` tokens for `model`'s tokenizer, as transferkit
+    tokenizes it. Classification: text longer than `length` tokens, truncated. Causal LM: each line is a window
+    of the corpus that tokenizes (special tokens and the appended end-of-sequence included) to exactly `length`
+    ids, so no line leaves a shorter remainder chunk (data/tokenize.py splits long text into `max_length`
+    chunks; a remainder would be a faster step than the one predicted)."""
     words = corpus_text().split()
-    per = length * 2  # words per example: comfortably more than `length` tokens
-    texts = [" ".join(words[(i * per) % (len(words) - per):][:per]) for i in range(count)]
-    if task == "causal-lm":
-        path = folder / f"lm-{length}.txt"
-        path.write_text("\n".join(texts) + "\n")
-    else:
+    if TASKS[model] == "classification":
+        per = length * 2  # words per example: comfortably more than `length` tokens
+        texts = [" ".join(words[(i * per) % (len(words) - per):][:per]) for i in range(count)]
         path = folder / f"classes-{length}.jsonl"
         path.write_text("".join(json.dumps({"text": t, "label": ["a", "b"][i % 2]}) + "\n" for i, t in enumerate(texts)))
+    else:
+        path = folder / f"lm-{model}-{length}.txt"
+        path.write_text("\n".join(exact_windows(model, " ".join(words), length, count)) + "\n")
+    check_lengths(path, model, length)
     return path
 
+
+def check_lengths(path: Path, model: str, length: int) -> None:
+    """Raise unless transferkit reads and tokenizes `path` into sequences of exactly `length` tokens."""
+    from transferkit.data.splits import read_examples
+    from transferkit.data.tokenize import tokenize_examples
+    from transferkit.models.loading import load_tokenizer, resolve_model
+
+    schema, examples = read_examples(str(path))
+    labels = ["a", "b"] if schema == "classification" else None
+    lengths = {len(t.input_ids) for t in tokenize_examples(load_tokenizer(resolve_model(model)), examples, schema,
+                                                           length, "truncate", labels)}
+    if lengths != {length}:
+        raise RuntimeError(f"{path}: sequences of {sorted(lengths)} tokens, not all {length}")
+
+
+def exact_windows(model: str, text: str, length: int, count: int) -> list[str]:
+    """`count` pieces of `text` that tokenize to exactly `length` ids each as data/tokenize.py does for plain
+    text (with the tokenizer's special tokens, then the end-of-sequence id): consecutive windows of the corpus's
+    ids, decoded; a window whose text does not round-trip to that many ids is skipped, and the corpus is reused
+    from its start when it runs out."""
+    from transferkit.models.loading import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model))
+
+    def tokens(piece: str) -> int:
+        return len(tokenizer(piece, add_special_tokens=True)["input_ids"]) + (tokenizer.eos_token_id is not None)
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    body = length - (tokens("a") - len(tokenizer("a", add_special_tokens=False)["input_ids"]))
+    pieces: list[str] = []
+    for window in range(50 * count):
+        start = window * body % (len(ids) - body)
+        piece = tokenizer.decode(ids[start: start + body]).strip()
+        if "\n" not in piece and tokens(piece) == length:
+            pieces.append(piece)
+            if len(pieces) == count:
+                return pieces
+    raise RuntimeError(f"{model}: fewer than {count} windows of the corpus tokenize to {length} ids")
 
 def methods_for(task: str) -> list[str]:
     from transferkit.methods import get_method, method_names
@@ -100,7 +144,8 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "step_seconds": calibration["measured_step_seconds"],
             "step_peak_bytes": calibration["measured_step_peak_bytes"], "settled_step": calibration["settled_step"],
             "flops_per_step": result["flops_per_step"], "ops_per_step": result["ops_per_step"],
-            "traffic_bytes_per_step": result["traffic_bytes_per_step"],
+            "traffic_bytes_per_step": result["traffic_bytes_per_step"], "random_per_step": result["random_per_step"],
+            "random_seconds": result["hardware"]["random_seconds"],
             "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}
 
 
@@ -147,15 +192,23 @@ def time_features(row: dict) -> list[float]:
             row["traffic_bytes_per_step"] / row["bandwidth"]]
 
 
+def random_term(row: dict) -> float:
+    """A row's seconds of random numbers (dropout's masks): measured per number in its process, not fitted;
+    0 for rows saved before the replay counted them."""
+    return row.get("random_per_step", 0) * row.get("random_seconds", 0.0)
+
+
 def fit_time(rows: list[dict]) -> dict[str, float]:
     """{"op_seconds", "mfu", "bandwidth_use"} minimising the relative error of the measured step times under
-    the CPU's time model (non-negative least squares: each term can only add time)."""
+    the CPU's time model (non-negative least squares: each term can only add time), the measured random-number
+    term held as it is."""
     import numpy as np
     from scipy.optimize import nnls
 
     measured = np.array([r["measured_s"] for r in rows], float)
     design = np.array([time_features(r) for r in rows], float) / measured[:, None]
-    (op_seconds, per_flop, per_byte), _ = nnls(design, np.ones(len(rows)))
+    rest = np.array([1 - random_term(r) / r["measured_s"] for r in rows], float)
+    (op_seconds, per_flop, per_byte), _ = nnls(design, rest)
     return {"op_seconds": float(op_seconds), "mfu": 1 / per_flop if per_flop else float("inf"),
             "bandwidth_use": 1 / per_byte if per_byte else float("inf")}
 
@@ -168,8 +221,9 @@ def predict_time(constants: dict[str, float]):
 
     def predict(r: dict) -> float:
         cpu = Hardware("cpu", "cpu", 0, r["peak_flops"], constants["mfu"], "", 0.0, False, "", r["bandwidth"],
-                       constants["bandwidth_use"], constants["op_seconds"])
-        return step_seconds(step_parts(r["flops_per_step"], r["traffic_bytes_per_step"], r["ops_per_step"], cpu), cpu)
+                       constants["bandwidth_use"], constants["op_seconds"], random_seconds=r.get("random_seconds", 0.0))
+        return step_seconds(step_parts(r["flops_per_step"], r["traffic_bytes_per_step"], r["ops_per_step"], cpu,
+                                       r.get("random_per_step", 0)), cpu)
 
     return predict
 
@@ -247,7 +301,7 @@ def recount(rows: list[dict], hardware: str, precision: str) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
         folder = Path(tmp)
         for r in rows:
-            data = write_data(folder, TASKS[r["model"]], r["length"], 8 * r["micro"])
+            data = write_data(folder, r["model"], r["length"], 8 * r["micro"])
             cost = estimate(load_config(write_config(r["model"], r["method"], data, r["length"], r["micro"], folder,
                                                      precision)), machine)
             out.append({**r, "ops_per_step": cost.ops_per_step, "traffic_bytes_per_step": cost.traffic_per_step,
@@ -269,12 +323,12 @@ def host_bound(rows: list[dict]) -> dict:
 def table(rows: list[dict]) -> str:
     now = predict_time(package_time())
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
-             "settled at step | operators | GB moved | step s predicted | step s measured | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "settled at step | operators | GB moved | M random | step s predicted | step s measured | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} "
-                         f"|||||||||")
+                         f"||||||||||")
             continue
         tensors = sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS)
         predicted = predicted_now(r)
@@ -283,8 +337,13 @@ def table(rows: list[dict]) -> str:
                      f"{r['measured_bytes'] / 2**20:,.0f} | {predicted / r['measured_bytes']:.2f} | "
                      f"{settled(r)} | "
                      f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | "
-                     f"{now(r):.2f} | {r['measured_s']:.2f} | {now(r) / r['measured_s']:.2f} |")
+                     f"{random_count(r)} | {now(r):.2f} | {r['measured_s']:.2f} | {now(r) / r['measured_s']:.2f} |")
     return "\n".join(lines)
+
+
+def random_count(row: dict) -> str:
+    """Millions of random numbers a row's step draws ('–' for rows saved before the replay counted them)."""
+    return f"{row['random_per_step'] / 1e6:.1f}" if "random_per_step" in row else "–"
 
 
 def settled(row: dict) -> str:
@@ -327,7 +386,7 @@ def main() -> None:
         plan = [(model, method, length, micro) for model in args.models
                 for method in (args.methods or methods_for(TASKS[model])) for length in args.lengths
                 for micro in args.micro]
-        data = {(model, length): write_data(folder, TASKS[model], length, 2 * (args.steps + 2) * max(args.micro))
+        data = {(model, length): write_data(folder, model, length, 2 * (args.steps + 2) * max(args.micro))
                 for model in args.models for length in args.lengths}
         rows = []
         for model, method, length, micro in tqdm(plan, desc="rows", unit="row"):

@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from cost_accuracy import TASKS, measure, write, write_data
+from cost_accuracy import measure, write, write_data
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="tk-repeat-") as tmp:
             folder = Path(tmp)
             most = max(micro for _, _, _, micro in rows)
-            data = {(m, length): write_data(folder, TASKS[m], length, 2 * (args.steps + 2) * most)
+            data = {(m, length): write_data(folder, m, length, 2 * (args.steps + 2) * most)
                     for m, _, length, _ in rows}
             with tqdm(total=args.repeats * len(rows), desc="measurements", unit="run") as bar:
                 for _ in range(args.repeats):  # round by round: every row once per round

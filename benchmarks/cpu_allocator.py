@@ -23,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cost_accuracy import TASKS, TENSOR_KINDS, measure, write, write_data
+from cost_accuracy import TENSOR_KINDS, measure, write, write_data
 
 DEFAULT_SHAPES = ["minilm-l6:full:256x4", "smollm2-135m:lora:256x4", "smollm2-135m:full:256x1"]
 
@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tk-alloc-") as tmp:
         folder = Path(tmp)
         for model, method, length, micro in map(parse_shape, args.shapes):
-            data = write_data(folder, TASKS[model], length, 2 * (args.steps + 2) * micro)
+            data = write_data(folder, model, length, 2 * (args.steps + 2) * micro)
             default = None
             for threshold in [None, *args.thresholds]:
                 row = measure(model, method, data, length, micro, args.steps, folder, precision=args.precision,

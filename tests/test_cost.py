@@ -152,30 +152,66 @@ def test_operators_and_bytes_moved_by_hand():
         x.device                       # not dispatched as an aten operator
     assert work.ops == 5
     assert work.traffic == (128 + 128) + 0 + (128 + 128) + (128 + 4) + (96 + 96)
+    assert work.random == 0
+
+
+def test_random_numbers_a_step_draws_are_counted_by_hand():
+    """`OpWork.random`: dropout in training draws one random number per element of its input (its mask);
+    in evaluation, or at p = 0, it draws none; `torch.rand` draws what it returns; other operators draw none."""
+    from transferkit.cost.simulate import OpWork
+
+    x = torch.ones(3, 5, 7)                                        # 105 elements
+    with OpWork() as work:
+        torch.nn.functional.dropout(x, 0.1, training=True)         # 105
+        torch.nn.functional.dropout(x, 0.1, training=False)        # 0: the identity
+        torch.nn.functional.dropout(x, 0.0, training=True)         # 0: nothing to drop
+        torch.rand(4, 6)                                           # 24
+        x * 2                                                      # 0
+    assert work.random == 105 + 24
+
+
+def test_a_bert_step_draws_its_dropout_masks_and_a_llama_step_none(tiny_config, tiny_bert_dir):
+    """The replay counts dropout's random numbers where the architecture has dropout: a BERT block with
+    attention and hidden dropout draws them (more for a longer sequence: the attention probabilities grow with
+    its square), a Llama block with attention_dropout 0 draws none."""
+    from transferkit.config import with_method_defaults
+    from transferkit.cost.estimate import Workload, replay
+    from transferkit.runtime import Runtime
+
+    cfg = with_method_defaults(tiny_config(), "instruction")
+    runtime = Runtime(torch.device("cpu"))
+    llama = replay(cfg, "causal-lm", None, Workload(2, 1, 24, 8, 24.0, 1, 1, "test"), runtime, "eager", 2)
+    assert llama.random == 0
+    bert = with_method_defaults(tiny_config(f"model={tiny_bert_dir}", "method={name: full}"), "classification")
+    short, long = (replay(bert, "classification", ["a", "b"], Workload(2, 1, n, 1, float(n), 1, 1, "test"), runtime,
+                          "eager", 2) for n in (8, 16))
+    assert short.random > 0 and long.random > 2 * short.random
 
 
 def test_step_time_adds_its_terms_on_a_cpu_and_overlaps_the_host_on_a_gpu():
-    """seconds per step = FLOPs / (peak × MFU) + bytes / (bandwidth × share) + operators × seconds each on a
+    """seconds per step = FLOPs / (peak × MFU) + bytes / (bandwidth × share) + random numbers × seconds each
+    + operators × seconds each on a
     CPU; max(device, host) on a GPU; × time_scale; a preference run adds its reference passes at the FLOP rate."""
     from transferkit.cost.estimate import Cost, Workload
     from transferkit.cost.hardware import Hardware
 
-    cpu = Hardware("m", "cpu", 2**30, 1e12, 0.5, "test", 3.6, False, "test", 1e10, 0.5, 1e-5)
+    cpu = Hardware("m", "cpu", 2**30, 1e12, 0.5, "test", 3.6, False, "test", 1e10, 0.5, 1e-5, random_seconds=5e-9)
     work = Workload(1, 1, 8, 8, 8.0, 10, 10, "test")
     cost = Cost("lora", "m", "causal-lm", cpu, "fp32", work, 100, 10, 40, {}, 1e12, ops_per_step=20_000,
-                traffic_per_step=10**10)
-    # 1e12 / 5e11 = 2 s of FLOPs; 1e10 / 5e9 = 2 s of bytes; 20,000 × 10 µs = 0.2 s of dispatch
-    assert cost.step_parts == pytest.approx({"flops": 2.0, "traffic": 2.0, "operators": 0.2})
-    assert cost.seconds_per_step == pytest.approx(4.2)
-    assert cost.seconds == pytest.approx(42.0) and cost.dollars == pytest.approx(42.0 / 3600 * 3.6)
+                traffic_per_step=10**10, random_per_step=10**7)
+    # 1e12 / 5e11 = 2 s of FLOPs; 1e10 / 5e9 = 2 s of bytes; 1e7 × 5 ns = 0.05 s of random numbers;
+    # 20,000 × 10 µs = 0.2 s of dispatch
+    assert cost.step_parts == pytest.approx({"flops": 2.0, "traffic": 2.0, "random": 0.05, "operators": 0.2})
+    assert cost.seconds_per_step == pytest.approx(4.25)
+    assert cost.seconds == pytest.approx(42.5) and cost.dollars == pytest.approx(42.5 / 3600 * 3.6)
     gpu = dataclasses.replace(cost, hardware=dataclasses.replace(cpu, device="cuda"))
-    assert gpu.seconds_per_step == pytest.approx(4.0)              # the device's 4 s hide the host's 0.2
+    assert gpu.seconds_per_step == pytest.approx(4.05)             # the device's 4.05 s hide the host's 0.2
     host_bound = dataclasses.replace(gpu, ops_per_step=1_000_000)  # 10 s of dispatch
     assert host_bound.seconds_per_step == pytest.approx(10.0)
     scaled = dataclasses.replace(cost, hardware=dataclasses.replace(cpu, time_scale=1.5))
-    assert scaled.seconds_per_step == pytest.approx(6.3)
+    assert scaled.seconds_per_step == pytest.approx(6.375)
     preference = dataclasses.replace(cost, workload=dataclasses.replace(work, reference_tokens=5 * 10**9))
-    assert preference.seconds == pytest.approx(42.0 + 2 * 100 * 5e9 / 5e11)  # 2 × parameters × tokens
+    assert preference.seconds == pytest.approx(42.5 + 2 * 100 * 5e9 / 5e11)  # 2 × parameters × tokens
 
 
 def test_a_run_that_does_not_fit_gets_the_cheapest_change_that_does(tiny_config):
@@ -360,3 +396,20 @@ def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="measures this machine"):
             calibrate(cfg, get_hardware("h100"), steps=2)
+
+
+def test_an_fp32_run_on_a_bf16_machine_is_priced_at_the_fp32_peak(tiny_config):
+    """A CPU measured in bf16 (what `auto` trains in there) carries its fp32 peak too; a run that asks for fp32
+    is priced at that one, a bf16 run at the bf16 one; a machine without bf16 keeps its one peak."""
+    from transferkit.cost import estimate
+    from transferkit.cost.hardware import Hardware
+
+    machine = Hardware("cpu", "cpu", 2**40, 8e11, 0.5, "test", 0.0, True, "test", fp32_peak_flops=2e11)
+    fp32 = estimate(tiny_config("train.precision=fp32"), machine)
+    bf16 = estimate(tiny_config("train.precision=bf16"), machine)
+    assert fp32.hardware.peak_flops == 2e11 and bf16.hardware.peak_flops == 8e11
+    assert fp32.step_parts["flops"] == pytest.approx(fp32.flops_per_step / (2e11 * 0.5))
+    assert bf16.step_parts["flops"] == pytest.approx(bf16.flops_per_step / (8e11 * 0.5))
+    no_bf16 = estimate(tiny_config("train.precision=fp32"),
+                       dataclasses.replace(machine, bf16=False, fp32_peak_flops=0.0))
+    assert no_bf16.hardware.peak_flops == 8e11

@@ -12,12 +12,14 @@
         allocator    what a device's allocator holds beyond the live tensors, as a share of the activations
         framework    a constant per device type (both fitted on measured runs: `overheads`), + what importing
                      the method's libraries leaves resident (peft's, measured: `LIBRARY_BYTES`)
-    FLOPs per step  counted on the same replay, extrapolated the same way; so are the operators it dispatches
-                    and the bytes they read and write (`simulate.OpWork`)
-    time per step   FLOPs / (peak FLOP/s × MFU)  +  bytes / bandwidth  +  operators × seconds per operator
-                    (a roofline's two terms added, Williams et al. 2009, plus the host's dispatch: small steps
-                    are dispatch-bound, a full fine-tune's optimizer is bandwidth-bound); on a GPU the host runs
-                    ahead, so max(FLOPs + bytes, operators); × the hardware's time_scale (1, or measured ÷
+    FLOPs per step  counted on the same replay, extrapolated the same way; so are the operators it dispatches,
+                    the bytes they read and write and the random numbers they draw (`simulate.OpWork`)
+    time per step   FLOPs / (peak FLOP/s × MFU)  +  bytes / bandwidth  +  random numbers × seconds per number
+                    +  operators × seconds per operator
+                    (a roofline's two terms added, Williams et al. 2009, plus dropout's random masks, which a
+                    CPU draws at ~5 ns a number, and the host's dispatch: small steps are dispatch-bound, a full
+                    fine-tune's optimizer is bandwidth-bound); on a GPU the host runs ahead, so
+                    max(FLOPs + bytes + random, operators); × the hardware's time_scale (1, or measured ÷
                     modelled by --calibrate)
     time            steps × time per step;  money = hours × price per hour
                     (the probe: the first epoch's steps only; then its features are cached)
@@ -60,7 +62,7 @@ from ..train.hardware import default_micro_batch_size, pick_attention
 from ..train.optimizer import build_optimizer
 from ..train.reference import reference_mode
 from ..train.setup import adapt, planned_steps
-from .hardware import Hardware
+from .hardware import Hardware, for_precision
 from .simulate import KINDS, StepTrace, simulate_step
 
 # What a training process holds beyond the live tensors the replay counts, per device type:
@@ -135,6 +137,7 @@ class Cost:
     strategy: str = "none"                      # distributed.strategy with several processes
     ops_per_step: int = 0                       # aten operators dispatched per step (`simulate.OpWork`)
     traffic_per_step: int = 0                   # bytes those operators read and write per step
+    random_per_step: int = 0                    # random numbers they draw per step (dropout's masks)
 
     @property
     def peak_bytes(self) -> int:
@@ -152,7 +155,8 @@ class Cost:
     @property
     def step_parts(self) -> dict[str, float]:
         """Seconds of one step that runs the model, by what takes them (`step_parts`)."""
-        return step_parts(self.flops_per_step, self.traffic_per_step, self.ops_per_step, self.hardware)
+        return step_parts(self.flops_per_step, self.traffic_per_step, self.ops_per_step, self.hardware,
+                          self.random_per_step)
 
     @property
     def seconds_per_step(self) -> float:
@@ -177,6 +181,7 @@ class Cost:
                 "adapter_bytes": self.adapter_bytes, "memory_bytes": self.memory, "peak_bytes": self.peak_bytes,
                 "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
                 "ops_per_step": self.ops_per_step, "traffic_bytes_per_step": self.traffic_per_step,
+                "random_per_step": self.random_per_step,
                 "seconds_per_step": self.seconds_per_step, "step_parts": self.step_parts, "seconds": self.seconds,
                 "dollars": self.dollars, "notes": self.notes,
                 "gradient_checkpointing": self.gradient_checkpointing,
@@ -184,12 +189,14 @@ class Cost:
                 "processes": self.processes, "strategy": self.strategy}
 
 
-def step_parts(flops: float, traffic: float, ops: int, hw: Hardware) -> dict[str, float]:
+def step_parts(flops: float, traffic: float, ops: int, hw: Hardware, random: int = 0) -> dict[str, float]:
     """Seconds of a step by what takes them (the module docstring's time model), before `hw.time_scale`: its
     FLOPs at the peak × MFU, the bytes its operators move at the bandwidth × its share (unpriced where the
-    bandwidth is unknown), the operators it dispatches × the host's seconds per operator."""
+    bandwidth is unknown), the random numbers it draws × the seconds to draw one (measured; unpriced where
+    unknown), the operators it dispatches × the host's seconds per operator."""
     return {"flops": flops / (hw.peak_flops * hw.mfu),
             "traffic": traffic / (hw.bandwidth * hw.bandwidth_use) if hw.bandwidth else 0.0,
+            "random": random * hw.random_seconds,
             "operators": ops * hw.op_seconds}
 
 
@@ -197,7 +204,7 @@ def step_seconds(parts: dict[str, float], hw: Hardware) -> float:
     """A step's seconds from its `step_parts`: on a CPU the same cores do the arithmetic, move the bytes and
     dispatch the operators, one after the other; a GPU's host queues kernels ahead of the device, so the step
     takes the longer of the two; × `hw.time_scale`."""
-    device = parts["flops"] + parts["traffic"]
+    device = parts["flops"] + parts["traffic"] + parts["random"]
     both = device + parts["operators"] if hw.device == "cpu" else max(device, parts["operators"])
     return both * hw.time_scale
 
@@ -355,6 +362,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     device = torch.device(hardware.device)
     work, labels = workload(cfg, train, tokenizer, default_micro_batch_size(device, cfg.train.batch_size), processes)
     runtime = Runtime(torch.device("cpu"), precision_on(hardware, cfg.train.precision))
+    hardware = for_precision(hardware, runtime.precision)
     attention = pick_attention(cfg.train.attention, device, work.longest)
     full = skeleton_model(cfg.model, task=task, labels=labels, attention=attention, pooling=cfg.method.pooling,
                           trust_remote_code=cfg.trust_remote_code)
@@ -377,8 +385,8 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     if imported:
         notes.append("framework: includes what importing " + ", ".join(
             f"{name} leaves resident ({n / 2**20:.0f} MiB, measured)" for name, n in imported.items()))
-    flops, ops, traffic = (getattr(two, k) + (depth - 2) * (getattr(three, k) - getattr(two, k))
-                           for k in ("flops", "ops", "traffic"))
+    flops, ops, traffic, random = (getattr(two, k) + (depth - 2) * (getattr(three, k) - getattr(two, k))
+                                   for k in ("flops", "ops", "traffic", "random"))
     if cfg.method.name == "qlora":
         notes.append("qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted")
     if work.reference_tokens:
@@ -386,7 +394,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
                      f"({2 * total * work.reference_tokens / 1e12:.3g} TFLOP at 2 × parameters per token), in the time")
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
                 trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing, None, processes,
-                strategy, ops, traffic)
+                strategy, ops, traffic, random)
 
 
 def block_bytes(model: torch.nn.Module) -> list[int]:

@@ -51,10 +51,12 @@ def step_line(cost: Cost) -> str:
     flops = f"FLOPs {parts['flops']:.3g} s (MFU {hw.mfu:.0%} of {hw.peak_flops / 1e12:.3g} TFLOP/s)"
     moved = (f"bytes {parts['traffic']:.3g} s ({cost.traffic_per_step / 1e9:.3g} GB at {hw.bandwidth_use:.0%} of "
              f"{hw.bandwidth / 1e9:,.0f} GB/s)" if hw.bandwidth else "bytes moved not priced (no bandwidth known)")
+    random = (f" + random {parts['random']:.3g} s ({cost.random_per_step / 1e6:.3g} M numbers × "
+              f"{hw.random_seconds * 1e9:.3g} ns)" if cost.random_per_step and hw.random_seconds else "")
     host = (f"operators {parts['operators']:.3g} s ({cost.ops_per_step:,} × {hw.op_seconds * 1e6:.3g} µs)"
             if hw.op_seconds else "dispatch not priced (no seconds per operator known)")
-    terms = f"{flops} + {moved} + {host}" if hw.device == "cpu" else \
-        f"the larger of the device's {flops} + {moved} and the host's {host}"
+    terms = f"{flops} + {moved}{random} + {host}" if hw.device == "cpu" else \
+        f"the larger of the device's {flops} + {moved}{random} and the host's {host}"
     scale = f", × {hw.time_scale:.2f}" if hw.time_scale != 1 else ""
     return f"{cost.seconds_per_step:.3g} s = {terms}{scale}; constants: {hw.mfu_source}"
 

@@ -7,6 +7,7 @@ from /proc/meminfo (MemAvailable) and its peak from a timed square matmul in the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class Hardware:
     bandwidth: float = 0.0      # memory bytes/s at its peak (0: unknown, and bytes moved are not priced)
     bandwidth_use: float = 1.0  # the share of it a step's memory-bound operators reach
     op_seconds: float = 0.0     # host time to dispatch one operator (0: unknown, and dispatch is not priced)
+    random_seconds: float = 0.0  # time to draw one random number, as dropout does (0: unknown, not priced)
+    fp32_peak_flops: float = 0.0  # fp32 FLOP/s where peak_flops is another precision's (a bf16 CPU); 0: none
     time_scale: float = 1.0     # measured ÷ modelled step time (`--calibrate`); 1 until measured
 
 
@@ -114,8 +117,10 @@ CPU_TIME_SOURCE = "fitted on benchmarks/cost_accuracy.py (2026-12-01, AMD EPYC 2
 
 
 def measure_cpu(size: int = 1024, repeats: int = 5) -> Hardware:
-    """This machine: available memory, the FLOP/s of a square matmul in the precision `auto` trains in, and the
-    bytes/s of an elementwise add over arrays far larger than the caches (read two, write one: STREAM's add)."""
+    """This machine: available memory, the FLOP/s of a square matmul in the precision `auto` trains in (and in
+    fp32 too where that is bf16: a run may ask for fp32, 4× slower on a Zen 5 core), and the
+    bytes/s of an elementwise add over arrays far larger than the caches (read two, write one: STREAM's add),
+    and the seconds to draw one random number as dropout draws its mask (`bernoulli_` over 4 M floats)."""
     bf16 = bf16_supported(torch.device("cpu"))
     dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -123,9 +128,25 @@ def measure_cpu(size: int = 1024, repeats: int = 5) -> Hardware:
     x, y = torch.ones(2**24), torch.ones(2**24)  # 64 MiB each
     z = torch.empty_like(x)
     bandwidth = 3 * x.numel() * 4 / best_seconds(lambda: torch.add(x, y, out=z), repeats)
+    mask = torch.empty(2**22)
+    random_seconds = best_seconds(lambda: mask.bernoulli_(0.9), repeats) / mask.numel()
+    fp32_flops = 0.0
+    if bf16:
+        a, b = a.float(), b.float()
+        fp32_flops = 2 * size**3 / best_seconds(lambda: a @ b, repeats)
     return Hardware("cpu", "cpu", available_memory(), flops, CPU_MFU, CPU_TIME_SOURCE, 0.0, bf16,
                     f"this machine, measured now ({size}² {str(dtype).removeprefix('torch.')} matmul; a 64 MiB "
-                    f"add; MemAvailable)", bandwidth, CPU_BANDWIDTH_USE, CPU_OP_SECONDS)
+                    f"add; a 4 M-number bernoulli_; MemAvailable)", bandwidth, CPU_BANDWIDTH_USE, CPU_OP_SECONDS,
+                    random_seconds=random_seconds, fp32_peak_flops=fp32_flops)
+
+
+def for_precision(hardware: Hardware, precision: str) -> Hardware:
+    """`hardware` as a run in `precision` sees it: an fp32 run on a machine whose peak was measured in bf16
+    takes the fp32 peak measured beside it."""
+    if precision == "fp32" and hardware.fp32_peak_flops:
+        return dataclasses.replace(hardware, peak_flops=hardware.fp32_peak_flops,
+                                   source=f"{hardware.source}; the fp32 matmul's peak")
+    return hardware
 
 
 def best_seconds(work, repeats: int) -> float:

@@ -41,6 +41,7 @@ class StepTrace:
     flops: int                              # per optimizer step (all micro-batches)
     ops: int = 0                            # aten operators dispatched per optimizer step (`OpWork`)
     traffic: int = 0                        # bytes they read and write per optimizer step
+    random: int = 0                         # random numbers they draw per optimizer step (dropout's masks)
     weights: dict[str, int] = field(default_factory=dict)  # bytes of parameters and buffers by dtype name
     # the peak of each phase of the step, by kind: "forward i" / "backward i" of micro-batch i, "optimizer"
     # (clipping, AdamW, zero_grad); `peak` is the largest of them
@@ -142,12 +143,17 @@ class OpWork(TorchDispatchMode):
     whose outputs share an input's storage and writes nothing, moves no bytes. Otherwise an operator reads its
     tensor arguments and writes its new outputs and the arguments it mutates (in place, `out=`, the optimizer's
     `_foreach_*_`); a gather (embedding, index, index_select, gather) reads only what it writes, not its table.
-    Matmuls count too: a low-rank update's skinny matmul costs its operands' bytes, not its FLOPs."""
+    Matmuls count too: a low-rank update's skinny matmul costs its operands' bytes, not its FLOPs.
+
+    Random numbers count apart (`random`: the elements a `RANDOM` operator fills): on a CPU drawing one costs
+    about 5 ns, 25 times what reading and writing a bf16 element costs — a dropout mask over MiniLM's attention
+    probabilities at 4 × 256 tokens (3.1 M elements a layer) takes 16 ms, a multiply of the same tensor 0.2 ms."""
 
     def __init__(self):
         super().__init__()
         self.ops = 0
         self.traffic = 0
+        self.random = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -164,10 +170,16 @@ class OpWork(TorchDispatchMode):
             writes = sum(map(nbytes, made)) + sum(nbytes(t) for name in written for t in tree_leaves(named.get(name)))
             reads = writes if func.overloadpacket in GATHERS else sum(map(nbytes, inputs))
             self.traffic += reads + writes
+        if func.overloadpacket in RANDOM:
+            self.random += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         return out
 
 
 GATHERS = {torch.ops.aten.embedding, torch.ops.aten.index, torch.ops.aten.index_select, torch.ops.aten.gather}
+# Operators that fill their output with random numbers (dropout draws its mask with `bernoulli_`).
+RANDOM = {getattr(torch.ops.aten, name) for name in ("bernoulli", "bernoulli_", "native_dropout", "uniform_", "normal",
+                                                     "normal_", "rand", "rand_like", "randn", "randn_like",
+                                                     "exponential_", "multinomial")}
 
 
 def nbytes(tensor) -> int:
@@ -220,5 +232,5 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
                         live.adopt(value, "optimizer")
             optimizer.zero_grad(set_to_none=True)
         if step == 0:
-            flops, ops, traffic = counter.get_total_flops(), work.ops, work.traffic
-    return StepTrace(live.peak_by_kind(), flops, ops, traffic, weights, live.phase_peaks_by_kind())
+            flops, ops, traffic, random = counter.get_total_flops(), work.ops, work.traffic, work.random
+    return StepTrace(live.peak_by_kind(), flops, ops, traffic, random, weights, live.phase_peaks_by_kind())
