@@ -18,7 +18,7 @@ and measured peak and their ratio; the step's operators, bytes moved and random 
 time predicted with the package's constants (and the random numbers at the rate each process measured), and
 measured.
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
-10 %; the time constants (`CPU_MFU`, `CPU_BANDWIDTH_USE`, `CPU_OP_SECONDS`) refitted (`fit_time`), and the rows
+10 %; the time constants (`hardware.CPU_TIME` of the rows' precision) refitted (`fit_time`), and the rows
 within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
 the old model's count (FLOPs alone at the median speed). `--rows FILE` re-summarises a saved run; with
 `--recount --hardware h200 --precision auto` it first counts the operators of rows saved before the replay
@@ -213,26 +213,28 @@ def fit_time(rows: list[dict]) -> dict[str, float]:
             "bandwidth_use": 1 / per_byte if per_byte else float("inf")}
 
 
-def predict_time(constants: dict[str, float]):
+def predict_time(constants):
     """A row's step time as `transferkit cost` computes it (`estimate.step_seconds`) on a CPU with the row's
-    measured peak and bandwidth and these constants."""
+    measured peak and bandwidth and these constants (a dict, or a function of the row giving one)."""
     from transferkit.cost.estimate import step_parts, step_seconds
     from transferkit.cost.hardware import Hardware
 
     def predict(r: dict) -> float:
-        cpu = Hardware("cpu", "cpu", 0, r["peak_flops"], constants["mfu"], "", 0.0, False, "", r["bandwidth"],
-                       constants["bandwidth_use"], constants["op_seconds"], random_seconds=r.get("random_seconds", 0.0))
+        c = constants(r) if callable(constants) else constants
+        cpu = Hardware("cpu", "cpu", 0, r["peak_flops"], c["mfu"], "", 0.0, False, "", r["bandwidth"],
+                       c["bandwidth_use"], c["op_seconds"], random_seconds=r.get("random_seconds", 0.0))
         return step_seconds(step_parts(r["flops_per_step"], r["traffic_bytes_per_step"], r["ops_per_step"], cpu,
                                        r.get("random_per_step", 0)), cpu)
 
     return predict
 
 
-def package_time() -> dict[str, float]:
-    """The CPU time constants `transferkit cost` uses today."""
-    from transferkit.cost.hardware import CPU_BANDWIDTH_USE, CPU_MFU, CPU_OP_SECONDS
+def package_time(row: dict) -> dict[str, float]:
+    """The CPU time constants `transferkit cost` uses today for a row's precision."""
+    from transferkit.cost.hardware import CPU_TIME
 
-    return {"op_seconds": CPU_OP_SECONDS, "mfu": CPU_MFU, "bandwidth_use": CPU_BANDWIDTH_USE}
+    constants = CPU_TIME[row.get("precision", "fp32")]
+    return {"op_seconds": constants.op_seconds, "mfu": constants.mfu, "bandwidth_use": constants.bandwidth_use}
 
 
 def timed_within(rows: list[dict], predict, tolerance: float = 0.25) -> int:
@@ -264,7 +266,7 @@ def summarise(rows: list[dict]) -> dict:
         others = [r for r in good if r["model"] != model]
         if others:
             timed_held_out += timed_within([r for r in good if r["model"] == model], predict_time(fit_time(others)))
-    now = predict_time(package_time())
+    now = predict_time(package_time)
     scale = statistics.median(r["measured_s"] / now(r) for r in good)
     time_fit = fit_time(good)
     growing = [f"{r['model']} {r['method']} {r['length']}x{r['micro']}" for r in good if "step_peak_bytes" in r
@@ -321,7 +323,7 @@ def host_bound(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    now = predict_time(package_time())
+    now = predict_time(package_time)
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
              "settled at step | operators | GB moved | M random | step s predicted | step s measured | ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -400,16 +400,21 @@ def test_calibrate_measures_real_steps_and_scales_the_run_by_them(tiny_config):
 
 def test_an_fp32_run_on_a_bf16_machine_is_priced_at_the_fp32_peak(tiny_config):
     """A CPU measured in bf16 (what `auto` trains in there) carries its fp32 peak too; a run that asks for fp32
-    is priced at that one, a bf16 run at the bf16 one; a machine without bf16 keeps its one peak."""
+    is priced at that one with the fp32 time constants, a bf16 run as measured; a machine without bf16 keeps its
+    one peak."""
     from transferkit.cost import estimate
-    from transferkit.cost.hardware import Hardware
+    from transferkit.cost.hardware import CPU_TIME, Hardware
 
-    machine = Hardware("cpu", "cpu", 2**40, 8e11, 0.5, "test", 0.0, True, "test", fp32_peak_flops=2e11)
+    machine = Hardware("cpu", "cpu", 2**40, 8e11, 0.5, "test", 0.0, True, "test", 1e10, 0.5, 1e-5,
+                       fp32_peak_flops=2e11)
     fp32 = estimate(tiny_config("train.precision=fp32"), machine)
     bf16 = estimate(tiny_config("train.precision=bf16"), machine)
     assert fp32.hardware.peak_flops == 2e11 and bf16.hardware.peak_flops == 8e11
-    assert fp32.step_parts["flops"] == pytest.approx(fp32.flops_per_step / (2e11 * 0.5))
+    slow = CPU_TIME["fp32"]
+    assert fp32.step_parts["flops"] == pytest.approx(fp32.flops_per_step / (2e11 * slow.mfu))
+    assert fp32.step_parts["operators"] == pytest.approx(fp32.ops_per_step * slow.op_seconds)
     assert bf16.step_parts["flops"] == pytest.approx(bf16.flops_per_step / (8e11 * 0.5))
+    assert bf16.step_parts["operators"] == pytest.approx(bf16.ops_per_step * 1e-5)
     no_bf16 = estimate(tiny_config("train.precision=fp32"),
                        dataclasses.replace(machine, bf16=False, fp32_peak_flops=0.0))
     assert no_bf16.hardware.peak_flops == 8e11

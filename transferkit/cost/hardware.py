@@ -99,21 +99,33 @@ def _read(path: Path) -> dict[str, Hardware]:
     return table
 
 
-# This machine's time model beside what `measure_cpu` measures on the spot (the matmul peak, the streaming
-# bandwidth): the share of each a training step reaches, and the seconds to dispatch one operator (Python,
-# autograd, the dispatcher). Fitted by `benchmarks/cost_accuracy.py` (`fit_time`, non-negative least squares
-# on the relative error) on the 84 rows of its 4-step run (docs/data/cost_accuracy_4steps.json), measured
-# 2026-12-01 on AMD EPYC, 2 cores, AVX2, fp32 (docs/cost.md). On the 12-step run of the same day they put 56 of 84
-# within 25 % and a refit 61; not refitted, as 42 of the 84 time verdicts differ between the two runs. In bf16
-# (2026-12-07, AMD EPYC Zen 5, docs/data/cost_accuracy_bf16.json) they put 41 of 84 within 25 % after one
-# calibration; not refitted either: a refit gets 39 in sample and 15 held out by model.
-# CPU_MFU is above 1: the replay's counted FLOPs complete faster than the 1024² probe's rate. Not attributed:
-# the probe is a snapshot (86-184 GFLOP/s across the rows' processes), and SmolLM2's 49,152-wide head runs
-# slower than the probe when timed alone (94 vs 133 GFLOP/s), so it is not the big matmuls.
-CPU_MFU = 1.35
-CPU_BANDWIDTH_USE = 0.52
-CPU_OP_SECONDS = 12.8e-6
-CPU_TIME_SOURCE = "fitted on benchmarks/cost_accuracy.py (2026-12-01, AMD EPYC 2 cores; docs/cost.md)"
+@dataclass(frozen=True)
+class CpuTime:
+    """A CPU's time constants in one precision, beside what `measure_cpu` measures on the spot (the matmul peak,
+    the streaming bandwidth, the seconds per random number)."""
+    mfu: float            # the share of the matmul probe's FLOP/s a training step's FLOPs reach
+    bandwidth_use: float  # the share of the streaming bandwidth its operators' bytes reach
+    op_seconds: float     # the host's seconds to dispatch one operator (Python, autograd, the dispatcher)
+    source: str
+
+
+# Fitted by `benchmarks/cost_accuracy.py` (`fit_time`: non-negative least squares on the relative error, the
+# random numbers' measured term held), each in the precision it prices.
+# bf16: on the 84 rows of its first run with sequences of exactly each row's length
+# (docs/data/cost_accuracy_bf16_fit.json), 2026-12-07, AMD EPYC Zen 5, 2 cores — what `auto` trains in there and
+# on CI's machine. Out of sample, on the second run of the same day (docs/data/cost_accuracy_bf16.json), 71 of 84
+# steps within 25 %; the fp32 constants below put 63 of those rows within 25 %, 69 after one calibration.
+# fp32: on the 4-step run of 2026-12-01 (docs/data/cost_accuracy_4steps.json), AMD EPYC, AVX2, 2 cores, whose
+# SmolLM2 rows mixed shorter steps in (docs/cost.md); 56 of 84 within 25 % on the 12-step run of that day.
+# An MFU above 1: the replay's counted FLOPs complete faster than the 1024² probe's rate, though in bf16 the
+# linears' matmuls of SmolLM2 ran at 0.79 of it and MiniLM's at 1.03 (benchmarks/matmul_shapes.py). Not
+# attributed; the bf16 probe read 436-919 GFLOP/s across the rows' processes, 3 of 84 below 500.
+CPU_TIME = {
+    "bf16": CpuTime(1.29, 0.545, 9.0e-6, "fitted on benchmarks/cost_accuracy.py (2026-12-07, AMD EPYC Zen 5, "
+                                         "2 cores, bf16; docs/cost.md)"),
+    "fp32": CpuTime(1.35, 0.52, 12.8e-6, "fitted on benchmarks/cost_accuracy.py (2026-12-01, AMD EPYC AVX2, "
+                                         "2 cores, fp32; docs/cost.md)"),
+}
 
 
 def measure_cpu(size: int = 1024, repeats: int = 5) -> Hardware:
@@ -134,18 +146,21 @@ def measure_cpu(size: int = 1024, repeats: int = 5) -> Hardware:
     if bf16:
         a, b = a.float(), b.float()
         fp32_flops = 2 * size**3 / best_seconds(lambda: a @ b, repeats)
-    return Hardware("cpu", "cpu", available_memory(), flops, CPU_MFU, CPU_TIME_SOURCE, 0.0, bf16,
+    constants = CPU_TIME["bf16" if bf16 else "fp32"]
+    return Hardware("cpu", "cpu", available_memory(), flops, constants.mfu, constants.source, 0.0, bf16,
                     f"this machine, measured now ({size}² {str(dtype).removeprefix('torch.')} matmul; a 64 MiB "
-                    f"add; a 4 M-number bernoulli_; MemAvailable)", bandwidth, CPU_BANDWIDTH_USE, CPU_OP_SECONDS,
-                    random_seconds=random_seconds, fp32_peak_flops=fp32_flops)
+                    f"add; a 4 M-number bernoulli_; MemAvailable)", bandwidth, constants.bandwidth_use,
+                    constants.op_seconds, random_seconds=random_seconds, fp32_peak_flops=fp32_flops)
 
 
 def for_precision(hardware: Hardware, precision: str) -> Hardware:
-    """`hardware` as a run in `precision` sees it: an fp32 run on a machine whose peak was measured in bf16
-    takes the fp32 peak measured beside it."""
+    """`hardware` as a run in `precision` sees it: an fp32 run on a CPU whose peak was measured in bf16 takes
+    the fp32 peak measured beside it, and the fp32 time constants."""
     if precision == "fp32" and hardware.fp32_peak_flops:
-        return dataclasses.replace(hardware, peak_flops=hardware.fp32_peak_flops,
-                                   source=f"{hardware.source}; the fp32 matmul's peak")
+        constants = CPU_TIME["fp32"]
+        return dataclasses.replace(hardware, peak_flops=hardware.fp32_peak_flops, mfu=constants.mfu,
+                                   mfu_source=constants.source, bandwidth_use=constants.bandwidth_use,
+                                   op_seconds=constants.op_seconds, source=f"{hardware.source}; the fp32 matmul's peak")
     return hardware
 
 
