@@ -178,7 +178,8 @@ def predicted_now(row: dict) -> float:
 
     kinds = {k: v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS}
     libraries = get_method(row["method"]).libraries
-    return sum(kinds.values()) + sum(overheads(kinds, row.get("device", "cpu"), libraries).values())
+    return sum(kinds.values()) + sum(overheads(kinds, row.get("device", "cpu"), row.get("precision", "fp32"),
+                                               libraries).values())
 
 
 def within(rows: list[dict], predict, tolerance: float) -> int:

@@ -67,9 +67,11 @@ def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
     kinds = {"activations": 100, "logits": 0}
     peft_bytes = LIBRARY_BYTES["cpu"]["peft"]
     assert get_method("lora").libraries == ("peft",) and get_method("full").libraries == ()
-    assert overheads(kinds, "cpu", ("peft",))["framework"] == FRAMEWORK_BYTES["cpu"] + peft_bytes
-    assert overheads(kinds, "cpu", ())["framework"] == FRAMEWORK_BYTES["cpu"]
-    assert overheads(kinds, "cuda", ("peft",))["framework"] == 0  # max_memory_allocated sees no import
+    for precision in ("fp32", "bf16"):
+        assert overheads(kinds, "cpu", precision, ("peft",))["framework"] == FRAMEWORK_BYTES["cpu"][precision] + \
+            peft_bytes
+        assert overheads(kinds, "cpu", precision, ())["framework"] == FRAMEWORK_BYTES["cpu"][precision]
+    assert overheads(kinds, "cuda", "bf16", ("peft",))["framework"] == 0  # max_memory_allocated sees no import
     assert library_bytes("cpu", ("peft", "unknown")) == {"peft": peft_bytes}
     if Path("/proc/self/status").exists():
         benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "import_memory.py"

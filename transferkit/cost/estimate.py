@@ -65,19 +65,23 @@ from ..train.setup import adapt, planned_steps
 from .hardware import Hardware, for_precision
 from .simulate import KINDS, StepTrace, simulate_step
 
-# What a training process holds beyond the live tensors the replay counts, per device type:
+# What a training process holds beyond the live tensors the replay counts, per device type and precision:
 #   allocator   ACTIVATION_SLACK × (activations + logits): on CPU, memory freed after backward stays resident
 #               (glibc keeps it mapped, oneDNN keeps scratch buffers), so the optimizer's temporaries and the
 #               next step land beside it rather than in it;
 #   framework   FRAMEWORK_BYTES: the tokenizer, data, libraries' buffers.
-# CPU values: fitted on the 76 non-QLoRA rows of `benchmarks/cost_accuracy.py --steps 2` (2026-11-30, AMD EPYC,
-# 2 cores, AVX2, fp32; docs/cost.md); kept after the two 2026-12-01 runs: a refit on the 4-step run (0.433,
-# 170 MiB) puts fewer rows within 10 %, one on the 12-step run (0.513, 172 MiB) 3 more in sample but 45 of 84 held
-# out by model, while 12 of 84 verdicts differ between the runs. Most of the allocator term is glibc's heap, whose
-# mmap threshold moves with the order of frees (benchmarks/cpu_allocator.py). CUDA: 0, `max_memory_allocated`
-# counts live tensors, which is what the replay counts.
-ACTIVATION_SLACK = {"cpu": 0.485, "cuda": 0.0}
-FRAMEWORK_BYTES = {"cpu": 170_151_007, "cuda": 0}
+# CPU fp32: fitted on the 76 non-QLoRA rows of `benchmarks/cost_accuracy.py --steps 2` (2026-11-30, AMD EPYC,
+# 2 cores, AVX2; docs/cost.md); kept after the two 2026-12-01 runs: a refit on the 4-step run (0.433, 170 MiB)
+# puts fewer rows within 10 %, one on the 12-step run (0.513, 172 MiB) 3 more in sample but 45 of 84 held out by
+# model, while 12 of 84 verdicts differ between the runs. CPU bf16: fitted (`fit_overheads`, the peft import
+# term held) on the 76 non-QLoRA rows of the first bf16 run with sequences of exactly each row's length
+# (docs/data/cost_accuracy_bf16_fit.json, 2026-12-07, AMD EPYC Zen 5, 2 cores); out of sample, on the second
+# run of that day, 80 of 84 peaks within 10 %, where the fp32 values put 70. Fitted on one model's rows, they
+# do worse on the other's (47 of 84): the two models share them. Most of the allocator term is glibc's heap,
+# whose mmap threshold moves with the order of frees (benchmarks/cpu_allocator.py). CUDA: 0,
+# `max_memory_allocated` counts live tensors, which is what the replay counts.
+ACTIVATION_SLACK = {"cpu": {"fp32": 0.485, "bf16": 0.2915}, "cuda": {"fp32": 0.0, "bf16": 0.0}}
+FRAMEWORK_BYTES = {"cpu": {"fp32": 170_151_007, "bf16": 191_370_309}, "cuda": {"fp32": 0, "bf16": 0}}
 # Added to the framework term: what importing a method's libraries (`Method.libraries`) leaves resident.
 # Measured, not fitted: `benchmarks/import_memory.py` (2026-12-07, AMD EPYC Zen 5; peft +54.1 MiB in each of 5
 # processes; bitsandbytes, which QLoRA imports after peft, +0). FRAMEWORK_BYTES, fitted before this term existed
@@ -86,12 +90,12 @@ FRAMEWORK_BYTES = {"cpu": 170_151_007, "cuda": 0}
 LIBRARY_BYTES = {"cpu": {"peft": 56_721_408}, "cuda": {}}
 
 
-def overheads(tensors: dict[str, int], device: str, libraries: tuple[str, ...]) -> dict[str, int]:
-    """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type, for a method that
-    imports `libraries`."""
+def overheads(tensors: dict[str, int], device: str, precision: str, libraries: tuple[str, ...]) -> dict[str, int]:
+    """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type, in a run's precision
+    ("fp32" or "bf16"), for a method that imports `libraries`."""
     transient = tensors["activations"] + tensors["logits"]
-    return {"allocator": int(ACTIVATION_SLACK[device] * transient),
-            "framework": int(FRAMEWORK_BYTES[device]) + sum(library_bytes(device, libraries).values())}
+    return {"allocator": int(ACTIVATION_SLACK[device][precision] * transient),
+            "framework": int(FRAMEWORK_BYTES[device][precision]) + sum(library_bytes(device, libraries).values())}
 
 
 def library_bytes(device: str, libraries: tuple[str, ...]) -> dict[str, int]:
@@ -380,7 +384,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     strategy = cfg.distributed.strategy if processes > 1 else "none"
     memory, notes = shard_memory(memory, full, processes, strategy, work, task)
     libraries = get_method(cfg.method.name).libraries
-    memory.update(overheads(memory, hardware.device, libraries))
+    memory.update(overheads(memory, hardware.device, runtime.precision, libraries))
     imported = library_bytes(hardware.device, libraries)
     if imported:
         notes.append("framework: includes what importing " + ", ".join(

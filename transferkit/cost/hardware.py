@@ -2,7 +2,9 @@
 
 The table is `hardware.yaml` beside this file; a user adds or overrides entries with a YAML file of the same
 shape (`--hardware-file`, or `TRANSFERKIT_HARDWARE`). `cpu` is this machine, measured on the spot: its memory
-from /proc/meminfo (MemAvailable) and its peak from a timed square matmul in the precision a run would use.
+from /proc/meminfo (MemAvailable), its peak from a timed square matmul in the precision `auto` would use (and in
+fp32 beside it, for a run that asks for fp32: `for_precision`), its streaming bandwidth and the time to draw a
+random number; its time constants are fitted per precision (`CPU_TIME`).
 """
 
 from __future__ import annotations
