@@ -300,9 +300,9 @@ def cmd_cost(args) -> int:
         return 0
     check_processes(args.processes)
     rows = cost(cfg, hardware, all_methods=args.method == "all", processes=args.processes)
-    if args.json:
-        print(json.dumps([{**c.as_dict(), "fix": None if f is None else {"change": f[0], **f[1].as_dict()}}
-                          for c, f in rows], indent=2))
+    if args.json:  # one object for the config's method, an array of them for --method all
+        objects = [{**c.as_dict(), "fix": None if f is None else {"change": f[0], **f[1].as_dict()}} for c, f in rows]
+        print(json.dumps(objects if args.method == "all" else objects[0], indent=2))
     else:
         print("\n\n".join(format_cost(c, f) for c, f in rows))
     return 0
