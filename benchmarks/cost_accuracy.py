@@ -6,8 +6,10 @@
 
 Rows: every method that serves the model's task (SmolLM2-135M: causal LM on raw text; all-MiniLM-L6-v2:
 two-class classification), at two sequence lengths and two micro-batch sizes (batch = micro-batch, so one
-forward pass per step). Every sequence is exactly `length` tokens: text longer than that, chunked (causal
-LM) or truncated (classification), so the predicted micro-batch is the one measured.
+forward pass per step). Every sequence is exactly `length` tokens — causal LM: lines that tokenize to
+exactly that (a longer line would leave a shorter remainder chunk, a faster step); classification: longer
+text, truncated — and each data file is checked through transferkit's own reading and tokenizing before any
+row is measured (`check_lengths`), so the predicted micro-batch is the one measured.
 
 Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --json`), so that its memory is
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
