@@ -376,6 +376,9 @@ def main() -> None:
         rows = json.loads(args.rows.read_text())["rows"]
         if args.recount:
             rows = recount(rows, args.hardware, args.precision)
+        elif any("ops_per_step" not in r for r in rows if "error" not in r):
+            parser.error(f"{args.rows}: rows saved before the replay counted operators; add --recount --hardware "
+                         f"NAME --precision PRECISION (as docs/cost.md gives it)")
         if rows[0].get("device") == "cuda":
             for r in rows:
                 print(f"{r['model']} {r['method']} {r['length']} × {r['micro']}: {r['ops_per_step']:,} operators, "
