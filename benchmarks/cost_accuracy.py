@@ -112,6 +112,7 @@ def exact_windows(model: str, text: str, length: int, count: int) -> list[str]:
                 return pieces
     raise RuntimeError(f"{model}: fewer than {count} windows of the corpus tokenize to {length} ids")
 
+
 def methods_for(task: str) -> list[str]:
     from transferkit.methods import get_method, method_names
 
