@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/cost_repeatability.py [--repeats 4] [--steps 8] [--out docs/data/cost_repeatability.json]
     .venv/bin/python benchmarks/cost_repeatability.py --rows docs/data/cost_repeatability.json   # the tables again
     .venv/bin/python benchmarks/cost_repeatability.py --shapes smollm2-135m:256x4 --repeats 2     # other shapes
+    .venv/bin/python benchmarks/cost_repeatability.py --precision bf16                            # bf16 rows
 
 docs/cost.md's accuracy table measures each row once. Whether its 25 % step-time target can be checked at all
 depends on how much a row's measurement moves when nothing about the row changes, so this measures that:
@@ -115,6 +116,8 @@ def main() -> None:
                         help="measure these shapes instead (e.g. smollm2-135m:256x4)")
     parser.add_argument("--repeats", type=int, default=4, help="measurements of each row, each its own process")
     parser.add_argument("--steps", type=int, default=8, help="measured steps per measurement (after one warm-up)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="train.precision of every row (fp32: as the 2026-12-01 run measured)")
     parser.add_argument("--out", type=Path, help="write every measurement and the summary as JSON here")
     parser.add_argument("--rows", type=Path, help="summarise an earlier --out file (with --out: write the summary "
                         "again); measure nothing")
@@ -134,7 +137,8 @@ def main() -> None:
                 for _ in range(args.repeats):  # round by round: every row once per round
                     for m, method, length, micro in rows:
                         repeats[f"{m} {method} {length}×{micro}"].append(
-                            measure(m, method, data[m, length], length, micro, args.steps, folder))
+                            measure(m, method, data[m, length], length, micro, args.steps, folder,
+                                    precision=args.precision))
                         bar.update()
                     if args.out:  # what is measured so far survives an interruption
                         write(args.out, {"steps": args.steps, "repeats": repeats})
