@@ -159,7 +159,8 @@ def test_operators_and_bytes_moved_by_hand():
 
 def test_random_numbers_a_step_draws_are_counted_by_hand():
     """`OpWork.random`: dropout in training draws one random number per element of its input (its mask);
-    in evaluation, or at p = 0, it draws none; `torch.rand` draws what it returns; other operators draw none."""
+    in evaluation, or at p = 0, it draws none; `torch.rand` draws what it returns; the fused `native_dropout`
+    (CUDA's) draws its output's elements once, though it returns a mask too; other operators draw none."""
     from transferkit.cost.simulate import OpWork
 
     x = torch.ones(3, 5, 7)                                        # 105 elements
@@ -168,8 +169,9 @@ def test_random_numbers_a_step_draws_are_counted_by_hand():
         torch.nn.functional.dropout(x, 0.1, training=False)        # 0: the identity
         torch.nn.functional.dropout(x, 0.0, training=True)         # 0: nothing to drop
         torch.rand(4, 6)                                           # 24
+        torch.ops.aten.native_dropout(x, 0.1, True)                # 105: its output, not its mask again
         x * 2                                                      # 0
-    assert work.random == 105 + 24
+    assert work.random == 105 + 24 + 105
 
 
 def test_a_bert_step_draws_its_dropout_masks_and_a_llama_step_none(tiny_config, tiny_bert_dir):

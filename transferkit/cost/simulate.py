@@ -170,8 +170,8 @@ class OpWork(TorchDispatchMode):
             writes = sum(map(nbytes, made)) + sum(nbytes(t) for name in written for t in tree_leaves(named.get(name)))
             reads = writes if func.overloadpacket in GATHERS else sum(map(nbytes, inputs))
             self.traffic += reads + writes
-        if func.overloadpacket in RANDOM:
-            self.random += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        if func.overloadpacket in RANDOM:  # the first output is what it fills (native_dropout's second: its mask)
+            self.random += next(t for t in tree_leaves(out) if isinstance(t, torch.Tensor)).numel()
         return out
 
 
