@@ -61,6 +61,9 @@ def write_data(folder: Path, model: str, length: int, count: int) -> Path:
     of the corpus that tokenizes (special tokens and the appended end-of-sequence included) to exactly `length`
     ids, so no line leaves a shorter remainder chunk (data/tokenize.py splits long text into `max_length`
     chunks; a remainder would be a faster step than the one predicted)."""
+    from transferkit.models.loading import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model))
     words = corpus_text().split()
     if TASKS[model] == "classification":
         per = length * 2  # words per example: comfortably more than `length` tokens
@@ -69,33 +72,28 @@ def write_data(folder: Path, model: str, length: int, count: int) -> Path:
         path.write_text("".join(json.dumps({"text": t, "label": ["a", "b"][i % 2]}) + "\n" for i, t in enumerate(texts)))
     else:
         path = folder / f"lm-{model}-{length}.txt"
-        path.write_text("\n".join(exact_windows(model, " ".join(words), length, count)) + "\n")
-    check_lengths(path, model, length)
+        path.write_text("\n".join(exact_windows(tokenizer, " ".join(words), length, count)) + "\n")
+    check_lengths(path, tokenizer, length)
     return path
 
 
-def check_lengths(path: Path, model: str, length: int) -> None:
+def check_lengths(path: Path, tokenizer, length: int) -> None:
     """Raise unless transferkit reads and tokenizes `path` into sequences of exactly `length` tokens."""
     from transferkit.data.splits import read_examples
     from transferkit.data.tokenize import tokenize_examples
-    from transferkit.models.loading import load_tokenizer, resolve_model
 
     schema, examples = read_examples(str(path))
     labels = ["a", "b"] if schema == "classification" else None
-    lengths = {len(t.input_ids) for t in tokenize_examples(load_tokenizer(resolve_model(model)), examples, schema,
-                                                           length, "truncate", labels)}
+    lengths = {len(t.input_ids) for t in tokenize_examples(tokenizer, examples, schema, length, "truncate", labels)}
     if lengths != {length}:
         raise RuntimeError(f"{path}: sequences of {sorted(lengths)} tokens, not all {length}")
 
 
-def exact_windows(model: str, text: str, length: int, count: int) -> list[str]:
+def exact_windows(tokenizer, text: str, length: int, count: int) -> list[str]:
     """`count` pieces of `text` that tokenize to exactly `length` ids each as data/tokenize.py does for plain
     text (with the tokenizer's special tokens, then the end-of-sequence id): consecutive windows of the corpus's
     ids, decoded; a window whose text does not round-trip to that many ids is skipped, and the corpus is reused
     from its start when it runs out."""
-    from transferkit.models.loading import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(model))
 
     def tokens(piece: str) -> int:
         return len(tokenizer(piece, add_special_tokens=True)["input_ids"]) + (tokenizer.eos_token_id is not None)
@@ -110,7 +108,7 @@ def exact_windows(model: str, text: str, length: int, count: int) -> list[str]:
             pieces.append(piece)
             if len(pieces) == count:
                 return pieces
-    raise RuntimeError(f"{model}: fewer than {count} windows of the corpus tokenize to {length} ids")
+    raise RuntimeError(f"fewer than {count} windows of the corpus tokenize to {length} ids")
 
 
 def methods_for(task: str) -> list[str]:
