@@ -146,8 +146,8 @@ class OpWork(TorchDispatchMode):
     Matmuls count too: a low-rank update's skinny matmul costs its operands' bytes, not its FLOPs.
 
     Random numbers count apart (`random`: the elements a `RANDOM` operator fills): on a CPU drawing one costs
-    about 5 ns, which no byte count says — a dropout over MiniLM's attention probabilities at 4 × 256 tokens
-    (3.1 M elements a layer) took 16 ms in bf16 on a Zen 5 core, a multiply of the same tensor 0.2 ms."""
+    about 5 ns (what `hardware.measure_cpu` measured on a Zen 5 core), where streaming a bf16 element in and
+    out costs about 0.1 ns, so no byte count prices it."""
 
     def __init__(self):
         super().__init__()
