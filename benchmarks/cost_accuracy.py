@@ -16,21 +16,26 @@ its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
 CUDA), and the step at which it settled (from which it grew by at most 1 %: a peak still growing at the last
 step may under-read a long run's); measured step time = the steps after the first. Printed per row: predicted
-and measured peak and their ratio; the step's operators, bytes moved and random numbers drawn (millions); step
-time predicted with the package's constants (and the random numbers at the rate each process measured), and
+and measured peak and their ratio; the step's operators, the bytes moved by those without FLOPs, the random
+numbers drawn (millions), the seconds of its calls with FLOPs as its own process timed them; step time
+predicted with the package's constants (the random numbers and the calls as each process measured them), and
 measured.
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
 10 %; the time constants (`hardware.CPU_TIME` of the rows' precision) refitted (`fit_time`), and the rows
 within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
 the old model's count (FLOPs alone at the median speed). `--rows FILE` re-summarises a saved run; with
-`--recount --hardware h200 --precision auto` it first counts the operators of rows saved before the replay
-counted them (the H200 rows), and for GPU rows prints the seconds per operator measured.
+`--recount --hardware NAME --precision P` it first counts each row's step again with today's replay — rows saved
+before the replay counted operators (the H200 rows: `--hardware h200 --precision auto`, and for GPU rows it
+prints the seconds per operator measured), or before it kept the calls with FLOPs (CPU rows: `--hardware cpu`,
+the calls timed in this one process, each row keeping the peak and bandwidth its own process measured) — and
+with `--out` writes the recounted rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -146,7 +151,7 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "step_peak_bytes": calibration["measured_step_peak_bytes"], "settled_step": calibration["settled_step"],
             "flops_per_step": result["flops_per_step"], "ops_per_step": result["ops_per_step"],
             "traffic_bytes_per_step": result["traffic_bytes_per_step"], "random_per_step": result["random_per_step"],
-            "random_seconds": result["hardware"]["random_seconds"],
+            "compute_per_step": result["compute_per_step"], "random_seconds": result["hardware"]["random_seconds"],
             "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}
 
 
@@ -187,13 +192,6 @@ def within(rows: list[dict], predict, tolerance: float) -> int:
     return int(sum(abs(predict(r) / r["measured_bytes"] - 1) <= tolerance for r in rows))
 
 
-def time_features(row: dict) -> list[float]:
-    """A row's step under the time model with unit constants: [operators, FLOPs ÷ peak, bytes ÷ bandwidth];
-    the model's constants are then [seconds per operator, 1 / MFU, 1 / bandwidth share]."""
-    return [row["ops_per_step"], row["flops_per_step"] / row["peak_flops"],
-            row["traffic_bytes_per_step"] / row["bandwidth"]]
-
-
 def random_term(row: dict) -> float:
     """A row's seconds of random numbers (dropout's masks): measured per number in its process, not fitted;
     0 for rows saved before the replay counted them."""
@@ -202,17 +200,20 @@ def random_term(row: dict) -> float:
 
 def fit_time(rows: list[dict]) -> dict[str, float]:
     """{"op_seconds", "mfu", "bandwidth_use"} minimising the relative error of the measured step times under
-    the CPU's time model (non-negative least squares: each term can only add time), the measured random-number
-    term held as it is."""
+    the CPU's time model (non-negative least squares on the seconds per operator and 1 / bandwidth share: each
+    term can only add time). Held as they are: the random numbers and the calls with FLOPs, each timed in the
+    row's own process (`kernels.call_seconds`), and the FLOPs of a call not timed (or of a row saved before the
+    calls were kept) at the package's MFU, which is returned as it is."""
     import numpy as np
     from scipy.optimize import nnls
 
+    mfu = package_time(rows[0])["mfu"]
+    held = predict_time({"op_seconds": 0.0, "mfu": mfu, "bandwidth_use": math.inf})  # no operator, no byte priced
     measured = np.array([r["measured_s"] for r in rows], float)
-    design = np.array([time_features(r) for r in rows], float) / measured[:, None]
-    rest = np.array([1 - random_term(r) / r["measured_s"] for r in rows], float)
-    (op_seconds, per_flop, per_byte), _ = nnls(design, rest)
-    return {"op_seconds": float(op_seconds), "mfu": 1 / per_flop if per_flop else float("inf"),
-            "bandwidth_use": 1 / per_byte if per_byte else float("inf")}
+    design = np.array([[r["ops_per_step"], r["traffic_bytes_per_step"] / r["bandwidth"]] for r in rows], float)
+    rest = np.array([1 - held(r) / r["measured_s"] for r in rows], float)
+    (op_seconds, per_byte), _ = nnls(design / measured[:, None], rest)
+    return {"op_seconds": float(op_seconds), "mfu": mfu, "bandwidth_use": 1 / per_byte if per_byte else math.inf}
 
 
 def predict_time(constants):
@@ -226,7 +227,8 @@ def predict_time(constants):
         cpu = Hardware("cpu", "cpu", 0, r["peak_flops"], c["mfu"], "", 0.0, False, "", r["bandwidth"],
                        c["bandwidth_use"], c["op_seconds"], random_seconds=r.get("random_seconds", 0.0))
         return step_seconds(step_parts(r["flops_per_step"], r["traffic_bytes_per_step"], r["ops_per_step"], cpu,
-                                       r.get("random_per_step", 0)), cpu)
+                                       r.get("random_per_step", 0), tuple(map(tuple, r.get("compute_per_step", ())))),
+                            cpu)
 
     return predict
 
@@ -295,8 +297,10 @@ def flops_alone(rows: list[dict]) -> int:
 
 
 def recount(rows: list[dict], hardware: str, precision: str) -> list[dict]:
-    """Rows measured before the replay counted operators and bytes (the H200 rows of 2026-11-30), with those
-    counts filled in by today's replay of the same config (no step is run) and the hardware entry's figures."""
+    """Rows with their step's counts (operators, bytes, random numbers, the matmuls' calls) made again by
+    today's replay of the same config (no step is run): rows measured before the replay counted them (the H200
+    rows of 2026-11-30, given the hardware entry's peak and bandwidth), or before it counted them as it does now
+    (a CPU row keeps the peak, bandwidth and random-number rate its own process measured)."""
     from transferkit.config import load_config
     from transferkit.cost import estimate, get_hardware
 
@@ -304,13 +308,21 @@ def recount(rows: list[dict], hardware: str, precision: str) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
         folder = Path(tmp)
-        for r in rows:
+        for r in tqdm(rows, desc="recount", unit="row"):
+            if "error" in r:
+                out.append(r)
+                continue
             data = write_data(folder, r["model"], r["length"], 8 * r["micro"])
             cost = estimate(load_config(write_config(r["model"], r["method"], data, r["length"], r["micro"], folder,
                                                      precision)), machine)
-            out.append({**r, "ops_per_step": cost.ops_per_step, "traffic_bytes_per_step": cost.traffic_per_step,
-                        "peak_flops": machine.peak_flops, "bandwidth": machine.bandwidth,
-                        "predicted_s": cost.seconds_per_step})
+            counts = {"ops_per_step": cost.ops_per_step, "traffic_bytes_per_step": cost.traffic_per_step,
+                      "random_per_step": cost.random_per_step,
+                      "compute_per_step": [list(c) for c in cost.compute_per_step]}
+            if r.get("device", machine.device) == "cpu" and "bandwidth" in r:
+                out.append({**r, **counts})
+            else:
+                out.append({**r, **counts, "peak_flops": machine.peak_flops, "bandwidth": machine.bandwidth,
+                            "predicted_s": cost.seconds_per_step})
     return out
 
 
@@ -327,12 +339,12 @@ def host_bound(rows: list[dict]) -> dict:
 def table(rows: list[dict]) -> str:
     now = predict_time(package_time)
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
-             "settled at step | operators | GB moved | M random | step s predicted | step s measured | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "settled at step | operators | GB moved | M random | calls s | step s predicted | step s measured | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} "
-                         f"||||||||||")
+                         f"|||||||||||")
             continue
         tensors = sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS)
         predicted = predicted_now(r)
@@ -341,8 +353,17 @@ def table(rows: list[dict]) -> str:
                      f"{r['measured_bytes'] / 2**20:,.0f} | {predicted / r['measured_bytes']:.2f} | "
                      f"{settled(r)} | "
                      f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | "
-                     f"{random_count(r)} | {now(r):.2f} | {r['measured_s']:.2f} | {now(r) / r['measured_s']:.2f} |")
+                     f"{random_count(r)} | {calls_seconds(r)} | {now(r):.2f} | {r['measured_s']:.2f} | "
+                     f"{now(r) / r['measured_s']:.2f} |")
     return "\n".join(lines)
+
+
+def calls_seconds(row: dict) -> str:
+    """Seconds a row's step spends in its calls with FLOPs as its process timed them ('–' where none was timed)."""
+    calls = row.get("compute_per_step") or []
+    if not calls or any(seconds is None for *_, seconds in calls):
+        return "–"
+    return f"{sum(n * seconds for _, _, n, seconds in calls):.3f}"
 
 
 def random_count(row: dict) -> str:
@@ -366,7 +387,8 @@ def main() -> None:
                         "name on a CUDA machine)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                         help="train.precision of every row (auto: bf16 where the hardware has it)")
-    parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here")
+    parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here (with --rows "
+                        "--recount: the recounted rows)")
     parser.add_argument("--rows", type=Path, help="summarise the rows of an earlier --out file; measure nothing")
     parser.add_argument("--recount", action="store_true", help="with --rows: count each row's operators and bytes "
                         "again with today's replay (rows saved before they were counted), on --hardware")
@@ -387,6 +409,8 @@ def main() -> None:
         summary = summarise(rows)
         print(table(rows))
         print(json.dumps(summary))
+        if args.out:  # the recounted rows, to be summarised again without recounting
+            write(args.out, {"summary": summary, "rows": rows})
         return
     with tempfile.TemporaryDirectory(prefix="tk-cost-") as tmp:
         folder = Path(tmp)

@@ -82,9 +82,10 @@ def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
 
 
 def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
-    """Two layers simulated directly hold what one layer + one layer's difference predicts."""
+    """Two layers simulated directly hold what one layer + one layer's difference predicts; the matmuls' calls
+    of four layers replayed directly are what the 2- and 3-layer replays grow to (`deepen_calls`)."""
     from transferkit.config import with_method_defaults
-    from transferkit.cost.estimate import Workload, replay
+    from transferkit.cost.estimate import Workload, deepen_calls, replay
     from transferkit.runtime import Runtime
 
     cfg = with_method_defaults(tiny_config(), "instruction")
@@ -96,6 +97,9 @@ def test_the_simulated_depth_is_extrapolated_linearly(tiny_config):
     assert three.flops == one.flops + 2 * (two.flops - one.flops)
     assert three.ops == one.ops + 2 * (two.ops - one.ops)
     assert three.traffic == one.traffic + 2 * (two.traffic - one.traffic)
+    four = replay(cfg, "causal-lm", None, work, runtime, "eager", 4)
+    assert len(four.compute) > 1 and sum(four.compute.values()) > sum(two.compute.values())
+    assert deepen_calls(two.compute, three.compute, 4) == four.compute
 
 
 def test_a_deep_model_peaks_where_its_deepest_phase_does(tmp_path):
@@ -140,21 +144,62 @@ def test_a_deep_model_peaks_where_its_deepest_phase_does(tmp_path):
 def test_operators_and_bytes_moved_by_hand():
     """`OpWork` on a few operators whose bytes are known: an elementwise op reads its inputs and writes its
     output; a view moves nothing; an in-place op reads both and writes its target; a reduction writes one
-    element; a gather reads only the rows it writes; a question (prim.device) is not an operator."""
+    element; a gather reads only the rows it writes; a question (prim.device) is not an operator; a matmul's
+    FLOPs and bytes are kept per call apart from the other operators' bytes."""
     from transferkit.cost.simulate import OpWork
+
+    from torch.utils.flop_counter import FlopCounterMode
 
     x, w = torch.ones(4, 8), torch.ones(100, 8)        # 128 B, 3,200 B
     index = torch.tensor([1, 2, 3])                    # 24 B of int64
-    with OpWork() as work:
+    with FlopCounterMode(display=False) as counter, OpWork(counter) as work:
         y = x * 2                      # reads 128, writes 128
         v = y.view(8, 4)               # a view: 0
         v.add_(1)                      # reads 128 (self), writes 128 (self); the scalar is no tensor
         y.sum()                        # reads 128, writes 4
         torch.nn.functional.embedding(index, w)  # writes 3 × 8 × 4 = 96, reads what it writes
         x.device                       # not dispatched as an aten operator
-    assert work.ops == 5
+        x @ w.T                        # the transpose (a view: 0), then 2 × 4 × 8 × 100 FLOPs reading 128 + 3,200
+        x @ w.T                        # and writing 4 × 100 × 4; the same call again
+    assert work.ops == 9
     assert work.traffic == (128 + 128) + 0 + (128 + 128) + (128 + 4) + (96 + 96)
+    (call, calls), = work.compute.items()
+    assert (call.op, call.flops, call.bytes, calls) == ("aten.mm.default", 6_400, 128 + 3_200 + 1_600, 2)
     assert work.random == 0
+
+
+def test_cpu_attention_is_a_call_with_the_flops_of_the_flash_kernel():
+    """CPU's fused SDPA kernel, which torch's FLOP counter does not know (a probe's frozen forward runs it), is
+    counted as the flash kernel: 4 × B × H × L² × D forward, 2.5 × that backward; each is a call with FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from transferkit.cost.simulate import CPU_ATTENTION, OpWork
+
+    q = torch.ones(1, 2, 8, 4, requires_grad=True)  # B 1, H 2, L 8, D 4
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter, OpWork(counter) as work:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+    flops = {call.op.split(".")[1]: call.flops for call in work.compute}
+    assert flops == {"_scaled_dot_product_flash_attention_for_cpu": 4 * 2 * 8 * 8 * 4,
+                     "_scaled_dot_product_flash_attention_for_cpu_backward": 10 * 2 * 8 * 8 * 4}
+    assert counter.get_total_flops() == 14 * 2 * 8 * 8 * 4
+
+
+def test_a_call_is_made_again_with_its_layout_and_timed_unless_too_large():
+    """`kernels`: a call's tensors are made again with the replay's shapes, strides (a transposed weight
+    stays transposed) and dtypes; it is timed on this CPU; one larger than `MAX_CALL_BYTES`, or one the operator
+    refuses, is not (None: the roofline prices it)."""
+    from transferkit.cost.kernels import MAX_CALL_BYTES, call_seconds, make
+    from transferkit.cost.simulate import Call, spec
+
+    weight = torch.ones(8, 16, dtype=torch.bfloat16).t()  # [16, 8], strides (1, 16)
+    made = make(spec(weight))
+    assert (made.shape, made.stride(), made.dtype) == (weight.shape, weight.stride(), weight.dtype)
+    x = torch.ones(4, 16, dtype=torch.bfloat16)
+    mm = Call("aten.mm.default", spec((x, weight)), (), 2 * 4 * 16 * 8, 128 + 256 + 64)
+    assert call_seconds(mm) > 0
+    assert call_seconds(Call("aten.mm.default", spec((x, x)), (), 1, 1)) is None  # 4 × 16 @ 4 × 16: refused
+    huge = Call("aten.mm.default", spec((x, weight)), (), 1, MAX_CALL_BYTES + 1)
+    assert call_seconds(huge) is None
 
 
 def test_random_numbers_a_step_draws_are_counted_by_hand():
@@ -163,8 +208,10 @@ def test_random_numbers_a_step_draws_are_counted_by_hand():
     (CUDA's) draws its output's elements once, though it returns a mask too; other operators draw none."""
     from transferkit.cost.simulate import OpWork
 
+    from torch.utils.flop_counter import FlopCounterMode
+
     x = torch.ones(3, 5, 7)                                        # 105 elements
-    with OpWork() as work:
+    with FlopCounterMode(display=False) as counter, OpWork(counter) as work:
         torch.nn.functional.dropout(x, 0.1, training=True)         # 105
         torch.nn.functional.dropout(x, 0.1, training=False)        # 0: the identity
         torch.nn.functional.dropout(x, 0.0, training=True)         # 0: nothing to drop
@@ -216,6 +263,25 @@ def test_step_time_adds_its_terms_on_a_cpu_and_overlaps_the_host_on_a_gpu():
     assert scaled.seconds_per_step == pytest.approx(6.375)
     preference = dataclasses.replace(cost, workload=dataclasses.replace(work, reference_tokens=5 * 10**9))
     assert preference.seconds == pytest.approx(42.5 + 2 * 100 * 5e9 / 5e11)  # 2 × parameters × tokens
+
+
+def test_each_matmul_call_takes_its_timed_seconds_or_the_longer_of_its_flops_and_its_bytes():
+    """A call timed on this machine is charged its seconds; otherwise a roofline per call: a compute-bound call
+    is charged its FLOPs, a memory-bound one (a low-rank update's skinny matmul) its bytes, never both; FLOPs
+    outside the calls at the FLOP rate; the other operators' bytes apart."""
+    from transferkit.cost.estimate import Cost, Workload
+    from transferkit.cost.hardware import Hardware
+
+    cpu = Hardware("m", "cpu", 2**30, 1e12, 0.5, "test", 0.0, False, "test", 1e10, 0.5, 0.0)
+    calls = ((10**9, 10**6, 100, None),   # 1e9 / 5e11 = 2 ms of FLOPs vs 1e6 / 5e9 = 0.2 ms of bytes: 100 × 2 ms
+             (10**6, 10**8, 5, None),     # 2 µs of FLOPs vs 1e8 / 5e9 = 20 ms of bytes: 5 × 20 ms
+             (10**9, 10**6, 20, 0.001))   # timed on the machine at 1 ms: 20 × 1 ms, whatever its FLOPs
+    flops = 120 * 10**9 + 5 * 10**6 + 5 * 10**10  # + 5e10 FLOPs outside the calls: 0.1 s
+    cost = Cost("lora", "m", "causal-lm", cpu, "fp32", Workload(1, 1, 8, 8, 8.0, 1, 1, "test"), 100, 10, 40, {},
+                flops, traffic_per_step=10**9, compute_per_step=calls)
+    assert cost.step_parts["flops"] == pytest.approx(0.2 + 0.1 + 0.02 + 0.1)
+    assert cost.step_parts["traffic"] == pytest.approx(0.2)       # 1e9 / 5e9, the matmuls' bytes not in it
+    assert cost.seconds_per_step == pytest.approx(0.62)
 
 
 def test_a_run_that_does_not_fit_gets_the_cheapest_change_that_does(tiny_config):
@@ -409,8 +475,8 @@ def test_an_fp32_run_on_a_bf16_machine_is_priced_at_the_fp32_peak(tiny_config):
     from transferkit.cost import estimate
     from transferkit.cost.hardware import CPU_TIME, Hardware
 
-    machine = Hardware("cpu", "cpu", 2**40, 8e11, 0.5, "test", 0.0, True, "test", 1e10, 0.5, 1e-5,
-                       fp32_peak_flops=2e11)
+    machine = Hardware("cpu", "cpu", 2**40, 8e11, 0.5, "test", 0.0, True, "test", 0.0, 0.5, 1e-5,
+                       fp32_peak_flops=2e11)  # bandwidth unknown: the matmuls are charged their FLOPs alone
     fp32 = estimate(tiny_config("train.precision=fp32"), machine)
     bf16 = estimate(tiny_config("train.precision=bf16"), machine)
     assert fp32.hardware.peak_flops == 2e11 and bf16.hardware.peak_flops == 8e11

@@ -14,13 +14,16 @@
                      the method's libraries leaves resident (peft's, measured: `LIBRARY_BYTES`)
     FLOPs per step  counted on the same replay, extrapolated the same way; so are the operators it dispatches,
                     the bytes they read and write and the random numbers they draw (`simulate.OpWork`)
-    time per step   FLOPs / (peak FLOP/s × MFU)  +  bytes / bandwidth  +  random numbers × seconds per number
-                    +  operators × seconds per operator
-                    (a roofline's two terms added, Williams et al. 2009, plus dropout's random masks, which a
-                    CPU draws at ~5 ns a number, and the host's dispatch: small steps are dispatch-bound, a full
-                    fine-tune's optimizer is bandwidth-bound); on a GPU the host runs ahead, so
-                    max(FLOPs + bytes + random, operators); × the hardware's time_scale (1, or measured ÷
-                    modelled by --calibrate)
+    time per step   the calls with FLOPs (matmuls, attention)  +  the other operators' bytes / (bandwidth × share)
+                    +  random numbers × seconds per number  +  operators × seconds per operator
+                    where each distinct call with FLOPs is run again and timed on this machine (`cpu`, measured
+                    on the spot: `kernels.py`), else charged max(FLOPs / (peak FLOP/s × MFU), bytes / (bandwidth
+                    × share)) (a roofline per call, Williams et al. 2009: a projection is compute-bound, a
+                    low-rank update's skinny matmul memory-bound); the elementwise operators stream memory;
+                    dropout's random masks cost a CPU ~5 ns a number; the host's dispatch makes small steps
+                    dispatch-bound, and a full fine-tune's optimizer is bandwidth-bound. On a GPU the host runs
+                    ahead, so max(calls + bytes + random, operators); × the hardware's time_scale (1, or
+                    measured ÷ modelled by --calibrate)
     time            steps × time per step;  money = hours × price per hour
                     (the probe: the first epoch's steps only; then its features are cached)
 
@@ -63,6 +66,7 @@ from ..train.optimizer import build_optimizer
 from ..train.reference import reference_mode
 from ..train.setup import adapt, planned_steps
 from .hardware import Hardware, for_precision
+from .kernels import call_seconds
 from .simulate import KINDS, StepTrace, simulate_step
 
 # What a training process holds beyond the live tensors the replay counts, per device type and precision:
@@ -142,6 +146,10 @@ class Cost:
     ops_per_step: int = 0                       # aten operators dispatched per step (`simulate.OpWork`)
     traffic_per_step: int = 0                   # bytes those operators read and write per step
     random_per_step: int = 0                    # random numbers they draw per step (dropout's masks)
+    # the calls of operators with FLOPs per step (`simulate.OpWork`), each distinct one as (its FLOPs, its bytes,
+    # how many calls, its seconds timed on this machine or None: `kernels.call_seconds`); their bytes are not
+    # in traffic_per_step
+    compute_per_step: tuple[tuple[int, int, int, float | None], ...] = ()
 
     @property
     def peak_bytes(self) -> int:
@@ -160,7 +168,7 @@ class Cost:
     def step_parts(self) -> dict[str, float]:
         """Seconds of one step that runs the model, by what takes them (`step_parts`)."""
         return step_parts(self.flops_per_step, self.traffic_per_step, self.ops_per_step, self.hardware,
-                          self.random_per_step)
+                          self.random_per_step, self.compute_per_step)
 
     @property
     def seconds_per_step(self) -> float:
@@ -185,7 +193,7 @@ class Cost:
                 "adapter_bytes": self.adapter_bytes, "memory_bytes": self.memory, "peak_bytes": self.peak_bytes,
                 "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
                 "ops_per_step": self.ops_per_step, "traffic_bytes_per_step": self.traffic_per_step,
-                "random_per_step": self.random_per_step,
+                "random_per_step": self.random_per_step, "compute_per_step": [list(c) for c in self.compute_per_step],
                 "seconds_per_step": self.seconds_per_step, "step_parts": self.step_parts, "seconds": self.seconds,
                 "dollars": self.dollars, "notes": self.notes,
                 "gradient_checkpointing": self.gradient_checkpointing,
@@ -193,13 +201,20 @@ class Cost:
                 "processes": self.processes, "strategy": self.strategy}
 
 
-def step_parts(flops: float, traffic: float, ops: int, hw: Hardware, random: int = 0) -> dict[str, float]:
+def step_parts(flops: float, traffic: float, ops: int, hw: Hardware, random: int = 0,
+               compute: tuple[tuple[int, int, int, float | None], ...] = ()) -> dict[str, float]:
     """Seconds of a step by what takes them (the module docstring's time model), before `hw.time_scale`: its
-    FLOPs at the peak × MFU, the bytes its operators move at the bandwidth × its share (unpriced where the
-    bandwidth is unknown), the random numbers it draws × the seconds to draw one (measured; unpriced where
-    unknown), the operators it dispatches × the host's seconds per operator."""
-    return {"flops": flops / (hw.peak_flops * hw.mfu),
-            "traffic": traffic / (hw.bandwidth * hw.bandwidth_use) if hw.bandwidth else 0.0,
+    calls with FLOPs (`compute`: (FLOPs, bytes, calls, seconds timed or None)), each the seconds it was timed at
+    on this machine, else the longer of its FLOPs at the peak × MFU and its bytes at the bandwidth × its share,
+    and FLOPs outside the calls at the peak × MFU; the bytes the other operators move at the bandwidth × its
+    share (unpriced where the bandwidth is unknown); the random numbers it draws × the seconds to draw one
+    (measured; unpriced where unknown); the operators it dispatches × the host's seconds per operator."""
+    per_flop = 1 / (hw.peak_flops * hw.mfu)
+    per_byte = 1 / (hw.bandwidth * hw.bandwidth_use) if hw.bandwidth else 0.0
+    rest = flops - sum(f * calls for f, _, calls, _ in compute)
+    calls = sum(n * (timed if timed is not None else max(f * per_flop, b * per_byte)) for f, b, n, timed in compute)
+    return {"flops": calls + max(rest, 0) * per_flop,
+            "traffic": traffic * per_byte,
             "random": random * hw.random_seconds,
             "operators": ops * hw.op_seconds}
 
@@ -391,6 +406,9 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
             f"{name} leaves resident ({n / 2**20:.0f} MiB, measured)" for name, n in imported.items()))
     flops, ops, traffic, random = (getattr(two, k) + (depth - 2) * (getattr(three, k) - getattr(two, k))
                                    for k in ("flops", "ops", "traffic", "random"))
+    timed = call_seconds if hardware.times_calls else lambda call: None
+    compute = tuple((call.flops, call.bytes, n, timed(call))
+                    for call, n in deepen_calls(two.compute, three.compute, depth).items())
     if cfg.method.name == "qlora":
         notes.append("qlora: activations are LoRA's on a float base; the per-matmul dequantized weight is not counted")
     if work.reference_tokens:
@@ -398,7 +416,14 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
                      f"({2 * total * work.reference_tokens / 1e12:.3g} TFLOP at 2 × parameters per token), in the time")
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
                 trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing, None, processes,
-                strategy, ops, traffic, random)
+                strategy, ops, traffic, random, compute)
+
+
+def deepen_calls(two: dict, three: dict, depth: int) -> dict:
+    """Calls per kind of call (`StepTrace.compute`) of a `depth`-layer model, grown linearly from a 2- and a
+    3-layer replay as the step's other counts are: the calls the third layer added, once per further layer."""
+    grown = {key: two.get(key, 0) + (depth - 2) * (three.get(key, 0) - two.get(key, 0)) for key in {*two, *three}}
+    return {key: calls for key, calls in grown.items() if calls > 0}
 
 
 def block_bytes(model: torch.nn.Module) -> list[int]:

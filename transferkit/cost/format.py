@@ -48,7 +48,13 @@ def format_cost(cost: Cost, fix: tuple[str, Cost] | None) -> str:
 def step_line(cost: Cost) -> str:
     """One step's seconds and what takes them (`Cost.seconds_per_step`), with the figures the hardware assumes."""
     hw, parts = cost.hardware, cost.step_parts
-    flops = f"FLOPs {parts['flops']:.3g} s (MFU {hw.mfu:.0%} of {hw.peak_flops / 1e12:.3g} TFLOP/s)"
+    untimed = sum(seconds is None for *_, seconds in cost.compute_per_step)
+    how = [f"{len(cost.compute_per_step) - untimed} distinct calls timed on this machine"] if \
+        len(cost.compute_per_step) > untimed else []
+    if untimed or not cost.compute_per_step:
+        how.append(f"MFU {hw.mfu:.0%} of {hw.peak_flops / 1e12:.3g} TFLOP/s" +
+                   (", a memory-bound call at its bytes" if hw.bandwidth and untimed else ""))
+    flops = f"FLOPs {parts['flops']:.3g} s ({'; '.join(how)})"
     moved = (f"bytes {parts['traffic']:.3g} s ({cost.traffic_per_step / 1e9:.3g} GB at {hw.bandwidth_use:.0%} of "
              f"{hw.bandwidth / 1e9:,.0f} GB/s)" if hw.bandwidth else "bytes moved not priced (no bandwidth known)")
     random = (f" + random {parts['random']:.3g} s ({cost.random_per_step / 1e6:.3g} M numbers × "

@@ -41,6 +41,7 @@ class Hardware:
     random_seconds: float = 0.0  # time to draw one random number, as dropout does (0: unknown, not priced)
     fp32_peak_flops: float = 0.0  # fp32 FLOP/s where peak_flops is another precision's (a bf16 CPU); 0: none
     time_scale: float = 1.0     # measured ÷ modelled step time (`--calibrate`); 1 until measured
+    times_calls: bool = False   # this machine: a step's calls with FLOPs are timed on it (`kernels.call_seconds`)
 
 
 def hardware_names(extra: str | Path | None = None) -> list[str]:
@@ -104,27 +105,27 @@ def _read(path: Path) -> dict[str, Hardware]:
 @dataclass(frozen=True)
 class CpuTime:
     """A CPU's time constants in one precision, beside what `measure_cpu` measures on the spot (the matmul peak,
-    the streaming bandwidth, the seconds per random number)."""
-    mfu: float            # the share of the matmul probe's FLOP/s a training step's FLOPs reach
+    the streaming bandwidth, the seconds per random number) and what `kernels.call_seconds` times per call."""
+    mfu: float            # the share of the matmul probe's FLOP/s a call reaches that is too large to time
     bandwidth_use: float  # the share of the streaming bandwidth its operators' bytes reach
     op_seconds: float     # the host's seconds to dispatch one operator (Python, autograd, the dispatcher)
     source: str
 
 
-# Fitted by `benchmarks/cost_accuracy.py` (`fit_time`: non-negative least squares on the relative error, the
-# random numbers' measured term held), each in the precision it prices.
-# bf16: on the 84 rows of its first run with sequences of exactly each row's length
-# (docs/data/cost_accuracy_bf16_fit.json), 2026-12-07, AMD EPYC Zen 5, 2 cores — what `auto` trains in there and
-# on CI's machine. Out of sample, on the second run of the same day (docs/data/cost_accuracy_bf16.json), 71 of 84
-# steps within 25 %; the fp32 constants below put 63 of those rows within 25 %, 69 after one calibration.
-# fp32: on the 4-step run of 2026-12-01 (docs/data/cost_accuracy_4steps.json), AMD EPYC, AVX2, 2 cores, whose
-# SmolLM2 rows mixed shorter steps in (docs/cost.md); 56 of 84 within 25 % on the 12-step run of that day.
-# An MFU above 1: the replay's counted FLOPs complete faster than the 1024² probe's rate, though in bf16 the
-# linears' matmuls of SmolLM2 ran at 0.79 of it and MiniLM's at 1.03 (benchmarks/matmul_shapes.py). Not
-# attributed; the bf16 probe read 436-919 GFLOP/s across the rows' processes, 3 of 84 below 500.
+# bf16: bandwidth_use and op_seconds fitted by `benchmarks/cost_accuracy.py` (`fit_time`: non-negative least
+# squares on the relative error, the calls timed and the random numbers held) on the 84 rows of the first
+# fixed-length bf16 run (docs/data/cost_accuracy_bf16_fit.json, 2026-12-07, AMD EPYC Zen 5, 2 cores — what
+# `auto` trains in there and on CI's machine), its counts and calls recounted with this model and the calls
+# timed in one process on the same machine (`--rows … --recount`); checked out of sample on a run measured
+# after the change (docs/cost.md). mfu: prices only a call larger than `kernels.MAX_CALL_BYTES`; the linears'
+# matmuls of SmolLM2 ran at 0.79 of the 1024² probe, its head at 0.67, MiniLM's at 1.03
+# (benchmarks/matmul_shapes.py, 2026-12-07).
+# fp32: fitted on the 4-step run of 2026-12-01 (docs/data/cost_accuracy_4steps.json), AMD EPYC, AVX2, 2 cores,
+# under the model before calls were timed (FLOPs ÷ the probe at this MFU, every operator's bytes): its operator
+# time then carried what slow matmuls cost, so an fp32 run here is priced high (docs/cost.md).
 CPU_TIME = {
-    "bf16": CpuTime(1.29, 0.545, 9.0e-6, "fitted on benchmarks/cost_accuracy.py (2026-12-07, AMD EPYC Zen 5, "
-                                         "2 cores, bf16; docs/cost.md)"),
+    "bf16": CpuTime(0.8, 0.58, 2.1e-6, "fitted on benchmarks/cost_accuracy.py (2026-12-07, AMD EPYC Zen 5, "
+                                       "2 cores, bf16; calls timed here; docs/cost.md)"),
     "fp32": CpuTime(1.35, 0.52, 12.8e-6, "fitted on benchmarks/cost_accuracy.py (2026-12-01, AMD EPYC AVX2, "
                                          "2 cores, fp32; docs/cost.md)"),
 }
@@ -152,7 +153,8 @@ def measure_cpu(size: int = 1024, repeats: int = 5) -> Hardware:
     return Hardware("cpu", "cpu", available_memory(), flops, constants.mfu, constants.source, 0.0, bf16,
                     f"this machine, measured now ({size}² {str(dtype).removeprefix('torch.')} matmul; a 64 MiB "
                     f"add; a 4 M-number bernoulli_; MemAvailable)", bandwidth, constants.bandwidth_use,
-                    constants.op_seconds, random_seconds=random_seconds, fp32_peak_flops=fp32_flops)
+                    constants.op_seconds, random_seconds=random_seconds, fp32_peak_flops=fp32_flops,
+                    times_calls=True)
 
 
 def for_precision(hardware: Hardware, precision: str) -> Hardware:

@@ -14,9 +14,10 @@ every instant is known; the second step's peak is the steady state (the optimize
     logits          logits and loss buffers at labelled positions           last dimension = the head's outputs
     activations     everything else: tensors saved for backward, temporaries
 
-FLOPs are counted by torch's `FlopCounterMode` (matmuls, attention, convolutions) over the first step:
-what the step really runs, frozen weights' skipped weight-gradients and the head at labelled positions only;
-over the same step `OpWork` counts the operators dispatched and the bytes they read and write.
+FLOPs are counted by torch's `FlopCounterMode` (matmuls, attention, convolutions; CPU's fused attention kernel
+by `CPU_ATTENTION`) over the first step: what the step really runs, frozen weights' skipped weight-gradients and
+the head at labelled positions only; over the same step `OpWork` counts the operators dispatched, the bytes they
+read and write, and keeps each call with FLOPs to be timed or priced apart.
 """
 
 from __future__ import annotations
@@ -24,13 +25,45 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 KINDS = ("weights", "gradients", "optimizer", "logits", "activations")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of an operator with FLOPs, as the replay dispatched it: enough to run it again on real tensors
+    of the same shapes, strides and dtypes (`kernels.call_seconds`), with its FLOPs and the bytes it reads and
+    writes (for a machine it cannot be timed on: `estimate.step_parts`'s roofline)."""
+
+    op: str          # the aten overload, "aten.addmm.default"
+    args: tuple      # its positional arguments, each tensor as its `Layout`, lists as tuples
+    kwargs: tuple    # its keyword arguments as sorted (name, value) pairs, the same way
+    flops: int
+    bytes: int
+
+
+class Layout(NamedTuple):
+    """A tensor argument of a `Call`: what a tensor made again needs to run the call as the step does."""
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str       # "bfloat16"
+
+
+def spec(value):
+    """A hashable description of an operator's argument (`Call.args`): a tensor by its layout, lists as tuples."""
+    if isinstance(value, torch.Tensor):
+        return Layout(tuple(value.shape), tuple(value.stride()), str(value.dtype).removeprefix("torch."))
+    if isinstance(value, (list, tuple)):
+        return tuple(spec(v) for v in value)
+    return value
 
 
 @dataclass
@@ -40,8 +73,10 @@ class StepTrace:
     peak: dict[str, int]                    # bytes alive at the step's peak, by kind (KINDS)
     flops: int                              # per optimizer step (all micro-batches)
     ops: int = 0                            # aten operators dispatched per optimizer step (`OpWork`)
-    traffic: int = 0                        # bytes they read and write per optimizer step
+    traffic: int = 0                        # bytes the operators without FLOPs read and write per optimizer step
     random: int = 0                         # random numbers they draw per optimizer step (dropout's masks)
+    # the calls of operators with FLOPs (matmuls, attention; `OpWork.compute`): each distinct call → how many
+    compute: dict[Call, int] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)  # bytes of parameters and buffers by dtype name
     # the peak of each phase of the step, by kind: "forward i" / "backward i" of micro-batch i, "optimizer"
     # (clipping, AdamW, zero_grad); `peak` is the largest of them
@@ -137,25 +172,33 @@ class LiveBytes(TorchDispatchMode):
 
 class OpWork(TorchDispatchMode):
     """How many operators a step dispatches, and how many bytes they read and write: what the time model
-    (`estimate.Cost.seconds_per_step`) charges beside the FLOPs.
+    (`estimate.Cost.seconds_per_step`) charges beside the FLOPs. Entered above `counter` (the step's
+    `FlopCounterMode`), so that each operator's FLOPs are what the counter added while it ran — an attention
+    kernel's too, which the counter counts by its decomposition.
 
     Only aten operators count (`prim.device` and the like are questions, not work). A view, or any operator
     whose outputs share an input's storage and writes nothing, moves no bytes. Otherwise an operator reads its
     tensor arguments and writes its new outputs and the arguments it mutates (in place, `out=`, the optimizer's
     `_foreach_*_`); a gather (embedding, index, index_select, gather) reads only what it writes, not its table.
-    Matmuls count too: a low-rank update's skinny matmul costs its operands' bytes, not its FLOPs.
+    An operator with FLOPs (a matmul, an attention kernel) is kept apart in `compute`, one `Call` per distinct
+    call with how many times it ran, and its bytes are not in `traffic`: the time model times such a call on
+    the machine or charges it the longer of its FLOPs and its bytes (a roofline per call: a projection is
+    compute-bound, a low-rank update's skinny matmul memory-bound), never both.
 
     Random numbers count apart (`random`: the elements a `RANDOM` operator fills): on a CPU drawing one costs
     about 5 ns (what `hardware.measure_cpu` measured on a Zen 5 core), where streaming a bf16 element in and
     out costs about 0.1 ns, so no byte count prices it."""
 
-    def __init__(self):
+    def __init__(self, counter):
         super().__init__()
+        self.counter = counter
         self.ops = 0
         self.traffic = 0
         self.random = 0
+        self.compute: Counter[Call] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        before = self.counter.get_total_flops()
         out = func(*args, **(kwargs or {}))
         if func.namespace != "aten":
             return out
@@ -169,11 +212,31 @@ class OpWork(TorchDispatchMode):
             named = dict(zip((a.name for a in schema.arguments), args)) | (kwargs or {})
             writes = sum(map(nbytes, made)) + sum(nbytes(t) for name in written for t in tree_leaves(named.get(name)))
             reads = writes if func.overloadpacket in GATHERS else sum(map(nbytes, inputs))
-            self.traffic += reads + writes
+            flops = self.counter.get_total_flops() - before
+            if flops:
+                named_args = tuple(sorted((k, spec(v)) for k, v in (kwargs or {}).items()))
+                self.compute[Call(str(func), spec(tuple(args)), named_args, flops, reads + writes)] += 1
+            else:
+                self.traffic += reads + writes
         if func.overloadpacket in RANDOM:  # the first output is what it fills (native_dropout's second: its mask)
             self.random += next(t for t in tree_leaves(out) if isinstance(t, torch.Tensor)).numel()
         return out
 
+
+def cpu_attention_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """FLOPs of CPU's fused attention kernel (given shapes), which torch's FLOP counter does not know: those of
+    the flash kernel it mirrors (QKᵀ and the probabilities × V, 4 × B × H × Lq × Lk × D)."""
+    return sdpa_flop_count(query, key, value)
+
+
+def cpu_attention_backward_flops(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# Counted beside torch's own formulas (`FlopCounterMode(custom_mapping=…)`): without them a CPU step through
+# SDPA (a linear probe's frozen forward, a long sequence) counted its attention as zero FLOPs.
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward_flops}
 
 GATHERS = {torch.ops.aten.embedding, torch.ops.aten.index, torch.ops.aten.index_select, torch.ops.aten.gather}
 # Operators that fill their output with random numbers (dropout draws its mask with `bernoulli_`).
@@ -208,8 +271,9 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
             live.reset_peak()
         # FLOPs are counted in the first step, apart from the peak of the second: the counter's module tracker
         # holds each checkpointed layer's recomputed outputs until it exits, which a real run never holds.
-        counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
-        work = OpWork() if step == 0 else contextlib.nullcontext()
+        counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) if step == 0 else \
+            contextlib.nullcontext()
+        work = OpWork(counter) if step == 0 else contextlib.nullcontext()
         with live, counter, work:
             live.phase = "forward 0"  # from the first micro-batch's collate on
             for index, (loss_fn, normaliser) in enumerate(step_batches()):
@@ -233,4 +297,5 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
             optimizer.zero_grad(set_to_none=True)
         if step == 0:
             flops, ops, traffic, random = counter.get_total_flops(), work.ops, work.traffic, work.random
-    return StepTrace(live.peak_by_kind(), flops, ops, traffic, random, weights, live.phase_peaks_by_kind())
+            compute = dict(work.compute)
+    return StepTrace(live.peak_by_kind(), flops, ops, traffic, random, compute, weights, live.phase_peaks_by_kind())
