@@ -250,10 +250,11 @@ def result_row(name: str, cfg: RunConfig, summary: dict, baselines: dict) -> dic
 
 def predicted_peak(cfg: RunConfig, summary: dict) -> int | None:
     """What `transferkit cost` predicts for this run's peak (the same quantity summary.json's peak memory
-    measures), where the run trained on this machine's CPU; None on other devices."""
+    measures), where the run trained on this machine's CPU; None on other devices. The step's calls are not
+    timed: the peak does not depend on them."""
     if summary.get("device") != "cpu":
         return None
-    return estimate(cfg, get_hardware("cpu")).peak_bytes
+    return estimate(cfg, dataclasses.replace(get_hardware("cpu"), times_calls=False)).peak_bytes
 
 
 def folder_bytes(folder: Path) -> int:
