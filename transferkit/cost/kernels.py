@@ -4,9 +4,10 @@ instead of their FLOPs at one probe's rate.
 
 One square matmul does not say how fast a step's calls run. Timed on a Zen 5 core in bf16 against the 1024²
 probe (`benchmarks/matmul_shapes.py`): SmolLM2's projections at 4 × 256 tokens ran at 0.79 of it and its
-49,152-wide head at 0.67, MiniLM's at 1.03; a linear probe's frozen MiniLM forward at 1 × 256 runs its
-256 × 384 × 384 projections at about 0.6 of it and its CPU flash-attention kernel at about 0.15 — a probe row
-was predicted at 0.60-0.75 of its measured step from FLOPs ÷ one probe.
+49,152-wide head at 0.67, MiniLM's at 1.03. Timed per call in each row's process (docs/cost.md's bf16 table),
+a SmolLM2 LoRA step's calls at 1 × 64 tokens ran at 0.47 of that process's probe, a linear probe's frozen
+MiniLM forward at 1 × 256 (CPU's fused attention kernel among them) at 0.54; priced at FLOPs ÷ one probe, the
+probe rows read 0.60-0.75 of their measured steps.
 
 A call is made again on real tensors of the replay's shapes, strides and dtypes (random values: a kernel's
 speed does not depend on them) and timed as the probe is (`hardware.best_seconds`). A call whose tensors
