@@ -328,6 +328,12 @@ def replay(cfg: RunConfig, task: str, labels, work: Workload, runtime: Runtime, 
 REPLAYED_DEPTHS = (2, 3)
 
 
+def grow(two: int, three: int, depth: int) -> int:
+    """A count of a `depth`-layer model from the same count of a 2- and a 3-layer replay: what the third layer
+    added, once per further layer."""
+    return two + (depth - 2) * (three - two)
+
+
 def deepen(two: StepTrace, three: StepTrace, depth: int) -> dict[str, int]:
     """The peak by kind of a `depth`-layer model from the replays of a 2- and a 3-layer one (or the same replay
     twice, made at `depth` = 2): each phase's peak (forward and backward of each micro-batch, the optimizer;
@@ -340,8 +346,8 @@ def deepen(two: StepTrace, three: StepTrace, depth: int) -> dict[str, int]:
     row with 37 labelled tokens per sequence reads 0.984 (kind by kind from 2 and 3 layers: 0.948), tiny
     wide-vocabulary models 0.89-1.00 (tests/test_cost.py); replaying the full depth would be exact, at 5-7 s
     against 1 s for SmolLM2 (benchmarks/depth_extrapolation.py)."""
-    grown = [{kind: two.phases[phase][kind] + (depth - 2) * (three.phases[phase][kind] - two.phases[phase][kind])
-              for kind in KINDS} for phase in two.phases if phase in three.phases]
+    grown = [{kind: grow(two.phases[phase][kind], three.phases[phase][kind], depth) for kind in KINDS}
+             for phase in two.phases if phase in three.phases]
     return max(grown, key=lambda kinds: sum(kinds.values()))
 
 
@@ -404,7 +410,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     if imported:
         notes.append("framework: includes what importing " + ", ".join(
             f"{name} leaves resident ({n / 2**20:.0f} MiB, measured)" for name, n in imported.items()))
-    flops, ops, traffic, random = (getattr(two, k) + (depth - 2) * (getattr(three, k) - getattr(two, k))
+    flops, ops, traffic, random = (grow(getattr(two, k), getattr(three, k), depth)
                                    for k in ("flops", "ops", "traffic", "random"))
     timed = call_seconds if hardware.times_calls else lambda call: None
     compute = tuple((call.flops, call.bytes, n, timed(call))
@@ -422,7 +428,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
 def deepen_calls(two: dict, three: dict, depth: int) -> dict:
     """Calls per kind of call (`StepTrace.compute`) of a `depth`-layer model, grown linearly from a 2- and a
     3-layer replay as the step's other counts are: the calls the third layer added, once per further layer."""
-    grown = {key: two.get(key, 0) + (depth - 2) * (three.get(key, 0) - two.get(key, 0)) for key in {*two, *three}}
+    grown = {key: grow(two.get(key, 0), three.get(key, 0), depth) for key in {*two, *three}}
     return {key: calls for key, calls in grown.items() if calls > 0}
 
 

@@ -173,8 +173,8 @@ class LiveBytes(TorchDispatchMode):
 class OpWork(TorchDispatchMode):
     """How many operators a step dispatches, and how many bytes they read and write: what the time model
     (`estimate.Cost.seconds_per_step`) charges beside the FLOPs. Entered above `counter` (the step's
-    `FlopCounterMode`), so that each operator's FLOPs are what the counter added while it ran — an attention
-    kernel's too, which the counter counts by its decomposition.
+    `FlopCounterMode`), so that each operator's FLOPs are what the counter added while it ran — CPU's fused
+    attention kernel's too, by the formulas the counter is given (`CPU_ATTENTION`).
 
     Only aten operators count (`prim.device` and the like are questions, not work). A view, or any operator
     whose outputs share an input's storage and writes nothing, moves no bytes. Otherwise an operator reads its
