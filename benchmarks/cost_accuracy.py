@@ -1,7 +1,8 @@
 """How close is `transferkit cost` to what a run really holds and takes? Predicted against measured, per row.
 
     .venv/bin/python benchmarks/cost_accuracy.py [--models smollm2-135m minilm-l6] [--lengths 64 256]
-                                                 [--micro 1 4] [--steps 12] [--out docs/data/cost_accuracy.json]
+                                                 [--micro 1 4] [--steps 12] [--repeats 3]
+                                                 [--out docs/data/cost_accuracy.json]
     python benchmarks/cost_accuracy.py --hardware h200 --precision auto   # on a CUDA machine (bf16)
 
 Rows: every method that serves the model's task (SmolLM2-135M: causal LM on raw text; all-MiniLM-L6-v2:
@@ -15,7 +16,10 @@ Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --j
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
 phase's peak resident set over what the process held before the model was loaded (CPU; allocated memory on
 CUDA), and the step at which it settled (from which it grew by at most 1 %: a peak still growing at the last
-step may under-read a long run's); measured step time = the steps after the first. Printed per row: predicted
+step may under-read a long run's); measured step time = the steps after the first. With `--repeats N` every row
+runs in N processes, in rounds (each row once, then each again, so that a slow spell of the machine falls on
+different rows each round), and each figure of the table and of the counts within a bound is the median over a
+row's processes (the fits take every process's row). Printed per row: predicted
 and measured peak and their ratio; the step's operators, the bytes moved by those without FLOPs, the random
 numbers drawn (millions), the seconds of its calls with FLOPs as its own process timed them; step time
 predicted with the package's constants (the random numbers and the calls as each process measured them), and
@@ -188,8 +192,24 @@ def predicted_now(row: dict) -> float:
                                                libraries).values())
 
 
+def groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows of each config (model, method, length, micro-batch), in the order first seen: one per process that
+    measured it (`--repeats`), else one each."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["model"], r["method"], r["length"], r["micro"]), []).append(r)
+    return list(out.values())
+
+
+def ratios(rows: list[dict], predict, measured: str) -> list[float]:
+    """Per config (`groups`): the median over its processes of the prediction ÷ the median of the `measured` field
+    (one process: that process's ratio)."""
+    return [statistics.median(map(predict, g)) / statistics.median(r[measured] for r in g) for g in groups(rows)]
+
+
 def within(rows: list[dict], predict, tolerance: float) -> int:
-    return int(sum(abs(predict(r) / r["measured_bytes"] - 1) <= tolerance for r in rows))
+    """Configs whose peak `predict` gives within `tolerance` of the measured one (medians over processes)."""
+    return int(sum(abs(ratio - 1) <= tolerance for ratio in ratios(rows, predict, "measured_bytes")))
 
 
 def random_term(row: dict) -> float:
@@ -242,7 +262,8 @@ def package_time(row: dict) -> dict[str, float]:
 
 
 def timed_within(rows: list[dict], predict, tolerance: float = 0.25) -> int:
-    return int(sum(abs(predict(r) / r["measured_s"] - 1) <= tolerance for r in rows))
+    """Configs whose step `predict` gives within `tolerance` of the measured one (medians over processes)."""
+    return int(sum(abs(ratio - 1) <= tolerance for ratio in ratios(rows, predict, "measured_s")))
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -275,7 +296,7 @@ def summarise(rows: list[dict]) -> dict:
     time_fit = fit_time(good)
     growing = [f"{r['model']} {r['method']} {r['length']}x{r['micro']}" for r in good if "step_peak_bytes" in r
                and Measured(r["measured_bytes"], r["step_seconds"], r["step_peak_bytes"]).still_growing]
-    return {"rows": len(rows), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
+    return {"rows": len(rows), "configs": len(groups(good)), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
             "peak_still_growing_at_the_last_step": growing,
             "within_10pct_now": within(good, predicted_now, 0.10),
             "within_10pct_now_without_qlora": within(fitted, predicted_now, 0.10),
@@ -337,33 +358,48 @@ def host_bound(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
+    """One line per config: with several processes per config (`--repeats`), the median of each measured figure
+    and of each process's prediction, and every process's measured step."""
     now = predict_time(package_time)
+    repeated = any(len(g) > 1 for g in groups(rows))
+    extra = " processes | step s measured, each |" if repeated else ""
     lines = ["| model | method | length | micro | tensors MiB | predicted MiB | measured MiB | ratio | "
-             "settled at step | operators | GB moved | M random | calls s | step s predicted | step s measured | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: {r['error']} "
-                         f"|||||||||||")
+             "settled at step | operators | GB moved | M random | calls s | step s predicted | step s measured | ratio |"
+             + extra, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (2 * repeated)]
+    for g in groups(rows):
+        r = g[0]
+        failed = [x for x in g if "error" in x]
+        if failed:
+            lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | failed: "
+                         f"{failed[0]['error']} |||||||||||" + "||" * repeated)
             continue
         tensors = sum(v for k, v in r["memory_bytes"].items() if k in TENSOR_KINDS)
-        predicted = predicted_now(r)
-        lines.append(f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
-                     f"{tensors / 2**20:,.0f} | {predicted / 2**20:,.0f} | "
-                     f"{r['measured_bytes'] / 2**20:,.0f} | {predicted / r['measured_bytes']:.2f} | "
-                     f"{settled(r)} | "
-                     f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | "
-                     f"{random_count(r)} | {calls_seconds(r)} | {now(r):.2f} | {r['measured_s']:.2f} | "
-                     f"{now(r) / r['measured_s']:.2f} |")
+        predicted = statistics.median(map(predicted_now, g))
+        measured = statistics.median(x["measured_bytes"] for x in g)
+        step_predicted = statistics.median(map(now, g))
+        step_measured = statistics.median(x["measured_s"] for x in g)
+        line = (f"| {r['model']} | {r['method']} | {r['length']} | {r['micro']} | "
+                f"{tensors / 2**20:,.0f} | {predicted / 2**20:,.0f} | {measured / 2**20:,.0f} | "
+                f"{predicted / measured:.2f} | {settled(g)} | "
+                f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | {random_count(r)} | "
+                f"{calls_seconds(g)} | {step_predicted:.2f} | {step_measured:.2f} | {step_predicted / step_measured:.2f} |")
+        if repeated:
+            each = " ".join(f"{x['measured_s']:.2f}" for x in g)
+            line += f" {len(g)} | {each} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def calls_seconds(row: dict) -> str:
-    """Seconds a row's step spends in its calls with FLOPs as its process timed them ('–' where none was timed)."""
-    calls = row.get("compute_per_step") or []
-    if not calls or any(seconds is None for *_, seconds in calls):
-        return "–"
-    return f"{sum(n * seconds for _, _, n, seconds in calls):.3f}"
+def calls_seconds(rows: list[dict]) -> str:
+    """Seconds a config's step spends in its calls with FLOPs as its processes timed them, the median over them
+    ('–' where none was timed)."""
+    seconds = []
+    for row in rows:
+        calls = row.get("compute_per_step") or []
+        if not calls or any(timed is None for *_, timed in calls):
+            return "–"
+        seconds.append(sum(n * timed for _, _, n, timed in calls))
+    return f"{statistics.median(seconds):.3f}"
 
 
 def random_count(row: dict) -> str:
@@ -371,9 +407,12 @@ def random_count(row: dict) -> str:
     return f"{row['random_per_step'] / 1e6:.1f}" if "random_per_step" in row else "–"
 
 
-def settled(row: dict) -> str:
-    """The step at which the row's peak settled, of the steps run ('–' for rows saved before it was recorded)."""
-    return f"{row['settled_step']} of {len(row['step_peak_bytes'])}" if "settled_step" in row else "–"
+def settled(rows: list[dict]) -> str:
+    """The step at which a config's peak settled, of the steps run: the latest over its processes ('–' for rows
+    saved before it was recorded)."""
+    if any("settled_step" not in r for r in rows):
+        return "–"
+    return f"{max(r['settled_step'] for r in rows)} of {len(rows[0]['step_peak_bytes'])}"
 
 
 def main() -> None:
@@ -383,6 +422,8 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--micro", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--steps", type=int, default=3, help="measured steps per row (after one warm-up step)")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per row, in rounds (every row once, then "
+                        "again): each row's figures are the medians over its processes")
     parser.add_argument("--hardware", default="cpu", help="this machine's entry in the hardware table (a GPU's "
                         "name on a CUDA machine)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
@@ -420,9 +461,10 @@ def main() -> None:
         data = {(model, length): write_data(folder, model, length, 2 * (args.steps + 2) * max(args.micro))
                 for model in args.models for length in args.lengths}
         rows = []
-        for model, method, length, micro in tqdm(plan, desc="rows", unit="row"):
-            rows.append(measure(model, method, data[model, length], length, micro, args.steps, folder,
-                                args.hardware, args.precision))
+        rounds = [(number, row) for number in range(args.repeats) for row in plan]
+        for number, (model, method, length, micro) in tqdm(rounds, desc="rows", unit="row"):
+            rows.append({**measure(model, method, data[model, length], length, micro, args.steps, folder,
+                                   args.hardware, args.precision), "round": number})
             if args.out:  # the rows so far, so that an interrupted run keeps them (--rows re-summarises)
                 write(args.out, {"rows": rows})
     summary = summarise(rows)
