@@ -308,7 +308,27 @@ def summarise(rows: list[dict]) -> dict:
                      "within_25pct_calibrated": timed_within(good, lambda r: now(r) * scale),
                      "fit": time_fit, "within_25pct_in_sample": timed_within(good, predict_time(time_fit)),
                      "within_25pct_held_out_by_model": timed_held_out,
-                     "flops_alone_within_25pct_calibrated": flops_alone(good)}}
+                     "flops_alone_within_25pct_calibrated": flops_alone(good)},
+            "each_round": each_round(good, now)}
+
+
+def each_round(rows: list[dict], now) -> dict:
+    """With several processes per row (`--repeats`): each round alone (one process per row, as a run without
+    repeats counts it) — peaks within 10 % and steps within 25 % with the package's constants; and the rows
+    every one of whose processes put the step outside 25 % on the same side (the model's error, not the
+    machine's noise), with each process's ratio. Empty for a run of one process per row."""
+    rounds = sorted({r.get("round", 0) for r in rows})
+    if len(rounds) < 2:
+        return {}
+    alike = {}
+    for g in groups(rows):
+        single = [now(r) / r["measured_s"] for r in g]
+        if all(x > 1.25 for x in single) or all(x < 0.75 for x in single):
+            alike[f"{g[0]['model']} {g[0]['method']} {g[0]['length']}x{g[0]['micro']}"] = [round(x, 2) for x in single]
+    per = [[r for r in rows if r.get("round", 0) == n] for n in rounds]
+    return {"within_10pct_now": [within(p, predicted_now, 0.10) for p in per],
+            "within_25pct_now": [timed_within(p, now) for p in per],
+            "time_outside_25pct_in_every_process": alike}
 
 
 def flops_alone(rows: list[dict]) -> int:
