@@ -175,10 +175,16 @@ def fit_overheads(rows: list[dict]) -> tuple[float, float]:
 
     measured = np.array([r["measured_bytes"] for r in rows], float)
     tensors = np.array([known_bytes(r) for r in rows], float)
-    transient = np.array([r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"] for r in rows], float)
+    transient = np.array([heap_bytes(r) for r in rows], float)
     design = np.stack([transient, np.ones_like(measured)], 1) / measured[:, None]
     (slack, framework), *_ = np.linalg.lstsq(design, (measured - tensors) / measured, rcond=None)
     return float(slack), float(framework)
+
+
+def heap_bytes(row: dict) -> int:
+    """What a row's allocator term is a share of (`estimate.heap_high_water`); for rows saved before it was
+    counted (`--recount` counts it), their activations and logits at the peak, as the term was then."""
+    return row.get("heap_bytes", row["memory_bytes"]["activations"] + row["memory_bytes"]["logits"])
 
 
 def predicted_now(row: dict) -> float:
@@ -188,7 +194,7 @@ def predicted_now(row: dict) -> float:
 
     kinds = {k: v for k, v in row["memory_bytes"].items() if k in TENSOR_KINDS}
     libraries = get_method(row["method"]).libraries
-    return sum(kinds.values()) + sum(overheads(kinds, row.get("device", "cpu"), row.get("precision", "fp32"),
+    return sum(kinds.values()) + sum(overheads(heap_bytes(row), row.get("device", "cpu"), row.get("precision", "fp32"),
                                                libraries).values())
 
 
@@ -280,8 +286,7 @@ def summarise(rows: list[dict]) -> dict:
     slack, framework = fit_overheads(fitted)
 
     def with_fit(constants):
-        return lambda r: (known_bytes(r) + constants[1] +
-                          constants[0] * (r["memory_bytes"]["activations"] + r["memory_bytes"]["logits"]))
+        return lambda r: known_bytes(r) + constants[1] + constants[0] * heap_bytes(r)
 
     held_out = timed_held_out = 0
     for model in {r["model"] for r in good}:
@@ -338,10 +343,14 @@ def flops_alone(rows: list[dict]) -> int:
 
 
 def recount(rows: list[dict], hardware: str, precision: str) -> list[dict]:
-    """Rows with their step's counts (operators, bytes, random numbers, the matmuls' calls) made again by
-    today's replay of the same config (no step is run): rows measured before the replay counted them (the H200
-    rows of 2026-11-30, given the hardware entry's peak and bandwidth), or before it counted them as it does now
-    (a CPU row keeps the peak, bandwidth and random-number rate its own process measured)."""
+    """Rows with their step's counts (operators, bytes, random numbers, the matmuls' calls, the memory by kind and
+    what the allocator term is a share of) made again by today's replay of the same config (no step is run):
+    rows measured before the replay counted them (the H200 rows of 2026-11-30, given the hardware entry's peak
+    and bandwidth), or before it counted them as it does now (a CPU row keeps the peak, bandwidth and
+    random-number rate its own process measured, and the seconds its process timed its calls at, where it timed
+    them and the replay makes the same calls)."""
+    import dataclasses
+
     from transferkit.config import load_config
     from transferkit.cost import estimate, get_hardware
 
@@ -354,11 +363,17 @@ def recount(rows: list[dict], hardware: str, precision: str) -> list[dict]:
                 out.append(r)
                 continue
             data = write_data(folder, r["model"], r["length"], 8 * r["micro"])
-            cost = estimate(load_config(write_config(r["model"], r["method"], data, r["length"], r["micro"], folder,
-                                                     precision)), machine)
+            cfg = load_config(write_config(r["model"], r["method"], data, r["length"], r["micro"], folder, precision))
+            timed = bool(r.get("compute_per_step")) and all(c[3] is not None for c in r["compute_per_step"])
+            cost = estimate(cfg, dataclasses.replace(machine, times_calls=False) if timed else machine)
+            calls = [list(c) for c in cost.compute_per_step]
+            if timed and sorted(c[:3] for c in calls) == sorted(c[:3] for c in r["compute_per_step"]):
+                calls = r["compute_per_step"]  # the same calls: the seconds the row's own process timed
+            elif timed:  # other calls than the row's process timed: time them here
+                calls = [list(c) for c in estimate(cfg, machine).compute_per_step]
             counts = {"ops_per_step": cost.ops_per_step, "traffic_bytes_per_step": cost.traffic_per_step,
-                      "random_per_step": cost.random_per_step,
-                      "compute_per_step": [list(c) for c in cost.compute_per_step]}
+                      "random_per_step": cost.random_per_step, "compute_per_step": calls,
+                      "memory_bytes": {**r["memory_bytes"], **cost.memory}, "heap_bytes": cost.heap_bytes}
             if r.get("device", machine.device) == "cpu" and "bandwidth" in r:
                 out.append({**r, **counts})
             else:

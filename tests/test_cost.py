@@ -64,7 +64,7 @@ def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
     from transferkit.cost.estimate import FRAMEWORK_BYTES, LIBRARY_BYTES, library_bytes, overheads
     from transferkit.methods import get_method
 
-    kinds = {"activations": 100, "logits": 0}
+    kinds = 100  # the heap bytes the allocator term is a share of
     peft_bytes = LIBRARY_BYTES["cpu"]["peft"]
     assert get_method("lora").libraries == ("peft",) and get_method("full").libraries == ()
     for precision in ("fp32", "bf16"):
@@ -282,6 +282,39 @@ def test_each_matmul_call_takes_its_timed_seconds_or_the_longer_of_its_flops_and
     assert cost.step_parts["flops"] == pytest.approx(0.2 + 0.1 + 0.02 + 0.1)
     assert cost.step_parts["traffic"] == pytest.approx(0.2)       # 1e9 / 5e9, the matmuls' bytes not in it
     assert cost.seconds_per_step == pytest.approx(0.62)
+
+
+def test_heap_high_water_is_the_largest_phase_grown_to_depth_and_prices_the_allocator():
+    from transferkit.cost.estimate import ACTIVATION_SLACK, heap_high_water, overheads
+    from transferkit.cost.simulate import StepTrace
+
+    # Per phase, heap-sized activations and logits at its peak: 2 layers, 3 layers. Grown to 30 layers the
+    # forward holds 100 + 28 × 50 = 1,500, the backward 80 + 28 × 10 = 360, the optimizer 10: the step's high
+    # water is the forward's, whichever phase is the step's peak.
+    two = StepTrace({}, 0, heap={"forward 0": 100, "backward 0": 80, "optimizer": 10})
+    three = StepTrace({}, 0, heap={"forward 0": 150, "backward 0": 90, "optimizer": 10})
+    assert heap_high_water(two, three, 30) == 1500
+    assert heap_high_water(two, two, 2) == 100
+    assert heap_high_water(StepTrace({}, 0), StepTrace({}, 0), 30) == 0
+    assert overheads(1500, "cpu", "bf16", ())["allocator"] == int(ACTIVATION_SLACK["cpu"]["bf16"] * 1500)
+    assert overheads(1500, "cuda", "bf16", ())["allocator"] == 0
+
+
+def test_the_heap_counts_transient_storages_up_to_glibcs_largest_mmap_threshold(tiny_config, monkeypatch):
+    """The allocator term is a share of the step's high water of heap-sized activations and logits: at least
+    the peak's own (every storage of the tiny model is heap-sized). Storages above MMAP_MAX are mapped apart and
+    returned when freed: with the bound at 0 nothing is the heap's, and the peak loses exactly that term."""
+    from transferkit.cost import estimate, simulate
+    from transferkit.cost.estimate import ACTIVATION_SLACK
+
+    cfg = tiny_config("method={name: full}", "train.batch_size=8", "train.micro_batch_size=8")
+    full = estimate(cfg, _roomy())
+    assert full.heap_bytes >= full.memory["activations"] + full.memory["logits"] > 0
+    assert full.memory["allocator"] == int(ACTIVATION_SLACK["cpu"]["fp32"] * full.heap_bytes)
+    monkeypatch.setattr(simulate, "MMAP_MAX", 0)
+    mapped = estimate(cfg, _roomy())
+    assert mapped.heap_bytes == 0 and mapped.memory["allocator"] == 0
+    assert mapped.peak_bytes == full.peak_bytes - full.memory["allocator"]
 
 
 def test_a_run_that_does_not_fit_gets_the_cheapest_change_that_does(tiny_config):

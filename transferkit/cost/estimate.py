@@ -9,7 +9,8 @@
                      model; each phase's peak (forward and backward of each micro-batch, the optimizer) grows
                      linearly with depth, so depth L = two layers + (L − 2) × the difference, and the largest
                      phase is the step's peak (`deepen`)
-        allocator    what a device's allocator holds beyond the live tensors, as a share of the activations
+        allocator    what a device's allocator holds beyond the live tensors: a share of the step's high water of
+                     activations and logits in heap-sized storages (`heap_high_water`)
         framework    a constant per device type (both fitted on measured runs: `overheads`), + what importing
                      the method's libraries leaves resident (peft's, measured: `LIBRARY_BYTES`)
     FLOPs per step  counted on the same replay, extrapolated the same way; so are the operators it dispatches,
@@ -70,22 +71,26 @@ from .kernels import call_seconds
 from .simulate import KINDS, StepTrace, simulate_step
 
 # What a training process holds beyond the live tensors the replay counts, per device type and precision:
-#   allocator   ACTIVATION_SLACK × (activations + logits): on CPU, memory freed after backward stays resident
-#               (glibc keeps it mapped, oneDNN keeps scratch buffers), so the optimizer's temporaries and the
-#               next step land beside it rather than in it;
+#   allocator   ACTIVATION_SLACK × the step's high water of activations and logits in storages of at most
+#               glibc's largest mmap threshold (`heap_high_water`): on CPU, memory freed from the heap stays
+#               resident (oneDNN keeps scratch buffers too), so what comes after it — backward's gradients,
+#               AdamW's temporaries, the next step — lands beside it rather than in it; a larger storage (a
+#               causal LM's logits at 256 × 4) is a mapping of its own, returned when freed;
 #   framework   FRAMEWORK_BYTES: the tokenizer, data, libraries' buffers.
 # CPU fp32: fitted on the 76 non-QLoRA rows of `benchmarks/cost_accuracy.py --steps 2` (2026-11-30, AMD EPYC,
 # 2 cores, AVX2; docs/cost.md); kept after the two 2026-12-01 runs: a refit on the 4-step run (0.433, 170 MiB)
 # puts fewer rows within 10 %, one on the 12-step run (0.513, 172 MiB) 3 more in sample but 45 of 84 held out by
 # model, while 12 of 84 verdicts differ between the runs. CPU bf16: fitted (`fit_overheads`, the peft import
-# term held) on the 76 non-QLoRA rows of the first bf16 run with sequences of exactly each row's length
-# (docs/data/cost_accuracy_bf16_fit.json, 2026-12-07, AMD EPYC Zen 5, 2 cores); out of sample, on the second
-# run of that day, 80 of 84 peaks within 10 %, where the fp32 values put 70. Fitted on one model's rows, they
-# do worse on the other's (47 of 84): the two models share them. Most of the allocator term is glibc's heap,
+# term held) on the 76 non-QLoRA rows of docs/data/cost_accuracy_bf16_timed_fit.json (2026-12-07, AMD EPYC
+# Zen 5, 2 cores), their heap high water counted again by today's replay (`--rows … --recount`); out of
+# sample, 83 of 84 peaks within 10 % on the next run (docs/data/cost_accuracy_bf16_timed.json) and on the
+# median of three more (docs/data/cost_accuracy_bf16_3x.json), where the previous term (0.2915 × the peak's
+# activations and logits) put 79 and 81. Fitted on one model's rows, they do worse on the other's (60 of 84
+# in sample): the two models share them. Most of the allocator term is glibc's heap,
 # whose mmap threshold moves with the order of frees (benchmarks/cpu_allocator.py). CUDA: 0,
 # `max_memory_allocated` counts live tensors, which is what the replay counts.
-ACTIVATION_SLACK = {"cpu": {"fp32": 0.485, "bf16": 0.2915}, "cuda": {"fp32": 0.0, "bf16": 0.0}}
-FRAMEWORK_BYTES = {"cpu": {"fp32": 170_151_007, "bf16": 191_370_309}, "cuda": {"fp32": 0, "bf16": 0}}
+ACTIVATION_SLACK = {"cpu": {"fp32": 0.485, "bf16": 0.4207}, "cuda": {"fp32": 0.0, "bf16": 0.0}}
+FRAMEWORK_BYTES = {"cpu": {"fp32": 170_151_007, "bf16": 187_727_644}, "cuda": {"fp32": 0, "bf16": 0}}
 # Added to the framework term: what importing a method's libraries (`Method.libraries`) leaves resident.
 # Measured, not fitted: `benchmarks/import_memory.py` (2026-12-07, AMD EPYC Zen 5; peft +54.1 MiB in each of 5
 # processes; bitsandbytes, which QLoRA imports after peft, +0). FRAMEWORK_BYTES, fitted before this term existed
@@ -94,11 +99,11 @@ FRAMEWORK_BYTES = {"cpu": {"fp32": 170_151_007, "bf16": 191_370_309}, "cuda": {"
 LIBRARY_BYTES = {"cpu": {"peft": 56_721_408}, "cuda": {}}
 
 
-def overheads(tensors: dict[str, int], device: str, precision: str, libraries: tuple[str, ...]) -> dict[str, int]:
+def overheads(heap: int, device: str, precision: str, libraries: tuple[str, ...]) -> dict[str, int]:
     """{"allocator", "framework"} bytes beside the replayed tensor kinds on a device type, in a run's precision
-    ("fp32" or "bf16"), for a method that imports `libraries`."""
-    transient = tensors["activations"] + tensors["logits"]
-    return {"allocator": int(ACTIVATION_SLACK[device][precision] * transient),
+    ("fp32" or "bf16"), for a method that imports `libraries`; `heap`: the step's high water of activations and
+    logits in heap-sized storages (`heap_high_water`)."""
+    return {"allocator": int(ACTIVATION_SLACK[device][precision] * heap),
             "framework": int(FRAMEWORK_BYTES[device][precision]) + sum(library_bytes(device, libraries).values())}
 
 
@@ -150,6 +155,7 @@ class Cost:
     # how many calls, its seconds timed on this machine or None: `kernels.call_seconds`); their bytes are not
     # in traffic_per_step
     compute_per_step: tuple[tuple[int, int, int, float | None], ...] = ()
+    heap_bytes: int = 0                         # what the allocator term is a share of (`heap_high_water`)
 
     @property
     def peak_bytes(self) -> int:
@@ -193,7 +199,7 @@ class Cost:
                 "adapter_bytes": self.adapter_bytes, "memory_bytes": self.memory, "peak_bytes": self.peak_bytes,
                 "fits": self.fits, "flops_per_step": self.flops_per_step, "flops_per_token": self.flops_per_token,
                 "ops_per_step": self.ops_per_step, "traffic_bytes_per_step": self.traffic_per_step,
-                "random_per_step": self.random_per_step, "compute_per_step": [list(c) for c in self.compute_per_step],
+                "random_per_step": self.random_per_step, "heap_bytes": self.heap_bytes, "compute_per_step": [list(c) for c in self.compute_per_step],
                 "seconds_per_step": self.seconds_per_step, "step_parts": self.step_parts, "seconds": self.seconds,
                 "dollars": self.dollars, "notes": self.notes,
                 "gradient_checkpointing": self.gradient_checkpointing,
@@ -351,6 +357,15 @@ def deepen(two: StepTrace, three: StepTrace, depth: int) -> dict[str, int]:
     return max(grown, key=lambda kinds: sum(kinds.values()))
 
 
+def heap_high_water(two: StepTrace, three: StepTrace, depth: int) -> int:
+    """The most bytes of activations and logits in heap-sized storages (`StepTrace.heap`) that any phase of a
+    `depth`-layer step holds at its peak, each phase grown from the 2- and 3-layer replays as `deepen` grows it.
+    The step's high water, not the peak phase's own: a full fine-tune peaks in AdamW's step, after backward
+    freed the activations, but the heap they were in is still resident then (docs/cost.md)."""
+    return max((max(grow(two.heap[phase], three.heap[phase], depth), 0) for phase in two.heap if phase in three.heap),
+               default=0)
+
+
 def materialise(model: torch.nn.Module) -> None:
     """Every meta parameter and buffer replaced by a fake CPU tensor of its shape and dtype, a tensor shared by
     two modules (tied embeddings and output head) staying shared; `Module.to_empty` would untie them, and a
@@ -405,7 +420,8 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
     strategy = cfg.distributed.strategy if processes > 1 else "none"
     memory, notes = shard_memory(memory, full, processes, strategy, work, task)
     libraries = get_method(cfg.method.name).libraries
-    memory.update(overheads(memory, hardware.device, runtime.precision, libraries))
+    heap = heap_high_water(two, three, depth)
+    memory.update(overheads(heap, hardware.device, runtime.precision, libraries))
     imported = library_bytes(hardware.device, libraries)
     if imported:
         notes.append("framework: includes what importing " + ", ".join(
@@ -422,7 +438,7 @@ def estimate(cfg: RunConfig, hardware: Hardware, processes: int = 1) -> Cost:
                      f"({2 * total * work.reference_tokens / 1e12:.3g} TFLOP at 2 × parameters per token), in the time")
     return Cost(cfg.method.name, cfg.model, task, hardware, runtime.precision, work, total, trainable,
                 trainable * 4, memory, float(flops), notes, cfg.train.gradient_checkpointing, None, processes,
-                strategy, ops, traffic, random, compute)
+                strategy, ops, traffic, random, compute, heap)
 
 
 def deepen_calls(two: dict, three: dict, depth: int) -> dict:

@@ -35,6 +35,10 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 KINDS = ("weights", "gradients", "optimizer", "logits", "activations")
+# glibc's largest mmap threshold on 64-bit Linux (DEFAULT_MMAP_THRESHOLD_MAX): a larger request is always a mapping
+# of its own, returned to the system when freed; a smaller one may come from the heap, which keeps freed memory
+# resident (`StepTrace.heap`).
+MMAP_MAX = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class StepTrace:
     # the peak of each phase of the step, by kind: "forward i" / "backward i" of micro-batch i, "optimizer"
     # (clipping, AdamW, zero_grad); `peak` is the largest of them
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per phase, of its peak's activations and logits the bytes in storages of at most MMAP_MAX: what a CPU
+    # heap may hold on to once they are freed (`estimate.overheads`)
+    heap: dict[str, int] = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
@@ -125,6 +132,12 @@ class LiveBytes(TorchDispatchMode):
 
     def phase_peaks_by_kind(self) -> dict[str, dict[str, int]]:
         return {phase: self.by_kind(alive) for phase, (_, alive) in self.phase_peaks.items()}
+
+    def phase_heap_bytes(self) -> dict[str, int]:
+        """Per phase, the bytes of activations and logits alive at its peak in storages of at most MMAP_MAX."""
+        return {phase: sum(size for serial, size in alive.items() if size <= MMAP_MAX and
+                           self.kind.get(serial, "activations") in ("activations", "logits"))
+                for phase, (_, alive) in self.phase_peaks.items()}
 
     def _positions(self, index: torch.Tensor | None) -> list[torch.Tensor | None]:
         if index is None or index.dtype != torch.bool:
@@ -298,4 +311,5 @@ def simulate_step(model: torch.nn.Module, optimizer_of, step_batches, head_outpu
         if step == 0:
             flops, ops, traffic, random = counter.get_total_flops(), work.ops, work.traffic, work.random
             compute = dict(work.compute)
-    return StepTrace(live.peak_by_kind(), flops, ops, traffic, random, compute, weights, live.phase_peaks_by_kind())
+    return StepTrace(live.peak_by_kind(), flops, ops, traffic, random, compute, weights, live.phase_peaks_by_kind(),
+                     live.phase_heap_bytes())
