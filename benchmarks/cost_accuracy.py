@@ -476,6 +476,10 @@ def main() -> None:
         elif any("ops_per_step" not in r for r in rows if "error" not in r):
             parser.error(f"{args.rows}: rows saved before the replay counted operators; add --recount --hardware "
                          f"NAME --precision PRECISION (as docs/cost.md gives it)")
+        if any("heap_bytes" not in r for r in rows if "error" not in r):
+            print(f"{args.rows}: rows saved before the replay counted the heap's high water: their peaks are priced "
+                  f"on the peak's activations and logits with today's constants (add --recount to count it)",
+                  file=sys.stderr)
         if rows[0].get("device") == "cuda":
             for r in rows:
                 print(f"{r['model']} {r['method']} {r['length']} × {r['micro']}: {r['ops_per_step']:,} operators, "
