@@ -1,6 +1,6 @@
 """`transferkit cost`: what a run will hold in memory, compute, take and cost, before any weight is read.
 
-    peak memory = weights + gradients + optimizer + activations + logits + framework
+    peak memory = weights + gradients + optimizer + activations + logits + allocator + framework
         weights      the full-depth model with the method applied, each tensor in its storage dtype (frozen
                      weights bf16 under bf16 with train.frozen_bf16; trained ones fp32; QLoRA's quantized
                      linears NF4: ½ byte per weight + an 8-bit absmax per 64-block + an fp32 scale per 256
