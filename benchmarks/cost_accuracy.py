@@ -169,8 +169,8 @@ def known_bytes(row: dict) -> int:
 
 
 def fit_overheads(rows: list[dict]) -> tuple[float, float]:
-    """(slack, framework bytes) minimising the relative error of measured ≈ tensors + libraries + slack ×
-    (activations + logits) + framework over `rows` (the model `transferkit cost` predicts with)."""
+    """(slack, framework bytes) minimising the relative error of measured ≈ tensors + libraries + slack × the
+    heap's high water (`heap_bytes`) + framework over `rows` (the model `transferkit cost` predicts with)."""
     import numpy as np
 
     measured = np.array([r["measured_bytes"] for r in rows], float)
@@ -301,7 +301,8 @@ def summarise(rows: list[dict]) -> dict:
     time_fit = fit_time(good)
     growing = [f"{r['model']} {r['method']} {r['length']}x{r['micro']}" for r in good if "step_peak_bytes" in r
                and Measured(r["measured_bytes"], r["step_seconds"], r["step_peak_bytes"]).still_growing]
-    return {"rows": len(rows), "configs": len(groups(good)), "failed": len(rows) - len(good), "fitted_rows": len(fitted),
+    return {"rows": len(rows), "configs": len(groups(good)), "failed": len(rows) - len(good),
+            "fitted_rows": len(fitted),
             "peak_still_growing_at_the_last_step": growing,
             "within_10pct_now": within(good, predicted_now, 0.10),
             "within_10pct_now_without_qlora": within(fitted, predicted_now, 0.10),
@@ -417,7 +418,8 @@ def table(rows: list[dict]) -> str:
                 f"{tensors / 2**20:,.0f} | {predicted / 2**20:,.0f} | {measured / 2**20:,.0f} | "
                 f"{predicted / measured:.2f} | {settled(g)} | "
                 f"{r['ops_per_step']:,} | {r['traffic_bytes_per_step'] / 1e9:.2f} | {random_count(r)} | "
-                f"{calls_seconds(g)} | {step_predicted:.2f} | {step_measured:.2f} | {step_predicted / step_measured:.2f} |")
+                f"{calls_seconds(g)} | {step_predicted:.2f} | {step_measured:.2f} | "
+                f"{step_predicted / step_measured:.2f} |")
         if repeated:
             each = " ".join(f"{x['measured_s']:.2f}" for x in g)
             line += f" {len(g)} | {each} |"

@@ -64,14 +64,14 @@ def test_a_method_built_on_peft_carries_what_importing_peft_leaves_resident():
     from transferkit.cost.estimate import FRAMEWORK_BYTES, LIBRARY_BYTES, library_bytes, overheads
     from transferkit.methods import get_method
 
-    kinds = 100  # the heap bytes the allocator term is a share of
+    heap = 100  # the heap bytes the allocator term is a share of
     peft_bytes = LIBRARY_BYTES["cpu"]["peft"]
     assert get_method("lora").libraries == ("peft",) and get_method("full").libraries == ()
     for precision in ("fp32", "bf16"):
-        assert overheads(kinds, "cpu", precision, ("peft",))["framework"] == FRAMEWORK_BYTES["cpu"][precision] + \
+        assert overheads(heap, "cpu", precision, ("peft",))["framework"] == FRAMEWORK_BYTES["cpu"][precision] + \
             peft_bytes
-        assert overheads(kinds, "cpu", precision, ())["framework"] == FRAMEWORK_BYTES["cpu"][precision]
-    assert overheads(kinds, "cuda", "bf16", ("peft",))["framework"] == 0  # max_memory_allocated sees no import
+        assert overheads(heap, "cpu", precision, ())["framework"] == FRAMEWORK_BYTES["cpu"][precision]
+    assert overheads(heap, "cuda", "bf16", ("peft",))["framework"] == 0  # max_memory_allocated sees no import
     assert library_bytes("cpu", ("peft", "unknown")) == {"peft": peft_bytes}
     if Path("/proc/self/status").exists():
         benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "import_memory.py"

@@ -86,7 +86,7 @@ class StepTrace:
     # (clipping, AdamW, zero_grad); `peak` is the largest of them
     phases: dict[str, dict[str, int]] = field(default_factory=dict)
     # per phase, of its peak's activations and logits the bytes in storages of at most MMAP_MAX: what a CPU
-    # heap may hold on to once they are freed (`estimate.overheads`)
+    # heap may hold on to once they are freed (`estimate.heap_high_water`)
     heap: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -120,11 +120,15 @@ class LiveBytes(TorchDispatchMode):
         self.peak_total, self.peak_live = self.total, dict(self.size)
         self.phase_peaks = {}
 
+    def kind_of(self, serial: int) -> str:
+        """The kind a storage was last given ("activations" unless given one)."""
+        return self.kind.get(serial, "activations")
+
     def by_kind(self, alive: dict[int, int]) -> dict[str, int]:
         """Bytes by kind of the storages `alive` (serial → bytes), each by the kind it was last given."""
         out = dict.fromkeys(KINDS, 0)
         for serial, size in alive.items():
-            out[self.kind.get(serial, "activations")] += size
+            out[self.kind_of(serial)] += size
         return out
 
     def peak_by_kind(self) -> dict[str, int]:
@@ -135,8 +139,8 @@ class LiveBytes(TorchDispatchMode):
 
     def phase_heap_bytes(self) -> dict[str, int]:
         """Per phase, the bytes of activations and logits alive at its peak in storages of at most MMAP_MAX."""
-        return {phase: sum(size for serial, size in alive.items() if size <= MMAP_MAX and
-                           self.kind.get(serial, "activations") in ("activations", "logits"))
+        return {phase: sum(size for serial, size in alive.items()
+                           if size <= MMAP_MAX and self.kind_of(serial) in ("activations", "logits"))
                 for phase, (_, alive) in self.phase_peaks.items()}
 
     def _positions(self, index: torch.Tensor | None) -> list[torch.Tensor | None]:
