@@ -9,8 +9,9 @@ Rows: every method that serves the model's task (SmolLM2-135M: causal LM on raw 
 two-class classification), at two sequence lengths and two micro-batch sizes (batch = micro-batch, so one
 forward pass per step). Every sequence is exactly `length` tokens — causal LM: lines that tokenize to
 exactly that (a longer line would leave a shorter remainder chunk, a faster step); classification: longer
-text, truncated — and each data file is checked through transferkit's own reading and tokenizing before any
-row is measured (`check_lengths`), so the predicted micro-batch is the one measured.
+text, truncated — no two sequences alike (the probe caches each sequence's features), and each data file is
+checked through transferkit's own reading and tokenizing before any row is measured (`check_sequences`), so the
+predicted micro-batch is the one measured.
 
 Each row runs in its own process (`transferkit cost CONFIG --calibrate STEPS --json`), so that its memory is
 its own: the prediction, then STEPS + 1 real optimizer steps with evaluation off. Measured peak = the training
@@ -66,36 +67,42 @@ def corpus_text() -> str:
 
 def write_data(folder: Path, model: str, length: int, count: int) -> Path:
     """A training file whose every sequence is exactly `length` tokens for `model`'s tokenizer, as transferkit
-    tokenizes it. Classification: text longer than `length` tokens, truncated. Causal LM: each line is a window
-    of the corpus that tokenizes (special tokens and the appended end-of-sequence included) to exactly `length`
-    ids, so no line leaves a shorter remainder chunk (data/tokenize.py splits long text into `max_length`
-    chunks; a remainder would be a faster step than the one predicted)."""
+    tokenizes it, and no two alike (`check_sequences`). Classification: text longer than `length` tokens,
+    truncated, the windows' starts spread evenly over the corpus (a repeated sequence would be a step the
+    probe's feature cache skips the encoder in: the files of the saved tables up to 2026-12-07 held 24 distinct
+    sequences of 48 at 64 tokens, 21 at 256). Causal LM: each line is a window of the corpus that tokenizes (special tokens and the
+    appended end-of-sequence included) to exactly `length` ids, so no line leaves a shorter remainder chunk
+    (data/tokenize.py splits long text into `max_length` chunks; a remainder would be a faster step than the
+    one predicted)."""
     from transferkit.models.loading import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(model))
     words = corpus_text().split()
     if TASKS[model] == "classification":
         per = length * 2  # words per example: comfortably more than `length` tokens
-        texts = [" ".join(words[(i * per) % (len(words) - per):][:per]) for i in range(count)]
+        texts = [" ".join(words[i * (len(words) - per) // count:][:per]) for i in range(count)]
         path = folder / f"classes-{length}.jsonl"
         path.write_text("".join(json.dumps({"text": t, "label": ["a", "b"][i % 2]}) + "\n" for i, t in enumerate(texts)))
     else:
         path = folder / f"lm-{model}-{length}.txt"
         path.write_text("\n".join(exact_windows(tokenizer, " ".join(words), length, count)) + "\n")
-    check_lengths(path, tokenizer, length)
+    check_sequences(path, tokenizer, length)
     return path
 
 
-def check_lengths(path: Path, tokenizer, length: int) -> None:
-    """Raise unless transferkit reads and tokenizes `path` into sequences of exactly `length` tokens."""
+def check_sequences(path: Path, tokenizer, length: int) -> None:
+    """Raise unless transferkit reads and tokenizes `path` into distinct sequences of exactly `length` tokens."""
     from transferkit.data.splits import read_examples
     from transferkit.data.tokenize import tokenize_examples
 
     schema, examples = read_examples(str(path))
     labels = ["a", "b"] if schema == "classification" else None
-    lengths = {len(t.input_ids) for t in tokenize_examples(tokenizer, examples, schema, length, "truncate", labels)}
+    sequences = [tuple(t.input_ids) for t in tokenize_examples(tokenizer, examples, schema, length, "truncate", labels)]
+    lengths = {len(ids) for ids in sequences}
     if lengths != {length}:
         raise RuntimeError(f"{path}: sequences of {sorted(lengths)} tokens, not all {length}")
+    if len(set(sequences)) < len(sequences):
+        raise RuntimeError(f"{path}: {len(set(sequences))} distinct sequences of {len(sequences)}")
 
 
 def exact_windows(tokenizer, text: str, length: int, count: int) -> list[str]:
@@ -467,19 +474,22 @@ def main() -> None:
                         help="train.precision of every row (auto: bf16 where the hardware has it)")
     parser.add_argument("--out", type=Path, help="write the rows and the summary as JSON here (with --rows "
                         "--recount: the recounted rows)")
-    parser.add_argument("--rows", type=Path, help="summarise the rows of an earlier --out file; measure nothing")
+    parser.add_argument("--rows", type=Path, nargs="+", help="summarise the rows of earlier --out files; measure "
+                        "nothing (a later file's rows replace an earlier's of the same model, method, length and "
+                        "micro-batch)")
     parser.add_argument("--recount", action="store_true", help="with --rows: count each row's operators and bytes "
                         "again with today's replay (rows saved before they were counted), on --hardware")
     args = parser.parse_args()
     if args.rows:
-        rows = json.loads(args.rows.read_text())["rows"]
+        rows = combined([json.loads(path.read_text())["rows"] for path in args.rows])
+        named = " ".join(map(str, args.rows))
         if args.recount:
             rows = recount(rows, args.hardware, args.precision)
         elif any("ops_per_step" not in r for r in rows if "error" not in r):
-            parser.error(f"{args.rows}: rows saved before the replay counted operators; add --recount --hardware "
+            parser.error(f"{named}: rows saved before the replay counted operators; add --recount --hardware "
                          f"NAME --precision PRECISION (as docs/cost.md gives it)")
         if any("heap_bytes" not in r for r in rows if "error" not in r):
-            print(f"{args.rows}: rows saved before the replay counted the heap's high water: their peaks are priced "
+            print(f"{named}: rows saved before the replay counted the heap's high water: their peaks are priced "
                   f"on the peak's activations and logits with today's constants (add --recount to count it)",
                   file=sys.stderr)
         if rows[0].get("device") == "cuda":
@@ -513,6 +523,19 @@ def main() -> None:
     print(json.dumps(summary))
     if args.out:
         write(args.out, {"summary": summary, "rows": rows})
+
+
+def combined(files: list[list[dict]]) -> list[dict]:
+    """The rows of several saved runs as one table: a later file's rows replace every row of an earlier file
+    that has the same model, method, length and micro-batch (all its processes) and follow the rows kept."""
+    def config(row: dict) -> tuple:
+        return row["model"], row["method"], row["length"], row["micro"]
+
+    rows: list[dict] = []
+    for later in files:
+        replaced = {config(r) for r in later}
+        rows = [r for r in rows if config(r) not in replaced] + later
+    return rows
 
 
 def write(path: Path, payload: dict) -> None:

@@ -8,6 +8,7 @@ merging gives the unmerged outputs."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -255,3 +256,88 @@ def test_lora_defaults_follow_the_architecture():
     assert set(llama.values()) == {(16, 2.0)}
     assert set(adapted("llama", r=4).values()) == {(4, 2.0)}
     assert set(adapted("llama", r=4, alpha=32).values()) == {(4, 8.0)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dora_column_norm_is_the_norm_of_the_adapted_weight(dtype):
+    from transferkit.methods.dora import column_norm
+
+    g = torch.Generator().manual_seed(0)
+    weight = (0.05 * torch.randn(96, 80, generator=g)).to(dtype)  # a trained layer's scale
+    lora_a, lora_b = 0.05 * torch.randn(4, 80, generator=g), 0.05 * torch.randn(96, 4, generator=g)
+    direct = torch.linalg.norm(weight.float() + 2.0 * lora_b @ lora_a, dim=1)  # the d×k matrix, formed in fp32
+    # A bf16 weight's ||W_i|| and W Aᵀ are reduced in fp32 and rounded to bf16 (peft rounds its norm so too).
+    rtol = 1e-6 if dtype == torch.float32 else 2 ** -8
+    torch.testing.assert_close(column_norm(weight, lora_a, lora_b, 2.0), direct, rtol=rtol, atol=0)
+
+
+def dora_pair(family: str):
+    """A DoRA model with non-zero B, and a copy whose DoRA layers run peft's own forward."""
+    from peft.tuners.lora.dora import DoraLinearLayer
+
+    from transferkit.methods.dora import LeanDoraLinearLayer
+
+    model = get_method("dora").apply(make_base(family), method_cfg("dora"), TASK[family])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.1)
+    stock = copy.deepcopy(model)
+    lean = [m for m in model.modules() if isinstance(m, LeanDoraLinearLayer)]
+    for module in stock.modules():
+        if isinstance(module, LeanDoraLinearLayer):
+            module.__class__ = DoraLinearLayer
+    return model, stock, lean
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lean_dora_trains_as_peft_dora(family):
+    """The same outputs and gradients as peft's DoRA layer, which forms the d×k matrix."""
+    model, stock, lean = dora_pair(family)
+    assert lean and not any(type(m).__name__ == "LeanDoraLinearLayer" for m in stock.modules())
+    grads = []
+    for m in (model, stock):
+        m.train()
+        torch.manual_seed(0)  # the same dropout masks (BERT's)
+        loss_sum, n, _ = OBJECTIVES[TASK[family]].loss_sum(m, batch_for(family))
+        (loss_sum / n).backward()
+        grads.append({k: p.grad for k, p in m.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any("magnitude" in k for k in grads[0])
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-4, atol=1e-6, msg=key)
+    batch = batch_for(family)
+    torch.testing.assert_close(logits(model.eval(), batch), logits(stock.eval(), batch), rtol=0, atol=1e-5)
+
+
+def test_lean_dora_forms_no_weight_sized_tensor():
+    """peft's DoRA forward makes B·A (through a k×k identity), W + s·BA: d×k tensors per layer per pass; the lean
+    one's largest tensor is an activation or a [d, r] product."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in [*args, *(kwargs or {}).values()]
+                      if isinstance(a, torch.Tensor)}
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:  # views: no memory
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    model, stock, lean = dora_pair("llama")
+    batch = {k: v[:1, :4] for k, v in batch_for("llama").items()}  # 4 tokens: activations far below d × k
+    weights = min(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
+                  and m.weight.shape[0] > 8 and m.weight.shape[1] > 8 and "lora" not in type(m).__module__)
+    seen = {}
+    for name, m in (("lean", model), ("stock", stock)):
+        Largest.numel = 0
+        layer = next(x for x in m.modules() if type(x).__name__ in ("LeanDoraLinearLayer", "DoraLinearLayer"))
+        owner = next(x for x in m.modules() if hasattr(x, "lora_magnitude_vector")
+                     and layer in x.lora_magnitude_vector.values())
+        with Largest():
+            owner(torch.randn(1, 4, owner.in_features))
+        seen[name] = Largest.numel
+    assert seen["stock"] >= weights  # the check can see a weight-sized tensor
+    assert seen["lean"] < weights, seen

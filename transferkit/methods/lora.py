@@ -5,7 +5,8 @@ so the adapted model starts equal to the base. Trainable parameters per
 adapted d×k matrix: r · (d + k).
 - `rslora` (Kalajdzievski 2023, arXiv:2312.03732): scale alpha / sqrt(r), stable at high rank.
 - `dora` (Liu et al. 2024, arXiv:2402.09353): W' = m · (W + BA) / ||W + BA||_col, adding a
-  magnitude vector of d parameters per matrix.
+  magnitude vector of d parameters per matrix; the norm computed without weight-sized temporaries
+  (`dora.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..options import MethodConfig, opt
-from .peft_common import PEFT_FUNCTIONS, classifier_modules, merge, peft_task_type, wrap
+from .peft_common import PEFT_FUNCTIONS, classifier_modules, load, merge, peft_task_type, wrap
 from .registry import HEAD_LR, Defaults, Method, register
 from .targets import adapted_linears, default_lora_rank, default_lora_targets
 
@@ -97,17 +98,30 @@ DEFAULTS = Defaults(lr=1e-3, head_lr=HEAD_LR, lr_by_pair=(("decoder", "classific
                                                         ("decoder", "instruction", 3e-3)))
 
 
+def lean_dora(model: torch.nn.Module) -> torch.nn.Module:
+    """DoRA's layers computing their norm without weight-sized temporaries (`dora.py`; imports peft)."""
+    from .dora import lean_dora as swap
+
+    return swap(model)
+
+
+def load_dora(base: torch.nn.Module, adapter_dir) -> torch.nn.Module:
+    return lean_dora(load(base, adapter_dir))
+
+
 def _variant(name: str, summary: str, **flags) -> Method:
     dora = flags.get("use_dora", False)
+    after = lean_dora if dora else (lambda model: model)
     return Method(
         name, LoraMethodConfig,
-        apply=lambda model, cfg, task: wrap(model, peft_lora_config(model, cfg, task, **flags)),
+        apply=lambda model, cfg, task: after(wrap(model, peft_lora_config(model, cfg, task, **flags))),
         summary=summary, defaults=DEFAULTS, merge=merge,
         closed_form=lambda model, cfg: lora_closed_form(model, cfg, dora=dora), resolve=resolved,
-        **PEFT_FUNCTIONS,
+        **{**PEFT_FUNCTIONS, **({"load": load_dora} if dora else {})},
     )
 
 
 register(_variant("lora", "low-rank updates BA on chosen linear layers (peft)"))
 register(_variant("rslora", "LoRA scaled by alpha/sqrt(r), stable at high rank (peft)", use_rslora=True))
-register(_variant("dora", "LoRA on the direction plus a learned magnitude per column (peft)", use_dora=True))
+register(_variant("dora", "LoRA on the direction plus a learned magnitude per column (peft; lean norm)",
+                  use_dora=True))

@@ -31,6 +31,7 @@ import torch
 from ..data.tokenize import ensure_chat_template
 from ..errors import UserError
 from ..methods import get_method
+from ..methods.lora import lean_dora
 from ..models import load_model
 from ..models.fingerprint import check_adapter_folder
 from ..models.loading import resolve_model
@@ -161,9 +162,11 @@ class ModelPool:
                 family.model.load_adapter(str(run.adapter), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as exc:  # shapes or names that do not fit
             raise adapter_misfit(run, cfg, exc) from None
+        config = family.model.peft_config[name]
+        if getattr(config, "use_dora", False):
+            lean_dora(family.model)  # the norm as training computed it (methods/dora.py)
         family.model.eval()
         family.adapters.append(name)
-        config = family.model.peft_config[name]
         family.mixable = (len(family.adapters) == 1 or family.mixable) and config.peft_type == "LORA" and \
             not getattr(config, "use_dora", False)
 
