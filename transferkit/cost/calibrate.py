@@ -125,18 +125,22 @@ def calibrate(cfg: RunConfig, hardware: Hardware, steps: int = 5) -> Calibration
     return Calibration(predicted, steps, measured)
 
 
-def measure_steps(cfg: RunConfig, steps: int, who: str) -> Measured:
+TRAIN = [sys.executable, "-m", "transferkit", "train"]  # the child that trains: `transferkit train CONFIG`
+
+
+def measure_steps(cfg: RunConfig, steps: int, who: str, command: list[str] = TRAIN) -> Measured:
     """The training phase's peak increase, each optimizer step's seconds and the peak after each step, measured
-    by training `steps` + 1 real steps of `cfg` in a child process with evaluation off (`QUIET`), in a temporary
-    folder deleted afterwards; the first step is the warm-up, excluded from the timing (`steps` intervals between
-    the ends of consecutive steps). A failure raises `UserError` naming `who`."""
+    by training `steps` + 1 real steps of `cfg` in a child process (`command` + the config's path) with
+    evaluation off (`QUIET`), in a temporary folder deleted afterwards; the first step is the warm-up, excluded
+    from the timing (`steps` intervals between the ends of consecutive steps). A failure raises `UserError`
+    naming `who`."""
     folder = Path(tempfile.mkdtemp(prefix="transferkit-calibrate-"))
     try:
         run = with_overrides(cfg, [*QUIET, f"train.max_steps={steps + 1}", "train.epochs=null", "train.log_every=1",
                                    "train.max_minutes=null", f"output_dir={folder / 'run'}"])
         config = folder / "config.yaml"
         config.write_text(dump_config(run))
-        child = subprocess.run([sys.executable, "-m", "transferkit", "train", str(config)], stdout=subprocess.DEVNULL,
+        child = subprocess.run([*command, str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
         if child.returncode:
             last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit {child.returncode}"

@@ -123,5 +123,4 @@ def _variant(name: str, summary: str, **flags) -> Method:
 
 register(_variant("lora", "low-rank updates BA on chosen linear layers (peft)"))
 register(_variant("rslora", "LoRA scaled by alpha/sqrt(r), stable at high rank (peft)", use_rslora=True))
-register(_variant("dora", "LoRA on the direction plus a learned magnitude per column (peft; lean norm)",
-                  use_dora=True))
+register(_variant("dora", "LoRA on the direction plus a learned magnitude per column (peft)", use_dora=True))
