@@ -28,7 +28,8 @@ measured.
 Then, over all rows: the memory constants (`ACTIVATION_SLACK`, `FRAMEWORK_BYTES`) refitted, and the rows within
 10 %; the time constants (`hardware.CPU_TIME` of the rows' precision) refitted (`fit_time`), and the rows
 within 25 % with the package's constants, after one calibration, refitted, and held out by model; beside it,
-the old model's count (FLOPs alone at the median speed). `--rows FILE` re-summarises a saved run; with
+the old model's count (FLOPs alone at the median speed). `--rows FILE [FILE …]` re-summarises saved runs (a
+later file's rows replace an earlier file's rows of the same model, method, length and micro-batch); with
 `--recount --hardware NAME --precision P` it first counts each row's step again with today's replay — rows saved
 before the replay counted operators (the H200 rows: `--hardware h200 --precision auto`, and for GPU rows it
 prints the seconds per operator measured), or before it kept the calls with FLOPs (CPU rows: `--hardware cpu`,
@@ -162,7 +163,8 @@ def measure(model: str, method: str, data: Path, length: int, micro: int, steps:
             "step_peak_bytes": calibration["measured_step_peak_bytes"], "settled_step": calibration["settled_step"],
             "flops_per_step": result["flops_per_step"], "ops_per_step": result["ops_per_step"],
             "traffic_bytes_per_step": result["traffic_bytes_per_step"], "random_per_step": result["random_per_step"],
-            "compute_per_step": result["compute_per_step"], "random_seconds": result["hardware"]["random_seconds"],
+            "compute_per_step": result["compute_per_step"], "heap_bytes": result["heap_bytes"],
+            "random_seconds": result["hardware"]["random_seconds"],
             "peak_flops": result["hardware"]["peak_flops"], "bandwidth": result["hardware"]["bandwidth"]}
 
 
