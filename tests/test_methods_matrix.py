@@ -271,13 +271,14 @@ def test_dora_column_norm_is_the_norm_of_the_adapted_weight(dtype):
     torch.testing.assert_close(column_norm(weight, lora_a, lora_b, 2.0), direct, rtol=rtol, atol=0)
 
 
-def dora_pair(family: str):
+def dora_pair(family: str, dropout: float = 0.0):
     """A DoRA model with non-zero B, and a copy whose DoRA layers run peft's own forward."""
     from peft.tuners.lora.dora import DoraLinearLayer
 
     from transferkit.methods.dora import LeanDoraLinearLayer
 
-    model = get_method("dora").apply(make_base(family), method_cfg("dora"), TASK[family])
+    cfg = method_config_from_dict({"name": "dora", **SMALL["dora"], "dropout": dropout})
+    model = get_method("dora").apply(make_base(family), cfg, TASK[family])
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -290,10 +291,11 @@ def dora_pair(family: str):
     return model, stock, lean
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_lean_dora_trains_as_peft_dora(family):
-    """The same outputs and gradients as peft's DoRA layer, which forms the d×k matrix."""
-    model, stock, lean = dora_pair(family)
+@pytest.mark.parametrize("family, dropout", [(f, 0.0) for f in FAMILIES] + [("llama", 0.3)])
+def test_lean_dora_trains_as_peft_dora(family, dropout):
+    """The same outputs and gradients as peft's DoRA layer, which forms the d×k matrix; with LoRA dropout peft
+    passes no base output and the layer computes W x on the dropped-out input itself."""
+    model, stock, lean = dora_pair(family, dropout)
     assert lean and not any(type(m).__name__ == "LeanDoraLinearLayer" for m in stock.modules())
     grads = []
     for m in (model, stock):
