@@ -71,10 +71,10 @@ def write_data(folder: Path, model: str, length: int, count: int) -> Path:
     tokenizes it, and no two alike (`check_sequences`). Classification: text longer than `length` tokens,
     truncated, the windows' starts spread evenly over the corpus (a repeated sequence would be a step the
     probe's feature cache skips the encoder in: the files of the saved tables up to 2026-12-07 held 24 distinct
-    sequences of 48 at 64 tokens, 21 at 256). Causal LM: each line is a window of the corpus that tokenizes (special tokens and the
-    appended end-of-sequence included) to exactly `length` ids, so no line leaves a shorter remainder chunk
-    (data/tokenize.py splits long text into `max_length` chunks; a remainder would be a faster step than the
-    one predicted)."""
+    sequences of 48 at 64 tokens, 21 at 256). Causal LM: each line is a window of the corpus that tokenizes
+    (special tokens and the appended end-of-sequence included) to exactly `length` ids, so no line leaves a
+    shorter remainder chunk (data/tokenize.py splits long text into `max_length` chunks; a remainder would be a
+    faster step than the one predicted)."""
     from transferkit.models.loading import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(model))
@@ -98,7 +98,8 @@ def check_sequences(path: Path, tokenizer, length: int) -> None:
 
     schema, examples = read_examples(str(path))
     labels = ["a", "b"] if schema == "classification" else None
-    sequences = [tuple(t.input_ids) for t in tokenize_examples(tokenizer, examples, schema, length, "truncate", labels)]
+    tokenized = tokenize_examples(tokenizer, examples, schema, length, "truncate", labels)
+    sequences = [tuple(t.input_ids) for t in tokenized]
     lengths = {len(ids) for ids in sequences}
     if lengths != {length}:
         raise RuntimeError(f"{path}: sequences of {sorted(lengths)} tokens, not all {length}")

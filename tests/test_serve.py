@@ -312,3 +312,19 @@ def test_a_chat_template_that_refuses_the_messages_is_a_400():
     with pytest.raises(ApiError) as refused:
         chat_prompt(strict, [{"role": "assistant", "content": "hi"}])
     assert refused.value.status == 400 and "roles must alternate" in refused.value.message
+
+
+def test_a_served_dora_adapter_computes_its_norm_as_training_did(tiny_config, tiny_model_dir, tmp_path):
+    """peft loads a DoRA adapter with its own layer; the pool swaps in transferkit's (`methods/dora.py`), whether
+    the adapter is the family's first or is added to it."""
+    from peft.tuners.lora.dora import DoraLinearLayer
+
+    from transferkit.methods.dora import LeanDoraLinearLayer
+    from transferkit.serve import ModelPool
+
+    dora = trained(tiny_config, tmp_path / "dora", "method={name: dora, r: 4}", "train.max_steps=2")
+    lora = trained(tiny_config, tmp_path / "lora", "train.max_steps=2")
+    for order in ([("dora", dora), ("lora", lora)], [("lora", lora), ("dora", dora)]):
+        model = ModelPool(str(tiny_model_dir), order, "cpu").get("dora").family.model
+        layers = [m for m in model.modules() if isinstance(m, DoraLinearLayer)]
+        assert layers and all(type(m) is LeanDoraLinearLayer for m in layers)

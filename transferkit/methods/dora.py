@@ -6,9 +6,9 @@ adapted weight, treated as a constant (detached, the paper's §4.3). peft's `Dor
 from the whole d×k matrix: B·A (through an identity matrix [k, k] and autograd), W + s·BA, the norm — four
 weight-sized temporaries per adapted layer per forward pass. On a CPU their heap blocks stay resident
 between the much smaller activations of a short sequence (docs/cost.md: SmolLM2 at 1 × 64 tokens held
-690–940 MiB where its live tensors peak at 650). The same norm needs only [d, r] and [r, r] products:
+687–945 MiB where its live tensors peak at 650). The same norm needs only [d, r] and [r, r] products:
 
-    ||W_i + s·B_i A||²  =  ||W_i||²  +  2s · B_i · (W_i Aᵀ)  +  s² · B_i (A Aᵀ) B_iᵀ        (row i of W, of B)
+    ||W_i + s·B_i A||²  =  ||W_i||²  +  2s · B_i · (W_i Aᵀ)  +  s² · B_i (A Aᵀ) B_iᵀ     (rows i: W, B)
 
     W Aᵀ: [d, r]  (2dkr FLOPs, as B·A)    A Aᵀ: [r, r]    ||W_i||²: a reduction of W in place
 
