@@ -66,6 +66,9 @@ def main() -> None:
     from transferkit.config import load_config
     from transferkit.cost.calibrate import measure_steps
 
+    unknown = sorted({model for model, _, _ in map(parse_shape, args.shapes)} - set(TASKS))
+    if unknown:
+        parser.error(f"{', '.join(unknown)}: not one of {', '.join(TASKS)}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="tk-dora-") as tmp:
         folder = Path(tmp)
@@ -73,8 +76,6 @@ def main() -> None:
                 for side in SIDES]
         data = {}
         for (model, length, micro), number, side in tqdm(plan, desc="processes", unit="process"):
-            if model not in TASKS:
-                parser.error(f"{model}: not one of {', '.join(TASKS)}")
             if (model, length) not in data:
                 data[model, length] = write_data(folder, model, length, 2 * (args.steps + 2) * micro)
             cfg = load_config(write_config(model, "dora", data[model, length], length, micro, folder, args.precision))

@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def _peft_dora_layer():
-    from peft.tuners.lora.dora import DoraLinearLayer
-
-    return DoraLinearLayer
+from peft.tuners.lora.dora import DoraLinearLayer  # imported where DoRA is applied or loaded (`lora.lean_dora`)
+from peft.utils.integrations import dequantize_module_weight
+from peft.utils.other import transpose
 
 
 def column_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -45,13 +42,10 @@ def column_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor
         return (squares + 2 * scaling * cross + scaling ** 2 * low_rank).clamp_min(0).sqrt()
 
 
-class LeanDoraLinearLayer(_peft_dora_layer()):
+class LeanDoraLinearLayer(DoraLinearLayer):
     """peft's DoRA magnitude layer, its forward computing the norm with `column_norm`."""
 
     def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
-        from peft.utils.integrations import dequantize_module_weight
-        from peft.utils.other import transpose
-
         weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out)   # [d, k]
         norm = column_norm(weight, lora_A.weight, lora_B.weight, scaling)               # [d], detached
         mag_norm_scale = (self.weight / norm).view(1, -1)                               # [1, d]
@@ -66,8 +60,7 @@ class LeanDoraLinearLayer(_peft_dora_layer()):
 def lean_dora(model: torch.nn.Module) -> torch.nn.Module:
     """`model` with every peft linear DoRA layer computing its norm as `LeanDoraLinearLayer` does (the same
     module, its class changed: parameters, names and state stay); returns the model."""
-    peft_layer = _peft_dora_layer()
     for module in model.modules():
-        if type(module) is peft_layer:
+        if type(module) is DoraLinearLayer:
             module.__class__ = LeanDoraLinearLayer
     return model
